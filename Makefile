@@ -1,0 +1,35 @@
+# qtraderd — the two front doors: `make run` (demo replay) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch: the project depends on torch>=2.4; this pin picks the CPU wheel on disk
+# (any other version pulls gigabytes of CUDA libraries).
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install run test test-slow lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e '.[dev]' $(TORCH_PIN)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/qtraderd run
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check qtraderd tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/replay.py
+
+clean:
+	rm -rf $(VENV) state/qtraderd.db* state/*.sock

@@ -1,0 +1,3 @@
+from qtraderd.cli import main
+
+raise SystemExit(main())

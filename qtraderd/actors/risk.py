@@ -1,0 +1,306 @@
+"""Risk actor: the last word on every order, and the trading state machine.
+
+States: ACTIVE; REDUCING (a loss limit is `reduce_at` of the way to breached: entries are
+scaled by `reduce_factor`); HALTED (drawdown or daily loss breached, or `ctl halt`: no new
+entries; exits always pass). Equity arrives with each step, marked at the bar's close,
+so a breach halts entries on the same bar it happens. A daily-loss halt lifts at the next
+UTC day; a drawdown or manual halt holds until `ctl resume`, which also resets the
+drawdown reference to current equity (otherwise the same breach would re-halt at once).
+
+Every entry passes through the limits in a fixed order — state, pause, open position,
+leverage, open positions, then notional, symbol and total exposure and free margin, which
+reduce the size — and every decision carries a reason code that is recorded with the
+order. Per-symbol statistics and pauses live in portfolio.Portfolio.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import trio
+
+from qtraderd.clock import Clock
+from qtraderd.config import PortfolioConfig, RiskConfig, per_quote
+from qtraderd.costs import CostModel
+from qtraderd.messages import (
+    AccountView,
+    Command,
+    OrderIntent,
+    RiskDecision,
+    RiskEvent,
+    Step,
+)
+from qtraderd.portfolio import Portfolio
+from qtraderd.supervisor import Actor, degrade
+from qtraderd.venues.paper import quote_of
+
+log = logging.getLogger("qtraderd.risk")
+
+ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
+DAY_MS = 86_400_000
+MIN_FRACTION = 0.2  # an entry cut below this share of its request is denied instead
+
+
+@dataclass
+class _Account:
+    peak: float
+    day: int
+    day_start: float
+    equity: float = 0.0
+    drawdown: float = 0.0
+    daily_loss: float = 0.0
+
+
+class RiskActor(Actor):
+    name = "risk"
+
+    def __init__(self, cfg: RiskConfig, portfolio_cfg: PortfolioConfig, costs: CostModel,
+                 clock: Clock, interval_ms: int, inbox: trio.MemoryReceiveChannel[Step],
+                 outbox: trio.MemorySendChannel[Step],
+                 commands: trio.MemoryReceiveChannel[Command]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.costs = costs
+        self.clock = clock
+        self.inbox = inbox
+        self.outbox = outbox
+        self.commands = commands
+        self.portfolio = Portfolio(portfolio_cfg, interval_ms)
+        self.state = ACTIVE
+        self.reason = ""
+        self.manual_halt = False
+        self.drawdown_latched = False
+        self.accounts: dict[str, _Account] = {}
+        self.denied = 0
+        self.reduced = 0
+        self._flatten = False
+        self._pending_events: list[RiskEvent] = []
+        self._last_step_ts = 0
+
+    # -- the actor -----------------------------------------------------------------------
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._command_loop)
+            async for step in self.inbox:
+                try:
+                    out = self.handle(step)
+                except Exception:
+                    await self.outbox.send(degrade(step, self.name))
+                    raise
+                self.processed += 1
+                await self.outbox.send(out)
+            await self.outbox.aclose()
+            nursery.cancel_scope.cancel()
+
+    async def _command_loop(self) -> None:
+        async for cmd in self.commands:
+            try:
+                result: Any = self.command(cmd.name, cmd.args)
+            except (KeyError, ValueError) as exc:
+                result = {"error": str(exc)}
+            if cmd.reply is not None:
+                try:
+                    cmd.reply.send_nowait(result)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    # -- commands (from the control socket) ---------------------------------------------
+    def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        ts = self.clock.now_ms()
+        if name == "halt":
+            self.manual_halt = True
+            self._transition(HALTED, "MANUAL", args.get("reason") or "ctl halt", ts)
+        elif name == "resume":
+            self.manual_halt = False
+            self.drawdown_latched = False
+            for acc in self.accounts.values():
+                acc.peak = acc.day_start = acc.equity
+                acc.drawdown = acc.daily_loss = 0.0
+            self._transition(ACTIVE, "RESUMED", "ctl resume: loss references reset", ts)
+        elif name == "flatten":
+            self._flatten = True
+            log.warning("flatten requested: closing every position at the next bar")
+        elif name == "pause":
+            symbol = _symbol(args)
+            ev = self.portfolio.pause(symbol, ts, "MANUAL", "ctl pause", self.state, manual=True)
+            self._record(ev)
+            log.warning("symbol paused: %s (ctl pause)", symbol)
+        elif name == "resume-symbol":
+            symbol = _symbol(args)
+            ev = self.portfolio.resume(symbol, ts, self.state, "ctl resume-symbol")
+            if ev is None:
+                raise ValueError(f"symbol {symbol} is not paused")
+            self._record(ev)
+            log.warning("symbol resumed: %s (ctl resume-symbol)", symbol)
+        elif name != "status":
+            raise ValueError(f"risk has no command {name!r}")
+        return self.status()
+
+    # -- one step ------------------------------------------------------------------------
+    def handle(self, step: Step) -> Step:
+        self._last_step_ts = step.close_ts
+        events = self._pending_events
+        self._pending_events = []
+        for trade in step.closed:
+            for ev in self.portfolio.on_trade(trade, step.close_ts, self.state):
+                log.warning("symbol paused: %s (%s)", ev.symbol, ev.detail)
+                events.append(ev)
+        for ev in self.portfolio.expire(step.close_ts, self.state):
+            log.info("symbol resumed: %s (pause expired)", ev.symbol)
+            events.append(ev)
+        self._evaluate(step.accounts, step.close_ts)
+        events.extend(self._pending_events)
+        self._pending_events = []
+        intents = list(step.intents)
+        if self._flatten:
+            self._flatten = False
+            exiting = {i.symbol for i in intents if i.purpose == "exit"}
+            for pos in step.positions:
+                if pos.symbol not in exiting:
+                    intents.append(OrderIntent(
+                        id=f"{step.seq}-{pos.symbol}-F", symbol=pos.symbol, ts=step.ts,
+                        side=-pos.side, qty=pos.qty, ref_price=pos.mark_price,
+                        purpose="exit", reason="flatten"))
+        decisions = self._decide(intents, step) if intents else []
+        return replace(step, intents=tuple(intents), decisions=tuple(decisions),
+                       risk_state=self.state, risk_events=(*step.risk_events, *events))
+
+    def _evaluate(self, accounts: tuple[AccountView, ...], ts: int) -> None:
+        day = ts // DAY_MS
+        worst_dd = worst_daily = 0.0
+        for a in accounts:
+            st = self.accounts.get(a.quote)
+            if st is None:
+                st = self.accounts[a.quote] = _Account(peak=a.equity, day=day,
+                                                       day_start=a.equity)
+            if day != st.day:
+                st.day, st.day_start = day, a.equity
+            st.equity = a.equity
+            st.peak = max(st.peak, a.equity)
+            st.drawdown = 1.0 - a.equity / st.peak if st.peak > 0 else 0.0
+            st.daily_loss = 1.0 - a.equity / st.day_start if st.day_start > 0 else 0.0
+            worst_dd = max(worst_dd, st.drawdown)
+            worst_daily = max(worst_daily, st.daily_loss)
+        c = self.cfg
+        dd_limit, daily_limit = c.max_drawdown_pct / 100.0, c.daily_loss_pct / 100.0
+        if worst_dd >= dd_limit:
+            self.drawdown_latched = True
+        if self.manual_halt:
+            target, reason, detail = HALTED, "MANUAL", self.reason_detail()
+        elif self.drawdown_latched:
+            target, reason = HALTED, "DRAWDOWN"
+            detail = f"drawdown {worst_dd:.2%} (limit {dd_limit:.2%})"
+        elif worst_daily >= daily_limit:
+            target, reason = HALTED, "DAILY_LOSS"
+            detail = f"daily loss {worst_daily:.2%} (limit {daily_limit:.2%})"
+        elif worst_dd >= c.reduce_at * dd_limit or worst_daily >= c.reduce_at * daily_limit:
+            target, reason = REDUCING, "NEAR_LIMIT"
+            detail = f"drawdown {worst_dd:.2%}, daily loss {worst_daily:.2%}"
+        else:
+            target, reason, detail = ACTIVE, "WITHIN_LIMITS", ""
+        if target != self.state:
+            self._transition(target, reason, detail, ts)
+
+    def reason_detail(self) -> str:
+        return self.reason or "manual"
+
+    def _transition(self, state: str, reason: str, detail: str, ts: int) -> None:
+        prev = self.state
+        self.state, self.reason = state, detail or reason
+        if state == prev and reason != "MANUAL":
+            return
+        logger = log.warning if state != ACTIVE else log.info
+        logger("risk state %s (%s%s; was %s)", state, reason, f": {detail}" if detail else "",
+               prev)
+        self._record(RiskEvent(ts, state, prev, reason, detail))
+
+    def _record(self, ev: RiskEvent) -> None:
+        self._pending_events.append(ev)
+
+    def _decide(self, intents: list[OrderIntent], step: Step) -> list[RiskDecision]:
+        c = self.cfg
+        accounts = {a.quote: a for a in step.accounts}
+        held = {p.symbol for p in step.positions}
+        open_count = len(step.positions)
+        extra_exposure: dict[str, float] = {}
+        extra_margin: dict[str, float] = {}
+        out: list[RiskDecision] = []
+        for it in intents:
+            if it.purpose == "exit":
+                out.append(RiskDecision(it.id, it.symbol, "allow", "EXIT", it.qty))
+                continue
+            deny = None
+            quote = quote_of(it.symbol)
+            acct = accounts.get(quote)
+            if self.state == HALTED:
+                deny = "HALTED"
+            elif self.portfolio.is_paused(it.symbol):
+                deny = "SYMBOL_PAUSED"
+            elif it.symbol in held:
+                deny = "POSITION_OPEN"
+            elif it.leverage > c.max_leverage:
+                deny = "MAX_LEVERAGE"
+            elif open_count >= c.max_open_positions:
+                deny = "MAX_OPEN_POSITIONS"
+            elif acct is None or acct.equity <= 0:
+                deny = "NO_EQUITY"
+            if deny is not None or acct is None:
+                out.append(RiskDecision(it.id, it.symbol, "deny", deny or "NO_EQUITY", 0.0))
+                self.denied += 1
+                continue
+            price, qty, reason = it.ref_price, it.qty, "OK"
+            equity = acct.equity
+            if self.state == REDUCING:
+                qty, reason = qty * c.reduce_factor, "REDUCING"
+            cap = c.max_order_notional_pct / 100.0 * equity
+            absolute = per_quote(c.max_order_notional, quote, 0.0)
+            if absolute > 0:
+                cap = min(cap, absolute)
+            limits = (
+                (cap, "MAX_NOTIONAL"),
+                (c.max_symbol_exposure_pct / 100.0 * equity, "SYMBOL_EXPOSURE"),
+                (c.max_total_exposure_pct / 100.0 * equity - acct.exposure
+                 - extra_exposure.get(quote, 0.0), "TOTAL_EXPOSURE"),
+            )
+            for room, code in limits:
+                if qty * price > room:
+                    qty, reason = max(0.0, room) / price, code
+            free = equity - acct.margin_used - extra_margin.get(quote, 0.0)
+            per_unit = price / it.leverage + price * self.costs.taker_fee
+            if qty * per_unit > free:
+                qty, reason = max(0.0, free) / per_unit, "INSUFFICIENT_MARGIN"
+            if qty < MIN_FRACTION * it.qty:
+                out.append(RiskDecision(it.id, it.symbol, "deny", reason, 0.0))
+                self.denied += 1
+                continue
+            action = "allow" if reason == "OK" else "reduce"
+            if action == "reduce":
+                self.reduced += 1
+            out.append(RiskDecision(it.id, it.symbol, action, reason, qty))
+            open_count += 1
+            extra_exposure[quote] = extra_exposure.get(quote, 0.0) + qty * price
+            extra_margin[quote] = extra_margin.get(quote, 0.0) + qty * price / it.leverage
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "risk_state": self.state,
+            "reason": self.reason,
+            "denied": self.denied,
+            "reduced": self.reduced,
+            "paused_symbols": self.portfolio.paused(),
+            "accounts": {q: {"drawdown_pct": round(100 * a.drawdown, 3),
+                             "daily_loss_pct": round(100 * a.daily_loss, 3)}
+                         for q, a in sorted(self.accounts.items())},
+        }
+
+
+def _symbol(args: dict[str, Any]) -> str:
+    symbol = str(args.get("symbol", "")).upper()
+    if not symbol:
+        raise ValueError("this command needs a SYMBOL")
+    return symbol
+
+

@@ -1,0 +1,259 @@
+"""The `qtraderd` command line: run, import, train, ctl, report.
+
+Exit codes: 0 ok; 1 a command failed at run time; 2 bad input (config, files, state dir);
+3 the daemon gave up after too many actor restarts (systemd restarts it).
+Heavy imports happen inside the subcommands: `qtraderd ctl` starts in milliseconds and
+`qtraderd run` never imports the training libraries (training runs in a subprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+from qtraderd import __version__
+
+log = logging.getLogger("qtraderd")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_dirs(p: argparse.ArgumentParser, models: bool = True) -> None:
+    p.add_argument("--state-dir", type=Path, default=Path("state"),
+                   help="holds qtraderd.db and the control socket (default: ./state)")
+    if models:
+        p.add_argument("--models-dir", type=Path, default=Path("models"),
+                       help="holds model artifacts (default: ./models)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qtraderd",
+        description="Self-hosted crypto trading daemon that learns from its own trades.")
+    parser.add_argument("--version", action="version", version=f"qtraderd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the daemon (default: paper-trade the bundled candles)",
+                       description="Run the daemon in the foreground until the replay data "
+                       "ends (or SIGTERM/SIGINT). Without --config: paper mode, replay of "
+                       "the candles bundled with qtraderd at full speed. Imports the bundled "
+                       "candles if the store has none and trains the first models (in a "
+                       "subprocess) if the models directory has none. Prints a summary at "
+                       "the end.")
+    p.add_argument("--config", type=Path, default=None, help="TOML config file")
+    _add_dirs(p)
+    p.add_argument("--no-train", action="store_true",
+                   help="do not train initial models when none exist (predict nothing)")
+
+    p = sub.add_parser("import", help="load candle files (CSV, Binance klines) into the store",
+                       description="Load candles into the store. Accepts CSV with a header "
+                       "(time column open_time/timestamp/date/time in epoch s/ms/us or "
+                       "ISO-8601) and Binance public-data kline CSVs (12 columns, no header), "
+                       "plain, .gz or .zip. Re-importing adds nothing; bad rows are rejected "
+                       "with their line numbers; gaps stay gaps.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--symbol", default=None, help="symbol (default: from the file name)")
+    p.add_argument("--interval", default=None,
+                   help="1m|3m|5m|15m|30m|1h|2h|4h|1d (default: from the file name)")
+    _add_dirs(p, models=False)
+
+    p = sub.add_parser("train", help="train and export models from the stored candles",
+                       description="Train the tree models (XGBoost, LightGBM) on the first "
+                       "train.train_fraction of the stored span, export them to ONNX with a "
+                       "parity check and deploy them to the models directory.")
+    p.add_argument("--config", type=Path, default=None, help="TOML config file")
+    _add_dirs(p)
+    p.add_argument("--families", default=None, help="comma-separated (default: all)")
+    p.add_argument("--train-until", default=None, help="end of the training span (ISO or ms)")
+    p.add_argument("--symbols", default=None, help="comma-separated (default: all stored)")
+
+    p = sub.add_parser("ctl", help="talk to a running daemon (try `qtraderd ctl --help`)",
+                       add_help=False)
+    p.add_argument("ctl_args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("report", help="the end-of-run summary of a past or running run",
+                       description="Summary from SQLite: trades, win rate, net PnL after "
+                       "costs, max drawdown, Sharpe, per-symbol rows.")
+    _add_dirs(p, models=False)
+    p.add_argument("--run", type=int, default=None, help="run id (default: the latest)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ctl"]:
+        from qtraderd import ctl
+
+        return ctl.main(argv[1:], prog="qtraderd ctl")
+    args = build_parser().parse_args(argv)
+    handler = {"run": cmd_run, "import": cmd_import, "train": cmd_train,
+               "report": cmd_report}[args.command]
+    return handler(args)
+
+
+def _error(msg: str, code: int = EXIT_USAGE) -> int:
+    print(f"qtraderd: error: {msg}", file=sys.stderr)
+    return code
+
+
+# ------------------------------------------------------------------------------- import
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from qtraderd import log as logsetup
+    from qtraderd.importer import CandleImportError, import_file
+    from qtraderd.store.db import StoreError, connect
+
+    logsetup.setup("INFO")
+    try:
+        conn = connect(args.state_dir)
+    except StoreError as exc:
+        return _error(str(exc))
+    failed = 0
+    for path in args.files:
+        try:
+            res = import_file(conn, path, args.symbol, args.interval)
+        except CandleImportError as exc:
+            print(f"qtraderd: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{path}: {res.summary()}")
+        for line, reason in res.rejected[:20]:
+            print(f"  rejected line {line}: {reason}")
+        if res.rejected_count > 20:
+            print(f"  ... and {res.rejected_count - 20} more rejected rows")
+    conn.close()
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def bundled_files() -> list[Path]:
+    root = resources.files("qtraderd") / "data"
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".csv.gz"))
+
+
+def ensure_candles(state_dir: Path, interval: str) -> None:
+    """Import the bundled demo candles if the store holds none for this interval."""
+    from qtraderd.importer import import_file
+    from qtraderd.store.db import connect
+    from qtraderd.venues.replay import stored_symbols
+
+    conn = connect(state_dir)
+    try:
+        if stored_symbols(conn, interval):
+            return
+        files = [f for f in bundled_files() if f"-{interval}." in f.name]
+        if not files:
+            return
+        log.info("store has no %s candles: importing the %d bundled files", interval, len(files))
+        for f in files:
+            log.info("imported %s", import_file(conn, f).summary())
+    finally:
+        conn.close()
+
+
+# -------------------------------------------------------------------------------- train
+
+
+def _train_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["--state-dir", str(args.state_dir), "--models-dir", str(args.models_dir)]
+    if args.config:
+        argv += ["--config", str(args.config)]
+    for opt in ("families", "train_until", "symbols"):
+        value = getattr(args, opt, None)
+        if value:
+            argv += [f"--{opt.replace('_', '-')}", value]
+    return argv
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from qtraderd.learn.cli import train_main
+
+    return train_main(_train_argv(args))
+
+
+def train_subprocess(state_dir: Path, models_dir: Path, config: Path | None,
+                     timeout_s: float) -> int:
+    """Initial training for `run`, in a separate process (the daemon never imports ML libs)."""
+    cmd = [sys.executable, "-m", "qtraderd.learn", "train", "--state-dir", str(state_dir),
+           "--models-dir", str(models_dir)]
+    if config:
+        cmd += ["--config", str(config)]
+    log.info("no models in %s: training the initial models (subprocess)", models_dir)
+    try:
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        log.error("initial training timed out after %.0f s", timeout_s)
+        return EXIT_FAILED
+    return done.returncode
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from qtraderd import config as config_mod
+    from qtraderd import log as logsetup
+    from qtraderd.daemon import Daemon, DaemonError
+    from qtraderd.models.artifacts import families, list_versions
+    from qtraderd.report import render, summarize
+    from qtraderd.store.db import StoreError, connect
+
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as exc:
+        return _error(str(exc))
+    logsetup.setup(cfg.runtime.log_level)
+    try:
+        if cfg.feed.source == "replay":
+            ensure_candles(args.state_dir, cfg.feed.interval)
+        has_models = any(list_versions(args.models_dir, f) for f in families(args.models_dir))
+        if not has_models and not args.no_train:
+            code = train_subprocess(args.state_dir, args.models_dir, args.config,
+                                    cfg.train.timeout_s)
+            if code != 0:
+                return _error(f"initial training failed (exit {code}); see the lines above, "
+                              "or start with --no-train to run without models", EXIT_FAILED)
+        daemon = Daemon(cfg, args.state_dir, args.models_dir)
+        code = trio.run(daemon.run)
+    except (DaemonError, StoreError) as exc:
+        return _error(str(exc))
+    except OSError as exc:
+        return _error(f"{exc}", EXIT_FAILED)
+    conn = connect(args.state_dir, readonly=True)
+    try:
+        sys.stdout.write(render(summarize(conn, daemon.run_id)))
+    finally:
+        conn.close()
+    return code
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from qtraderd.report import ReportError, render, summarize
+    from qtraderd.store.db import StoreError, connect
+
+    try:
+        conn = connect(args.state_dir, readonly=True)
+        summary = summarize(conn, args.run)
+    except (StoreError, ReportError) as exc:
+        return _error(str(exc))
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        sys.stdout.write(render(summary))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

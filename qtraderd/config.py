@@ -1,0 +1,455 @@
+"""Configuration: TOML file + `QT_<SECTION>_<KEY>` environment overrides -> frozen objects.
+
+Every key is declared once, below, as a dataclass field with its type, default and bounds.
+Unknown keys and bad values raise `ConfigError`, whose message names the key, what was
+expected and what was given; the CLI turns it into exit code 2. The effective config is
+logged at start and stored with each run (`Config.to_dict`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+import typing
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "QT_"
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is meant for the operator as-is."""
+
+
+def _spec(default: Any = MISSING, *, lo: float | None = None, hi: float | None = None,
+          choices: tuple[str, ...] | None = None, positive: bool = False,
+          default_factory: Any = MISSING, help: str = "") -> Any:
+    meta = {"lo": lo, "hi": hi, "choices": choices, "positive": positive, "help": help}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    source: str = _spec("replay", choices=("replay", "binance"))
+    symbols: tuple[str, ...] = _spec((), help="empty: every symbol in the store")
+    interval: str = _spec("5m", choices=("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "1d"))
+    speed: float = _spec(math.inf, positive=True, help='"max" or a multiple of real time')
+    start: str = _spec("", help="ISO date/time; empty: first stored bar")
+    end: str = _spec("", help="ISO date/time; empty: last stored bar")
+    exit_at_end: bool = _spec(True, help="stop the daemon when the replay data ends")
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    balances: dict[str, float] = _spec(
+        default_factory=lambda: {"BTC": 1.0, "USDT": 10_000.0},
+        help="starting paper balance per quote currency",
+    )
+
+
+@dataclass(frozen=True)
+class CostsConfig:
+    taker_fee_pct: float = _spec(0.05, lo=0.0, hi=5.0)
+    maker_fee_pct: float = _spec(0.02, lo=-1.0, hi=5.0)
+    slippage_bps: float = _spec(2.0, lo=0.0, hi=1000.0)
+
+
+@dataclass(frozen=True)
+class SizingConfig:
+    # Margin per trade in the pair's quote currency: a number for every quote, or a table.
+    # 0.025 BTC was the seed's $300 at January-2018 prices (the bundled demo data).
+    margin: dict[str, float] = _spec(
+        default_factory=lambda: {"BTC": 0.025, "USDT": 300.0},
+        help="per trade, in the quote currency (number or {QUOTE = amount})",
+    )
+    leverage: float = _spec(3.0, positive=True, hi=125.0)
+    take_profit_pct: float = _spec(1.6, positive=True, hi=100.0)
+    stop_loss_pct: float = _spec(0.8, positive=True, hi=100.0)
+    min_confidence: float = _spec(0.30, lo=0.0, hi=1.0,
+                                  help="minimum probability of the chosen side to enter")
+    min_edge_pct: float = _spec(0.0, lo=-100.0, hi=100.0,
+                                help="minimum expected net return per trade after costs")
+    allow_short: bool = _spec(True)
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    horizon_bars: int = _spec(48, lo=1, hi=10_000, help="time barrier")
+    embargo_bars: int = _spec(48, lo=0, hi=100_000)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    atr_dynamic: bool = _spec(False, help="TP/SL distances from ATR instead of fixed percent")
+    tp_atr_mult: float = _spec(3.0, positive=True)
+    sl_atr_mult: float = _spec(1.5, positive=True)
+    trailing: bool = _spec(True)
+    trailing_activation_pct: float = _spec(1.0, positive=True, hi=100.0)
+    trailing_callback_pct: float = _spec(0.5, positive=True, hi=100.0)
+    time_stop_bars: int = _spec(48, lo=0, hi=1_000_000, help="0 disables")
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    max_order_notional_pct: float = _spec(25.0, positive=True,
+                                          help="per order, % of the quote account's equity")
+    max_order_notional: dict[str, float] = _spec(default_factory=dict,
+                                                 help="absolute cap per quote currency")
+    max_leverage: float = _spec(5.0, positive=True, hi=125.0)
+    max_open_positions: int = _spec(5, lo=0, hi=10_000)
+    max_symbol_exposure_pct: float = _spec(30.0, positive=True)
+    max_total_exposure_pct: float = _spec(100.0, positive=True)
+    daily_loss_pct: float = _spec(5.0, positive=True, hi=100.0)
+    max_drawdown_pct: float = _spec(15.0, positive=True, hi=100.0)
+    reduce_at: float = _spec(0.6, lo=0.0, hi=1.0,
+                             help="fraction of a loss limit at which state becomes REDUCING")
+    reduce_factor: float = _spec(0.5, lo=0.0, hi=1.0, help="size multiplier while REDUCING")
+
+
+@dataclass(frozen=True)
+class PortfolioConfig:
+    max_losing_streak: int = _spec(5, lo=0, hi=10_000, help="0 disables")
+    expectancy_trades: int = _spec(20, lo=0, hi=100_000,
+                                   help="pause when the mean of the last N trades is < 0")
+    pause_bars: int = _spec(288, lo=0, hi=10_000_000, help="0: until resume-symbol")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    restart_intensity: int = _spec(5, lo=1, hi=1000)
+    restart_period_s: float = _spec(60.0, positive=True)
+    restart_backoff_s: float = _spec(0.1, lo=0.0, hi=60.0)
+    restart_backoff_max_s: float = _spec(5.0, lo=0.0, hi=600.0)
+    channel_capacity: int = _spec(64, lo=1, hi=100_000)
+    shutdown_timeout_s: float = _spec(4.0, positive=True, hi=60.0)
+    log_level: str = _spec("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    flush_rows: int = _spec(20_000, lo=1, hi=10_000_000)
+    flush_ms: float = _spec(250.0, positive=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    families: tuple[str, ...] = _spec(("xgboost", "lightgbm"))
+    train_fraction: float = _spec(0.5, lo=0.05, hi=0.95,
+                                  help="share of the stored span used to train; the rest "
+                                       "is out-of-sample for the replay")
+    valid_fraction: float = _spec(0.2, lo=0.05, hi=0.5,
+                                  help="tail of the training span held out for metrics")
+    n_estimators: int = _spec(200, lo=1, hi=100_000)
+    max_depth: int = _spec(4, lo=1, hi=64)
+    learning_rate: float = _spec(0.05, positive=True, hi=1.0)
+    timeout_s: float = _spec(600.0, positive=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str = _spec("paper", choices=("paper", "live"))
+    seed: int = _spec(42, lo=0, hi=2**32 - 1)
+    feed: FeedConfig = field(default_factory=FeedConfig)
+    account: AccountConfig = field(default_factory=AccountConfig)
+    costs: CostsConfig = field(default_factory=CostsConfig)
+    sizing: SizingConfig = field(default_factory=SizingConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if hasattr(v, "__dataclass_fields__"):
+                out[f.name] = {g.name: _plain(getattr(v, g.name)) for g in fields(v)}
+            else:
+                out[f.name] = _plain(v)
+        return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, float) and math.isinf(v):
+        return "max"
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def per_quote(table: dict[str, float], quote: str, default: float = 0.0) -> float:
+    """Look up a per-quote-currency amount; '*' is the catch-all of a plain number."""
+    if quote in table:
+        return table[quote]
+    return table.get("*", default)
+
+
+_SECTIONS = {f.name: f for f in fields(Config) if hasattr(f.default_factory, "__dataclass_fields__")}
+
+
+# ----------------------------------------------------------------------------- coercion
+
+
+def _describe(f: Any) -> str:
+    meta = f.metadata
+    t = f.type if not isinstance(f.type, str) else f.type
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    if "speed" == f.name:
+        return '"max" or a number > 0'
+    if "dict" in str(t):
+        return "a number or a table of QUOTE = number"
+    if "tuple" in str(t):
+        return "a list of strings"
+    if "bool" in str(t):
+        return "true or false"
+    kind = "an integer" if "int" in str(t) else "a number"
+    lo, hi = meta.get("lo"), meta.get("hi")
+    bounds = []
+    if meta.get("positive"):
+        bounds.append("> 0")
+    if lo is not None:
+        bounds.append(f">= {lo:g}")
+    if hi is not None:
+        bounds.append(f"<= {hi:g}")
+    return kind + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _coerce(key: str, f: Any, raw: Any, from_env: bool) -> Any:
+    """Turn a TOML value (or an environment string) into the field's type, or raise."""
+    t = str(f.type)
+    expected = _describe(f)
+    where = f" (from {ENV_PREFIX}{key.upper().replace('.', '_')})" if from_env else ""
+
+    def bad() -> ConfigError:
+        return ConfigError(f"config key '{key}': expected {expected}, got {raw!r}{where}")
+
+    meta = f.metadata
+    if f.name == "speed":
+        if isinstance(raw, str) and raw.strip().lower() == "max":
+            return math.inf
+        value = _number(raw, from_env)
+        if value is None or not value > 0:
+            raise bad()
+        return value
+    if t == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if from_env and isinstance(raw, str):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        raise bad()
+    if t.startswith("tuple"):
+        if from_env and isinstance(raw, str):
+            raw = [p.strip() for p in raw.split(",") if p.strip()]
+        if not isinstance(raw, list | tuple) or not all(isinstance(x, str) and x for x in raw):
+            raise bad()
+        return tuple(raw)
+    if t.startswith("dict"):
+        if from_env and isinstance(raw, str):
+            raw = _parse_env_table(raw)
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            raw = {"*": raw}
+        if not isinstance(raw, dict):
+            raise bad()
+        out: dict[str, float] = {}
+        for k, v in raw.items():
+            num = _number(v, from_env)
+            if num is None or num < 0 or not isinstance(k, str):
+                raise bad()
+            out[k.upper() if k != "*" else k] = num
+        return out
+    if t == "str":
+        if not isinstance(raw, str):
+            raise bad()
+        if meta.get("choices"):
+            norm = raw.upper() if f.name == "log_level" else raw
+            if norm not in meta["choices"]:
+                raise bad()
+            return norm
+        return raw
+    # numbers
+    value = _number(raw, from_env)
+    if value is None:
+        raise bad()
+    if t == "int":
+        if value != int(value):
+            raise bad()
+        value = int(value)
+    if meta.get("positive") and not value > 0:
+        raise bad()
+    if meta.get("lo") is not None and value < meta["lo"]:
+        raise bad()
+    if meta.get("hi") is not None and value > meta["hi"]:
+        raise bad()
+    return value
+
+
+def _number(raw: Any, from_env: bool) -> float | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int | float):
+        return float(raw) if math.isfinite(raw) else None
+    if from_env and isinstance(raw, str):
+        try:
+            v = float(raw)
+        except ValueError:
+            return None
+        return v if math.isfinite(v) else None
+    return None
+
+
+def _parse_env_table(raw: str) -> Any:
+    raw = raw.strip()
+    if "=" not in raw:
+        try:
+            return float(raw)  # a plain number applies to every quote currency
+        except ValueError:
+            return raw
+    table: dict[str, str] = {}
+    for part in raw.split(","):
+        if "=" not in part:
+            return raw
+        k, v = part.split("=", 1)
+        table[k.strip()] = v.strip()
+    return table
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, from_env: set[str]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            hint = ", ".join(sorted(known))
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known keys here: {hint})")
+    kwargs = {}
+    for name, raw in data.items():
+        f = known[name]
+        full = f"{prefix}{name}"
+        if full in _SECTION_KEYS:
+            if not isinstance(raw, dict):
+                raise ConfigError(f"config key '{full}': expected a table [{full}], got {raw!r}")
+            kwargs[name] = _build(_SECTION_TYPES[full], raw, f"{full}.", from_env)
+        else:
+            kwargs[name] = _coerce(full, f, raw, full in from_env)
+    return cls(**kwargs)
+
+
+_SECTION_TYPES: dict[str, type] = {
+    name: typing.get_type_hints(Config)[name] for name in _SECTIONS
+}
+_SECTION_KEYS = set(_SECTION_TYPES)
+
+
+def _env_overrides(env: typing.Mapping[str, str]) -> tuple[dict[str, Any], set[str]]:
+    """Map QT_<SECTION>_<KEY> (and QT_<TOPLEVEL>) variables onto config keys.
+
+    A variable whose second word is a known section but whose key is unknown is an error;
+    other QT_* variables (Qt's own QT_QPA_PLATFORM, say) are not ours and are ignored.
+    """
+    data: dict[str, Any] = {}
+    used: set[str] = set()
+    top = {f.name for f in fields(Config) if f.name not in _SECTION_KEYS}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        if rest in top:
+            data[rest] = value
+            used.add(rest)
+            continue
+        section, _, key = rest.partition("_")
+        if section not in _SECTION_KEYS or not key:
+            continue
+        known = {f.name for f in fields(_SECTION_TYPES[section])}
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key '{section}.{key}' (from environment variable {var}; "
+                f"known keys in [{section}]: {', '.join(sorted(known))})"
+            )
+        data.setdefault(section, {})[key] = value
+        used.add(f"{section}.{key}")
+    return data, used
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k in _SECTION_KEYS:
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def load(path: str | Path | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Read a TOML file (optional) and apply environment overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    env_data, from_env = _env_overrides(os.environ if env is None else env)
+    cfg = _build(Config, _merge(data, env_data), "", from_env)
+    _cross_check(cfg)
+    return cfg
+
+
+def _cross_check(cfg: Config) -> None:
+    s = cfg.sizing
+    if s.take_profit_pct <= s.stop_loss_pct:
+        raise ConfigError(
+            f"config keys 'sizing.take_profit_pct' ({s.take_profit_pct}) and "
+            f"'sizing.stop_loss_pct' ({s.stop_loss_pct}): take-profit must be larger than "
+            "stop-loss (the triple-barrier label needs it)"
+        )
+    if s.leverage > cfg.risk.max_leverage:
+        raise ConfigError(
+            f"config key 'sizing.leverage': expected <= risk.max_leverage "
+            f"({cfg.risk.max_leverage}), got {s.leverage}"
+        )
+
+
+def with_changes(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of cfg with some section keys replaced (tests and the demo use this)."""
+    out = cfg
+    for name, changes in sections.items():
+        if name in _SECTION_KEYS:
+            out = replace(out, **{name: replace(getattr(out, name), **changes)})
+        else:
+            out = replace(out, **{name: changes})
+    return out
+
+
+INTERVAL_MS = {
+    "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "1d": 86_400_000,
+}
+
+__all__ = [
+    "INTERVAL_MS",
+    "Config",
+    "ConfigError",
+    "load",
+    "per_quote",
+    "with_changes",
+]
+

@@ -1,0 +1,141 @@
+"""What the control socket can ask of a running daemon.
+
+Read-only answers come from the actors' published status and read-only store queries;
+commands that change state (halt, resume, flatten, pause, resume-symbol) are messages to
+the actor that owns that state (risk), answered once it has applied them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from qtraderd.actors.control import ControlError, Handler
+from qtraderd.clock import iso
+from qtraderd.messages import Command
+from qtraderd.models.registry import list_models
+from qtraderd.store.db import connect
+
+if TYPE_CHECKING:
+    from qtraderd.daemon import Daemon
+
+RISK_COMMANDS = ("halt", "resume", "flatten", "pause", "resume-symbol")
+
+
+class ControlAPI:
+    def __init__(self, daemon: Daemon, commands: trio.MemorySendChannel[Command]) -> None:
+        self.d = daemon
+        self.commands = commands
+        self._ro: sqlite3.Connection | None = None
+
+    def handlers(self) -> dict[str, Handler]:
+        h: dict[str, Handler] = {
+            "status": self.status,
+            "modules": self.modules,
+            "positions": self.positions,
+            "trades": self.trades,
+            "pnl": self.pnl,
+            "models": self.models,
+        }
+        for name in RISK_COMMANDS:
+            h[name] = self._risk_command(name)
+        return h
+
+    def _db(self) -> sqlite3.Connection:
+        if self._ro is None:
+            self._ro = connect(self.d.state_dir, readonly=True)
+        return self._ro
+
+    async def status(self, args: dict[str, Any]) -> Any:
+        return self.d.status()
+
+    async def modules(self, args: dict[str, Any]) -> Any:
+        d = self.d
+        sup = d.supervisor.status() if d.supervisor else {}
+        rows: list[dict[str, Any]] = []
+
+        def add(module: str, status: str, detail: str) -> None:
+            rows.append({"module": module, "status": status, "detail": detail})
+
+        add("config", "ok", f"mode {d.cfg.mode}, source {d.cfg.feed.source}")
+        add("clock", "ok", f"{type(d.clock).__name__} at {iso(d.clock.now_ms())}")
+        add("store", "ok", f"{d.state_dir / 'qtraderd.db'} (WAL), run {d.run_id}")
+        for name, st in sup.items():
+            status = {"running": "ok", "stopped": "done"}.get(st["state"], st["state"])
+            if st["restarts"]:
+                status = f"{status} ({st['restarts']} restarts)"
+            detail = ", ".join(f"{k}={v}" for k, v in st.items()
+                               if k not in ("state", "restarts", "last_error")
+                               and not isinstance(v, dict))
+            add(f"actor:{name}", status, detail)
+        models = d.predictor.models if d.supervisor else {}
+        add("models", "ok" if models else "none",
+            ", ".join(f"{f}/{m.version}" for f, m in models.items()) or
+            "no model loaded: predicting nothing")
+        add("risk", d.risk.state, d.risk.reason or "within limits")
+        paused = d.risk.portfolio.paused()
+        add("portfolio", "ok" if not paused else "paused symbols",
+            ", ".join(f"{s} ({r})" for s, r in paused.items()) or "no pauses")
+        add("control", "ok", str(d.socket_path))
+        return rows
+
+    async def positions(self, args: dict[str, Any]) -> Any:
+        return [
+            {"symbol": p.symbol, "side": "long" if p.side > 0 else "short", "qty": p.qty,
+             "entry": p.entry_price, "mark": p.mark_price, "stop": p.stop_price,
+             "take": p.take_price, "unrealized": p.unrealized, "bars_held": p.bars_held,
+             "trailing": p.trailing}
+            for p in (pos.view() for _, pos in sorted(self.d.broker.positions.items()))
+        ]
+
+    async def trades(self, args: dict[str, Any]) -> Any:
+        try:
+            limit = int(args.get("limit", 20))
+        except (TypeError, ValueError) as exc:
+            raise ControlError(f"limit must be an integer, got {args.get('limit')!r}") from exc
+        rows = self._db().execute(
+            "SELECT id, symbol, side, qty, entry_ts, entry_price, exit_ts, exit_price, net_pnl,"
+            " return_pct, exit_reason FROM trades WHERE run_id=? ORDER BY id DESC LIMIT ?",
+            (self.d.run_id, max(1, min(limit, 10_000)))).fetchall()
+        return [{"id": r[0], "symbol": r[1], "side": "long" if r[2] > 0 else "short",
+                 "qty": r[3], "entry": iso(r[4]), "entry_price": r[5], "exit": iso(r[6]),
+                 "exit_price": r[7], "net_pnl": r[8], "return_pct": round(r[9], 3),
+                 "reason": r[10]} for r in rows]
+
+    async def pnl(self, args: dict[str, Any]) -> Any:
+        accounts = [
+            {"quote": a.quote, "balance": a.balance, "equity": a.equity,
+             "start": self.d.cfg.account.balances.get(a.quote),
+             "exposure": a.exposure, "open_positions": a.open_positions}
+            for a in self.d.execution.accounts
+        ]
+        symbols = [{"symbol": s, **st} for s, st in self.d.risk.portfolio.stats().items()]
+        return {"accounts": accounts, "symbols": symbols}
+
+    async def models(self, args: dict[str, Any]) -> Any:
+        served = [{"family": f, "version": m.version, "data_end": iso(m.data_end),
+                   **{k: m.meta.metrics.get(k) for k in ("auc_long", "auc_short")}}
+                  for f, m in self.d.predictor.models.items()]
+        registry = [{"family": r["family"], "version": r["version"], "status": r["status"],
+                     "created_at": r["created_at"]} for r in list_models(self._db())]
+        return {"served": served, "registry": registry}
+
+    def _risk_command(self, name: str) -> Handler:
+        async def handler(args: dict[str, Any]) -> Any:
+            reply_tx, reply_rx = trio.open_memory_channel[Any](1)
+            try:
+                self.commands.send_nowait(Command(name, args, reply_tx))
+            except trio.WouldBlock as exc:
+                raise ControlError("risk actor is busy; try again") from exc
+            except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+                raise ControlError("risk actor has stopped") from exc
+            with trio.move_on_after(5):
+                result = await reply_rx.receive()
+                if isinstance(result, dict) and "error" in result:
+                    raise ControlError(result["error"])
+                return result
+            raise ControlError(f"risk actor did not answer {name!r} within 5 s")
+
+        return handler

@@ -1,0 +1,266 @@
+"""The daemon: wires the actors into the bar chain and runs them under the supervisor.
+
+    feed -> execution(A) -> monitor -> predictor -> sizer -> risk -> execution(B) -> recorder
+
+Around the chain run the services: the control socket, signal handling (SIGTERM/SIGINT:
+stop the feed, let in-flight steps drain, flush, exit 0 — or cancel outright after
+`runtime.shutdown_timeout_s`), and a progress line once a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from qtraderd import __version__
+from qtraderd.actors.control import ControlServer
+from qtraderd.actors.execution import ExecutionActor
+from qtraderd.actors.feed import FeedActor
+from qtraderd.actors.monitor import MonitorActor
+from qtraderd.actors.predictor import PredictorActor
+from qtraderd.actors.recorder import RecorderActor
+from qtraderd.actors.risk import RiskActor
+from qtraderd.actors.sizer import SizerActor
+from qtraderd.clock import LiveClock, ReplayClock, iso
+from qtraderd.config import INTERVAL_MS, Config
+from qtraderd.control_api import ControlAPI
+from qtraderd.costs import CostModel
+from qtraderd.labels import Barriers
+from qtraderd.messages import Command, Record, Step
+from qtraderd.models.onnx_model import LoadedModel, load_champions
+from qtraderd.store.db import connect
+from qtraderd.supervisor import Supervisor
+from qtraderd.venues.paper import PaperBroker
+from qtraderd.venues.replay import ReplaySource, stored_symbols
+
+log = logging.getLogger("qtraderd")
+
+SOCKET_NAME = "qtraderd.sock"
+EXIT_OK, EXIT_ESCALATED = 0, 3
+
+
+class DaemonError(RuntimeError):
+    """Start-up cannot proceed; the message tells the operator what to do."""
+
+
+def parse_time(text: str) -> int | None:
+    if not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise DaemonError(f"bad date/time {text!r} (expected ISO-8601)") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+@dataclass
+class Daemon:
+    cfg: Config
+    state_dir: Path
+    models_dir: Path
+    socket_path: Path | None = None
+    progress_every_s: float = 1.0
+    models: dict[str, LoadedModel] | None = None  # preloaded (tests); else from models_dir
+    run_id: int = 0
+    started_wall: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir)
+        self.models_dir = Path(self.models_dir)
+        if self.socket_path is None:
+            self.socket_path = self.state_dir / SOCKET_NAME
+        self.supervisor: Supervisor | None = None
+        self.feed: FeedActor | None = None
+        self.stopping = False
+        self.exit_code = EXIT_OK
+
+    # -- assembly ------------------------------------------------------------------------
+    def _open_store(self) -> sqlite3.Connection:
+        return connect(self.state_dir)
+
+    def _symbols(self, conn: sqlite3.Connection) -> list[str]:
+        interval = self.cfg.feed.interval
+        stored = stored_symbols(conn, interval)
+        wanted = list(self.cfg.feed.symbols) or stored
+        missing = [s for s in wanted if s not in stored]
+        if missing:
+            raise DaemonError(
+                f"no {interval} candles stored for {', '.join(missing)} in "
+                f"{self.state_dir}; import them with `qtraderd import FILE --state-dir "
+                f"{self.state_dir}` (stored: {', '.join(stored) or 'none'})")
+        if not wanted:
+            raise DaemonError(f"no {interval} candles in {self.state_dir}; import some with "
+                              "`qtraderd import FILE`")
+        return wanted
+
+    def _new_run(self, conn: sqlite3.Connection, symbols: list[str]) -> int:
+        cur = conn.execute(
+            "INSERT INTO runs (started_at, mode, source, seed, config, symbols, interval, status)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (datetime.now(UTC).isoformat(timespec="seconds"), self.cfg.mode,
+             self.cfg.feed.source, self.cfg.seed, json.dumps(self.cfg.to_dict()),
+             json.dumps(symbols), self.cfg.feed.interval, "running"))
+        return int(cur.lastrowid or 0)
+
+    def _actor_event(self, actor: str, event: str, detail: str, restarts: int) -> None:
+        try:
+            self._records.send_nowait(Record("actor_events", {
+                "run_id": self.run_id, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "clock_ts": self.clock.now_ms(), "actor": actor, "event": event,
+                "detail": detail, "restarts": restarts}))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            log.warning("actor event not recorded (recorder busy or gone): %s %s", actor, event)
+
+    # -- running -------------------------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> int:
+        cfg = self.cfg
+        conn = self._open_store()
+        try:
+            symbols = self._symbols(conn)
+            if self.models is None:
+                self.models, errors = load_champions(self.models_dir)
+                for err in errors:
+                    log.error("model rejected: %s", err)
+            interval_ms = INTERVAL_MS[cfg.feed.interval]
+            self.run_id = self._new_run(conn, symbols)
+            log.info("qtraderd %s starting: run %d, mode %s, source %s, %d symbols (%s), "
+                     "interval %s, speed %s, models %s", __version__, self.run_id, cfg.mode,
+                     cfg.feed.source, len(symbols), ",".join(symbols), cfg.feed.interval,
+                     "max" if math.isinf(cfg.feed.speed) else f"{cfg.feed.speed:g}x",
+                     ",".join(f"{f}/{m.version}" for f, m in self.models.items()) or "none")
+            await self._run_chain(conn, symbols, interval_ms, task_status)
+        finally:
+            self._finish(conn)
+            conn.close()
+        return self.exit_code
+
+    async def _run_chain(self, conn: sqlite3.Connection, symbols: list[str], interval_ms: int,
+                         task_status: Any) -> None:
+        cfg = self.cfg
+        cap = cfg.runtime.channel_capacity
+        self.clock = ReplayClock() if cfg.feed.source == "replay" else LiveClock()
+        costs = CostModel.from_config(cfg.costs)
+        gate = trio.Semaphore(1)
+        feed_tx, feed_rx = trio.open_memory_channel[Step](1)
+        mon_tx, mon_rx = trio.open_memory_channel[Step](cap)
+        pred_tx, pred_rx = trio.open_memory_channel[Step](cap)
+        size_tx, size_rx = trio.open_memory_channel[Step](cap)
+        risk_tx, risk_rx = trio.open_memory_channel[Step](cap)
+        back_tx, back_rx = trio.open_memory_channel[Step](cap)
+        rec_tx, rec_rx = trio.open_memory_channel[Step](4096)
+        records_tx, records_rx = trio.open_memory_channel[Record](1024)
+        cmd_tx, cmd_rx = trio.open_memory_channel[Command](16)
+        self._records = records_tx
+        source = ReplaySource(self.state_dir, symbols, cfg.feed.interval,
+                              parse_time(cfg.feed.start), parse_time(cfg.feed.end))
+        barriers = Barriers(cfg.sizing.take_profit_pct / 100, cfg.sizing.stop_loss_pct / 100,
+                            cfg.labels.horizon_bars)
+        self.feed = FeedActor(source, self.clock, feed_tx, gate, interval_ms, cfg.feed.speed,
+                              hold_at_end=not cfg.feed.exit_at_end)
+        self.broker = PaperBroker(cfg.account.balances, costs)
+        self.execution = ExecutionActor(self.broker, feed_rx, mon_tx, back_rx, rec_tx, gate)
+        self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
+        self.predictor = PredictorActor(barriers, self.models or {}, pred_rx, size_tx)
+        self.sizer = SizerActor(cfg.sizing, cfg.monitor, costs, size_rx, risk_tx)
+        self.risk = RiskActor(cfg.risk, cfg.portfolio, costs, self.clock, interval_ms, risk_rx,
+                              back_tx, cmd_rx)
+        self.recorder = RecorderActor(conn, self.run_id, rec_rx, records_rx,
+                                      cfg.store.flush_rows, cfg.store.flush_ms)
+        actors = [self.feed, self.execution, self.monitor, self.predictor, self.sizer,
+                  self.risk, self.recorder]
+        self.supervisor = Supervisor(
+            intensity=cfg.runtime.restart_intensity, period_s=cfg.runtime.restart_period_s,
+            backoff_s=cfg.runtime.restart_backoff_s,
+            backoff_max_s=cfg.runtime.restart_backoff_max_s, on_event=self._actor_event)
+        self.api = ControlAPI(self, cmd_tx)
+        assert self.socket_path is not None
+        server = ControlServer(self.socket_path, self.api.handlers())
+        async with trio.open_nursery() as services:
+            await services.start(server.serve)
+            services.start_soon(self._signals)
+            if self.progress_every_s > 0:
+                services.start_soon(self._progress)
+            task_status.started(self)
+            await self.supervisor.run(actors)
+            services.cancel_scope.cancel()
+        if self.supervisor.escalation is not None:
+            log.error("daemon exiting: %s", self.supervisor.escalation)
+            self.exit_code = EXIT_ESCALATED
+        self._log_progress(final=True)
+
+    def request_stop(self, why: str = "stop requested") -> None:
+        """Graceful stop: the feed stops, in-flight steps drain, the recorder flushes."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping: %s", why)
+        if self.feed is not None:
+            self.feed.stop()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.request_stop(f"received {signal.Signals(signum).name}")
+                break
+        await trio.sleep(self.cfg.runtime.shutdown_timeout_s)
+        log.error("shutdown took longer than %.1f s: cancelling actors",
+                  self.cfg.runtime.shutdown_timeout_s)
+        if self.supervisor is not None:
+            self.supervisor.cancel()
+
+    async def _progress(self) -> None:
+        while True:
+            await trio.sleep(self.progress_every_s)
+            self._log_progress()
+
+    def _log_progress(self, final: bool = False) -> None:
+        if self.feed is None:
+            return
+        elapsed = max(1e-9, time.monotonic() - self.started_wall)
+        equity = " ".join(f"{a.quote} {a.equity:,.6g}" for a in self.execution.accounts)
+        log.info("%s: %s bars (%s bars/s) | data time %s | trades %d | open %d | "
+                 "equity %s | risk %s",
+                 "replay finished" if final and self.feed.done else "progress",
+                 f"{self.feed.bars:,}", f"{self.feed.bars / elapsed:,.0f}",
+                 iso(self.feed.last_ts), self.execution.trades,
+                 len(self.broker.positions), equity or "-", self.risk.state)
+
+    def _finish(self, conn: sqlite3.Connection) -> None:
+        if not self.run_id:
+            return
+        status = "escalated" if self.exit_code else (
+            "stopped" if self.stopping else "finished")
+        conn.execute("UPDATE runs SET ended_at=?, status=?, exit_code=? WHERE id=?",
+                     (datetime.now(UTC).isoformat(timespec="seconds"), status, self.exit_code,
+                      self.run_id))
+
+    def status(self) -> dict[str, Any]:
+        feed = self.feed
+        elapsed = max(1e-9, time.monotonic() - self.started_wall)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "run_id": self.run_id,
+            "mode": self.cfg.mode,
+            "source": self.cfg.feed.source,
+            "clock": iso(self.clock.now_ms()),
+            "bars": feed.bars if feed else 0,
+            "steps": feed.seq if feed else 0,
+            "bars_per_s": round((feed.bars if feed else 0) / elapsed, 1),
+            "risk_state": self.risk.state,
+            "stopping": self.stopping,
+            "actors": self.supervisor.status() if self.supervisor else {},
+        }

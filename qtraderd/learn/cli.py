@@ -1,0 +1,243 @@
+"""`python -m qtraderd.learn train ...`: one training job, start to finish, in its own process.
+
+The learner is a separate process so the daemon never imports the ML libraries and a
+crashing or runaway job cannot take the event loop with it. Its contract with whoever
+started it (the daemon's learner actor, `qtraderd train`, or an operator):
+
+* progress: one readable line per step on stderr (logger "qtraderd.learn");
+* result: exactly one JSON object on stdout, `{"ok": true, "models": [...], "dataset":
+  {...}}`, or `{"ok": false, "error": "...", ...}`;
+* exit status: 0 success, 1 a family failed to train/export/register (the message names
+  the family and the reason; other families still complete), 2 bad input (arguments,
+  config, store, no bars).
+
+Every successful model is written as an immutable artifact, registered as a candidate and
+promoted to champion (for now every successful train deploys; a deploy gate comes later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sqlite3
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import qtraderd
+from qtraderd.config import Config, ConfigError, load
+from qtraderd.features import FEATURE_NAMES, FEATURES_VERSION
+from qtraderd.learn import dataset as dataset_mod
+from qtraderd.learn import export as export_mod
+from qtraderd.learn import metrics as metrics_mod
+from qtraderd.learn import trees
+from qtraderd.models import registry
+from qtraderd.models.artifacts import ModelMeta, sha256_bytes, write_artifact
+from qtraderd.store.db import StoreError, connect, db_path
+
+log = logging.getLogger("qtraderd.learn")
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit 2)."""
+
+
+def parse_time(text: str) -> int:
+    """Epoch milliseconds from digits, or from an ISO date/time (UTC when no offset given)."""
+    t = text.strip()
+    if t.lstrip("-").isdigit():
+        return int(t)
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise UsageError(f"--train-until: expected epoch ms or an ISO date/time, got {text!r}"
+                         ) from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _fmt_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", required=True, type=Path, help="directory of qtraderd.db")
+    p.add_argument("--models-dir", required=True, type=Path, help="where artifacts go")
+    p.add_argument("--config", type=Path, default=None, help="TOML config file")
+    p.add_argument("--families", default=None,
+                   help=f"comma-separated, of {','.join(trees.FAMILIES)} "
+                        "(default: train.families)")
+    p.add_argument("--train-until", default=None,
+                   help="end of the training span (epoch ms or ISO, UTC); default: the "
+                        "first train.train_fraction of the stored data")
+    p.add_argument("--symbols", default=None,
+                   help="comma-separated (default: feed.symbols, else every stored symbol)")
+
+
+def _setup_logging() -> None:
+    """Readable progress on stderr, unless the embedding program configured logging."""
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _emit(result: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """The `train` job; also what `qtraderd train` calls in-process. Returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m qtraderd.learn train",
+                                     description="Train, export and deploy tree models.")
+    add_train_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    _setup_logging()
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        _emit({"ok": False, "error": str(exc)})
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    families = ([f.strip() for f in args.families.split(",") if f.strip()]
+                if args.families else list(cfg.train.families))
+    unknown = [f for f in families if f not in trees.FAMILIES]
+    if unknown or not families:
+        raise UsageError(f"--families: unknown {unknown or 'empty list'} "
+                         f"(known: {', '.join(trees.FAMILIES)})")
+    symbols = ([s.strip().upper() for s in args.symbols.split(",") if s.strip()]
+               if args.symbols else None)
+    until = parse_time(args.train_until) if args.train_until else None
+    if not db_path(args.state_dir).exists():  # a learner never creates an empty store
+        raise UsageError(f"no store at {db_path(args.state_dir)} (state dir "
+                         f"{args.state_dir}); import bars first (`qtraderd import`)")
+    try:
+        conn = connect(args.state_dir)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        try:
+            ds = dataset_mod.build(conn, cfg, symbols=symbols, train_until_ms=until)
+        except dataset_mod.DatasetError as exc:
+            raise UsageError(f"{exc} (state dir {args.state_dir})") from exc
+        log.info("dataset: %d symbols, %s train / %s valid samples, window %s..%s "
+                 "(validation from %s), data sha256 %s", len(ds.symbols), f"{ds.n_train:,}",
+                 f"{ds.n_valid:,}", _fmt_ms(ds.span_start), _fmt_ms(ds.span_end),
+                 _fmt_ms(ds.valid_cutoff), ds.data_sha256[:8])
+        models: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for family in families:
+            try:
+                models.append(train_family(family, ds, cfg, conn, args.models_dir))
+            except Exception as exc:  # one family failing must not stop the others
+                msg = f"{family}: {type(exc).__name__}: {exc}"
+                log.error("failed %s", msg)
+                errors.append(msg)
+    finally:
+        conn.close()
+    result: dict[str, Any] = {"ok": not errors, "models": models, "dataset": ds.summary()}
+    if errors:
+        result["error"] = "; ".join(errors)
+    _emit(result)
+    return 1 if errors else 0
+
+
+def train_family(family: str, ds: dataset_mod.Dataset, cfg: Config,
+                 conn: sqlite3.Connection, models_dir: Path) -> dict[str, Any]:
+    """Train, export (parity-gated), evaluate, write, register and promote one family."""
+    t0 = time.monotonic()
+    model = trees.train(family, ds, cfg)
+    train_s = time.monotonic() - t0
+    log.info("trained %s in %.1f s", family, train_s)
+    valid = ds.valid
+    t0 = time.monotonic()
+    exp = export_mod.export(model, valid.X)
+    export_s = time.monotonic() - t0
+    # Metrics come from the ONNX graph: they describe exactly what the daemon will serve.
+    proba = export_mod.ort_proba(exp.onnx_bytes, valid.X)
+    prior = np.bincount(ds.train.y, minlength=3) / ds.n_train
+    m = metrics_mod.evaluate(proba, valid, cfg, train_prior=prior)
+    m["parity_rows"] = exp.parity_rows
+    created = datetime.now(UTC)
+    sha = sha256_bytes(exp.onnx_bytes)
+    version = f"{created:%Y%m%dT%H%M%SZ}-{sha[:8]}"
+    b = ds.barriers
+    meta = ModelMeta(
+        family=family, version=version, sha256=sha,
+        features=list(FEATURE_NAMES), features_version=FEATURES_VERSION,
+        input_name=export_mod.INPUT_NAME, output_name=export_mod.OUTPUT_NAME,
+        created_at=created.isoformat(timespec="seconds"),
+        code_version=qtraderd.__version__,
+        symbols=list(ds.symbols), interval=ds.interval,
+        barriers={"tp": b.tp, "sl": b.sl, "horizon": b.horizon},
+        train_start=ds.train_start, train_end=ds.train_end, data_end=ds.data_end,
+        valid_start=ds.valid_start, valid_end=ds.valid_end,
+        n_train=ds.n_train, n_valid=ds.n_valid, data_sha256=ds.data_sha256,
+        params=_params(family, cfg), metrics=m,
+        parity_max_abs_diff=exp.parity_max_abs_diff,
+        probe_inputs=exp.probe_inputs, probe_outputs=exp.probe_outputs,
+    )
+    path = write_artifact(models_dir, meta, exp.onnx_bytes)
+    log.info("exported %s %s in %.1f s (parity max abs diff %.1e over %d rows)", family,
+             version, export_s, exp.parity_max_abs_diff, exp.parity_rows)
+    registry.register(conn, meta, path, status="candidate", reason="trained by qtraderd.learn")
+    registry.promote(conn, models_dir, family, version,
+                     reason="auto-deploy: every successful train deploys (no gate yet)")
+    log.info("%s", metrics_mod.headline(family, m))
+    return {
+        "family": family, "version": version, "path": str(path),
+        "meta_path": str(path.with_suffix(".json")), "sha256": sha,
+        "train_seconds": round(train_s, 3), "export_seconds": round(export_s, 3),
+        "parity_max_abs_diff": exp.parity_max_abs_diff, "metrics": m,
+    }
+
+
+def _params(family: str, cfg: Config) -> dict[str, Any]:
+    """Everything needed to retrain the same model from the same bars."""
+    import importlib
+
+    # The module's version: the xgboost-cpu distribution installs the `xgboost` module.
+    lib_version = str(getattr(importlib.import_module(family), "__version__", ""))
+    return {
+        **trees.params_for(family, cfg),
+        "library_version": lib_version,
+        "train_fraction": cfg.train.train_fraction,
+        "valid_fraction": cfg.train.valid_fraction,
+        "embargo_bars": cfg.labels.embargo_bars,
+        "horizon_bars": cfg.labels.horizon_bars,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m qtraderd.learn <job> ...` (only `train` so far)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        return train_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m qtraderd.learn",
+                                     description="qtraderd learner jobs (separate process).")
+    sub = parser.add_subparsers(dest="job", required=True)
+    add_train_arguments(sub.add_parser("train", help="train, export and deploy tree models"))
+    try:
+        parser.parse_args(argv)  # prints usage / help; a valid `train` never gets here
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 2  # pragma: no cover

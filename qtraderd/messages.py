@@ -1,0 +1,243 @@
+"""Every message that crosses a channel between actors.
+
+Everything about one bar timestamp travels down the actor chain as a single `Step`
+(feed -> execution -> monitor -> predictor -> sizer -> risk -> execution -> recorder).
+Each actor returns a copy of the step with its own fields filled in
+(`dataclasses.replace`), so the order of work inside one bar is fixed by the chain and
+never by Trio's scheduler. All messages are frozen and slotted: cheap to build and safe to
+hand between tasks.
+
+Conventions: times are integer epoch milliseconds; `ts` of a bar is its open time;
+`side` is +1 (long / buy) or -1 (short / sell); amounts are in the pair's quote currency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+LONG = 1
+SHORT = -1
+
+# Class indices of the three-way triple-barrier label (see labels.py).
+LABEL_NONE = 0
+LABEL_LONG = 1
+LABEL_SHORT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One closed candle."""
+
+    symbol: str
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Features of one closed bar; becomes a training sample once its outcome is known."""
+
+    symbol: str
+    ts: int
+    features: tuple[float, ...]
+    regime: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Class probabilities from one model (or the ensemble) for one bar."""
+
+    symbol: str
+    ts: int
+    model: str  # family name, or "ensemble"
+    version: str
+    p_long: float  # P(long take-profit is hit before its stop, within the horizon)
+    p_short: float  # P(short take-profit is hit before its stop, within the horizon)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The realised triple-barrier label of an earlier sample, known once later bars closed."""
+
+    symbol: str
+    ts: int  # the sample's bar
+    label: int  # LABEL_NONE / LABEL_LONG / LABEL_SHORT
+    resolved_at: int  # open time of the bar that resolved it
+    ret_long: float  # return of the long trade to its exit barrier (before costs)
+    ret_short: float
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """The sizer's reading of the ensemble for one symbol and bar."""
+
+    symbol: str
+    ts: int
+    side: int  # +1, -1, or 0 when no trade
+    confidence: float  # probability of the chosen (or best) side
+    edge: float  # expected net return per unit notional after costs
+    regime: str
+    action: str  # "enter" | "skip"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """An order someone wants placed at the next bar's open; risk decides on it."""
+
+    id: str
+    symbol: str
+    ts: int  # decision bar
+    side: int
+    qty: float
+    ref_price: float  # last close when decided
+    purpose: str  # "entry" | "exit"
+    reason: str  # "signal", "time_stop", "flatten", ...
+    tp_pct: float = 0.0  # take-profit distance from the fill price, fraction (entries)
+    sl_pct: float = 0.0  # stop-loss distance from the fill price, fraction (entries)
+    leverage: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RiskDecision:
+    intent_id: str
+    symbol: str
+    action: str  # "allow" | "reduce" | "deny"
+    reason: str  # reason code, e.g. "OK", "HALTED", "MAX_OPEN_POSITIONS"
+    qty: float  # approved quantity (0 when denied)
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    order_id: str
+    symbol: str
+    ts: int  # open time of the bar in which it filled
+    side: int
+    qty: float
+    price: float
+    fee: float
+    liquidity: str  # "taker" | "maker"
+    reason: str  # "entry", "take_profit", "stop_loss", "trailing_stop", "time_stop", ...
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    """A closed round trip, net of fees and slippage."""
+
+    id: int
+    symbol: str
+    quote: str
+    side: int
+    qty: float
+    entry_ts: int
+    entry_price: float
+    exit_ts: int
+    exit_price: float
+    gross_pnl: float
+    fees: float
+    net_pnl: float
+    return_pct: float  # net PnL as a percentage of the margin committed
+    exit_reason: str
+    bars_held: int
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    symbol: str
+    quote: str
+    side: int
+    qty: float
+    entry_price: float
+    entry_ts: int
+    stop_price: float
+    take_price: float
+    margin: float
+    bars_held: int
+    best_price: float  # most favourable price seen since entry (for trailing)
+    trailing: bool  # trailing stop active
+    mark_price: float
+    unrealized: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    quote: str
+    balance: float  # cash, realised PnL and fees included
+    equity: float  # balance + unrealised PnL
+    exposure: float  # sum of open notional at mark
+    margin_used: float
+    open_positions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Amend:
+    """A change to a position's resting protective orders, decided by the monitor."""
+
+    symbol: str
+    stop_price: float
+    take_price: float
+    reason: str  # "trailing", "atr", ...
+
+
+@dataclass(frozen=True, slots=True)
+class RiskEvent:
+    ts: int
+    state: str
+    prev_state: str
+    reason: str
+    detail: str
+    symbol: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Everything about one bar timestamp, accumulated as it passes down the chain."""
+
+    seq: int
+    ts: int  # open time shared by the bars
+    close_ts: int  # when those bars closed: the decision time
+    bars: tuple[Bar, ...]
+    # execution, first half: what happened at this bar's open and inside its range
+    fills: tuple[Fill, ...] = ()
+    closed: tuple[Trade, ...] = ()
+    positions: tuple[PositionView, ...] = ()
+    accounts: tuple[AccountView, ...] = ()
+    # monitor
+    amends: tuple[Amend, ...] = ()
+    # predictor
+    samples: tuple[Sample, ...] = ()
+    predictions: tuple[Prediction, ...] = ()
+    outcomes: tuple[Outcome, ...] = ()
+    global_regime: str = ""
+    # sizer (and monitor exits) -> risk
+    signals: tuple[Signal, ...] = ()
+    intents: tuple[OrderIntent, ...] = ()
+    decisions: tuple[RiskDecision, ...] = ()
+    risk_state: str = ""
+    risk_events: tuple[RiskEvent, ...] = ()
+    # actors that failed on this step and passed it on untouched
+    degraded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A row for the recorder that does not belong to a step (restarts, model loads...)."""
+
+    table: str
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A control request for the actor that owns the state it changes."""
+
+    name: str
+    args: dict[str, Any]
+    reply: trio.MemorySendChannel[Any] | None = None

@@ -1,0 +1,121 @@
+"""Serving models with onnxruntime alone (the daemon never imports torch/xgboost/lightgbm).
+
+A model file is only served after it passes every check here: its sha256 matches the
+metadata, it was built for this feature list, its input and output shapes fit, and the
+probe rows stored at export give the same probabilities (max abs diff <= 1e-5). Anything
+else raises ArtifactError with the reason, and the caller keeps what it had.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from qtraderd.features import FEATURE_NAMES, FEATURES_VERSION, N_FEATURES
+from qtraderd.models.artifacts import (
+    ArtifactError,
+    ModelMeta,
+    families,
+    list_versions,
+    read_artifact,
+    read_champion,
+)
+
+log = logging.getLogger("qtraderd.models")
+
+PARITY_TOL = 1e-5
+
+
+@dataclass
+class LoadedModel:
+    family: str
+    version: str
+    meta: ModelMeta
+    session: ort.InferenceSession
+    input_name: str
+    output_name: str
+    data_end: int  # last bar its training looked at; it abstains on bars up to here
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities [n, 3] (none, long, short) for float32 rows [n, N_FEATURES]."""
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+def _session(data: bytes) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # batch sizes are tiny; threads only add latency
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def load_model(models_dir: Path, family: str, version: str) -> LoadedModel:
+    meta, data = read_artifact(models_dir, family, version)
+    where = f"{family}/{version}"
+    if list(meta.features) != list(FEATURE_NAMES) or meta.features_version != FEATURES_VERSION:
+        raise ArtifactError(
+            f"{where}: built for features v{meta.features_version} {meta.features[:3]}..., "
+            f"this qtraderd computes v{FEATURES_VERSION} ({N_FEATURES} features)"
+        )
+    try:
+        sess = _session(data)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"{where}: onnxruntime cannot load it ({exc})") from exc
+    inputs = {i.name: i for i in sess.get_inputs()}
+    outputs = {o.name: o for o in sess.get_outputs()}
+    if meta.input_name not in inputs or meta.output_name not in outputs:
+        raise ArtifactError(
+            f"{where}: expected input {meta.input_name!r} and output {meta.output_name!r}, "
+            f"file has inputs {sorted(inputs)} outputs {sorted(outputs)}"
+        )
+    shape = inputs[meta.input_name].shape
+    if len(shape) != 2 or shape[1] != N_FEATURES:
+        raise ArtifactError(f"{where}: input shape {shape}, expected [n, {N_FEATURES}]")
+    model = LoadedModel(family, version, meta, sess, meta.input_name, meta.output_name,
+                        meta.data_end or 0)
+    _check_probes(model)
+    return model
+
+
+def _check_probes(model: LoadedModel) -> None:
+    where = f"{model.family}/{model.version}"
+    meta = model.meta
+    if not meta.probe_inputs:
+        raise ArtifactError(f"{where}: metadata has no parity probe rows")
+    x = np.asarray(meta.probe_inputs, dtype=np.float32)
+    want = np.asarray(meta.probe_outputs, dtype=np.float64)
+    try:
+        got = model.predict(x)
+    except Exception as exc:
+        raise ArtifactError(f"{where}: inference on probe rows failed ({exc})") from exc
+    if got.shape != want.shape or got.shape[1:] != (3,):
+        raise ArtifactError(f"{where}: output shape {got.shape}, expected {want.shape}")
+    diff = float(np.max(np.abs(got - want)))
+    if not diff <= PARITY_TOL:
+        raise ArtifactError(f"{where}: parity probe failed (max abs diff {diff:.2e})")
+
+
+def load_champions(models_dir: Path) -> tuple[dict[str, LoadedModel], list[str]]:
+    """The champion of every family (or its newest version if no pointer), plus errors."""
+    loaded: dict[str, LoadedModel] = {}
+    errors: list[str] = []
+    for family in families(models_dir):
+        try:
+            version = read_champion(models_dir, family)
+        except ArtifactError as exc:
+            errors.append(f"{family}: bad champion pointer ({exc})")
+            continue
+        if version is None:
+            versions = list_versions(models_dir, family)
+            if not versions:
+                continue
+            version = versions[-1]
+        try:
+            loaded[family] = load_model(models_dir, family, version)
+        except ArtifactError as exc:
+            errors.append(str(exc))
+    return loaded, errors

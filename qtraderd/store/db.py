@@ -1,0 +1,105 @@
+"""Opening the SQLite store: WAL mode, migrations, and clear errors about the state dir.
+
+One writer connection (the recorder's, or a short-lived CLI command's); read-only
+connections everywhere else. Connections use autocommit (`isolation_level=None`) and
+explicit transactions so batching is visible in the code that batches.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+from qtraderd.store.schema import SchemaError, migrate
+
+DB_NAME = "qtraderd.db"
+
+
+class StoreError(RuntimeError):
+    """The state directory or database cannot be used; the message says why and where."""
+
+
+def db_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / DB_NAME
+
+
+def _prepare_dir(state_dir: Path) -> None:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create state directory {state_dir}: {exc.strerror}") from exc
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"state directory {state_dir} is not writable by this user "
+            f"(uid {os.getuid()}); fix its permissions or pass another --state-dir"
+        )
+
+
+def connect(state_dir: str | Path, *, readonly: bool = False, timeout_s: float = 5.0
+            ) -> sqlite3.Connection:
+    """Open the store. Read-write opens create and migrate it; read-only opens never write."""
+    state_dir = Path(state_dir)
+    path = db_path(state_dir)
+    if readonly:
+        if not path.exists():
+            raise StoreError(f"no store at {path} (run `qtraderd import` or `qtraderd run` first)")
+        uri = f"file:{path}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot read store {path}: {exc}") from exc
+        return conn
+    _prepare_dir(state_dir)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StoreError(f"store {path} is read-only for this user; fix its permissions")
+    try:
+        conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"store {path}: could not switch to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        migrate(conn)
+    except sqlite3.OperationalError as exc:
+        msg = str(exc)
+        if "locked" in msg or "busy" in msg:
+            raise StoreError(
+                f"store {path} is locked by another process (another qtraderd on the same "
+                f"--state-dir?): {msg}"
+            ) from exc
+        if "readonly" in msg or "read-only" in msg:
+            raise StoreError(f"store {path} is read-only: {msg}") from exc
+        raise StoreError(f"cannot open store {path}: {msg}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"store {path} is not a usable SQLite database: {exc}") from exc
+    except SchemaError as exc:
+        raise StoreError(str(exc)) from exc
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES):
+            raise StoreError(f"store {path} is not writable: {exc.strerror}") from exc
+        raise
+    return conn
+
+
+class Transaction:
+    """`with Transaction(conn):` BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

@@ -1,0 +1,205 @@
+"""`qtraderd ctl` client: word parsing, and main() against a real control server.
+
+The sync client runs in a worker thread (trio.to_thread.run_sync) while the server runs in
+the test's Trio loop, so both sides use real Unix sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from qtraderd.actors.control import ControlError, ControlServer
+from qtraderd.ctl import COMMANDS, CtlError, UsageError, main, parse_command, request
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """Short directory: Unix socket paths are limited to 107 bytes."""
+    d = tempfile.mkdtemp(prefix="qtctl", dir="/tmp")
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    (["status"], ("status", {})),
+    (["modules"], ("modules", {})),
+    (["positions"], ("positions", {})),
+    (["pnl"], ("pnl", {})),
+    (["models"], ("models", {})),
+    (["resume"], ("resume", {})),
+    (["flatten"], ("flatten", {})),
+    (["halt"], ("halt", {})),
+    (["halt", "too", "volatile"], ("halt", {"reason": "too volatile"})),
+    (["pause", "ethbtc"], ("pause", {"symbol": "ETHBTC"})),
+    (["resume-symbol", "EthBtc"], ("resume-symbol", {"symbol": "ETHBTC"})),
+    (["trades"], ("trades", {})),
+    (["trades", "20"], ("trades", {"limit": 20})),
+    (["promote", "family=xgb", "version=3", "dry=true", "note=a=b"],
+     ("promote", {"family": "xgb", "version": 3, "dry": True, "note": "a=b"})),
+    (["rollback"], ("rollback", {})),
+    (["positions", "symbol=BTCUSDT"], ("positions", {"symbol": "BTCUSDT"})),
+])
+def test_parse_command(words: list[str], expected: tuple[str, dict[str, Any]]) -> None:
+    assert parse_command(words) == expected
+
+
+@pytest.mark.parametrize("words", [
+    [], ["pause"], ["pause", "A", "B"], ["resume-symbol"], ["trades", "x"], ["trades", "0"],
+    ["trades", "1", "2"], ["status", "verbose"], ["promote", "xgb"], ["promote", "=3"],
+])
+def test_parse_command_rejects(words: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parse_command(words)
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for usage, desc in COMMANDS.values():
+        assert f"{usage}  " in out and desc in out
+    assert "risk HALTED" in out and "close every position at the next bar" in out
+
+
+STATUS = {"mode": "replay", "bars": 1234, "risk": {"state": "ACTIVE"},
+          "actors": [{"name": "feed", "restarts": 0}, {"name": "predictor", "restarts": 2}]}
+
+
+class Recorder:
+    """Handlers that remember what the client sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def handlers(self) -> dict[str, Any]:
+        async def status(args: dict[str, Any]) -> Any:
+            self.calls.append(("status", args))
+            return STATUS
+
+        async def halt(args: dict[str, Any]) -> Any:
+            self.calls.append(("halt", args))
+            return {"state": "HALTED", "reason": args.get("reason")}
+
+        async def flatten(args: dict[str, Any]) -> Any:
+            raise ControlError("no open positions")
+
+        return {"status": status, "halt": halt, "flatten": flatten}
+
+
+@asynccontextmanager
+async def daemon(path: Path, rec: Recorder) -> AsyncIterator[None]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(path, rec.handlers()).serve)
+        yield
+        nursery.cancel_scope.cancel()
+
+
+async def run_main(argv: list[str]) -> int:
+    return await trio.to_thread.run_sync(main, argv)
+
+
+async def test_status_prints_tables(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = Recorder()
+    async with daemon(state_dir / "qtraderd.sock", rec):
+        assert await run_main(["--state-dir", str(state_dir), "status"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "mode  replay" in lines and "bars  1234" in lines
+    assert "== actors ==" in lines
+    assert any(line.split() == ["predictor", "2"] for line in lines)
+    assert rec.calls == [("status", {})]
+
+
+async def test_json_output_is_the_result(state_dir: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = state_dir / "other.sock"
+    async with daemon(path, Recorder()):
+        assert await run_main(["--socket", str(path), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == STATUS
+
+
+async def test_args_reach_the_daemon(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = Recorder()
+    path = state_dir / "qtraderd.sock"
+    async with daemon(path, rec):
+        # Options after the reason words must not swallow or break them.
+        assert await run_main(["--socket", str(path), "halt", "too", "--json", "volatile"]) == 0
+    assert rec.calls == [("halt", {"reason": "too volatile"})]
+    assert json.loads(capsys.readouterr().out) == {"state": "HALTED", "reason": "too volatile"}
+
+
+async def test_error_reply_exits_1(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = state_dir / "qtraderd.sock"
+    async with daemon(path, Recorder()):
+        assert await run_main(["--socket", str(path), "flatten"]) == 1
+        err = capsys.readouterr().err
+        assert err.strip() == "error: no open positions"
+        assert await run_main(["--socket", str(path), "bogus", "x=1"]) == 1
+        err = capsys.readouterr().err
+        assert "unknown command 'bogus'" in err and "flatten, halt, status" in err
+
+
+async def test_no_daemon_exits_3(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run_main(["--state-dir", str(state_dir), "status"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: no daemon listening on ")
+    assert str(state_dir / "qtraderd.sock") in err and "is qtraderd running?" in err
+
+
+def test_stale_socket_exits_3(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(state_dir / "qtraderd.sock"))
+    stale.close()
+    assert main(["--state-dir", str(state_dir), "status"]) == 3
+    assert "no daemon listening" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--state-dir", str(state_dir), "pause"]) == 2
+    assert "usage: pause SYMBOL" in capsys.readouterr().err
+    assert main(["--state-dir", "a", "--socket", "b", "status"]) == 2
+    assert main([]) == 2
+    assert main(["--timeout", "0", "status"]) == 2
+
+
+def test_request_times_out_when_daemon_does_not_answer(state_dir: Path) -> None:
+    path = state_dir / "mute.sock"
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(str(path))
+    mute.listen(1)  # connections queue in the backlog but are never answered
+    try:
+        with pytest.raises(CtlError, match=r"timed out after 0\.2s"):
+            request(path, "status", timeout_s=0.2)
+    finally:
+        mute.close()
+
+
+@pytest.mark.parametrize("wire", [b"not json\n", b"[1]\n", b'{"ok": false}\n', b""])
+async def test_malformed_reply_is_ctl_error(state_dir: Path, wire: bytes) -> None:
+    path = state_dir / "bad.sock"
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    listener.listen(1)
+
+    async def answer_once() -> None:
+        conn, _ = await listener.accept()
+        with conn:
+            await conn.recv(65536)
+            await conn.send(wire)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer_once)
+        with pytest.raises(CtlError, match=r"malformed reply|without a reply"):
+            await trio.to_thread.run_sync(request, path, "status")
+    listener.close()
