@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import subprocess
 import sys
 from importlib import resources
@@ -122,6 +123,10 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"qtraderd: error: {exc}", file=sys.stderr)
             failed += 1
             continue
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            return _error(f"store {args.state_dir} is busy or locked ({exc}); is a daemon "
+                          f"writing to it? Nothing from {path} was imported")
         print(f"{path}: {res.summary()}")
         for line, reason in res.rejected[:20]:
             print(f"  rejected line {line}: {reason}")
@@ -200,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from qtraderd import config as config_mod
     from qtraderd import log as logsetup
-    from qtraderd.daemon import Daemon, DaemonError
+    from qtraderd.daemon import Daemon, DaemonError, unwrap
     from qtraderd.models.artifacts import families, list_versions
     from qtraderd.report import render, summarize
     from qtraderd.store.db import StoreError, connect
@@ -221,7 +226,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return _error(f"initial training failed (exit {code}); see the lines above, "
                               "or start with --no-train to run without models", EXIT_FAILED)
         daemon = Daemon(cfg, args.state_dir, args.models_dir)
-        code = trio.run(daemon.run)
+        try:
+            code = trio.run(daemon.run)
+        except BaseExceptionGroup as group:
+            leaf = unwrap(group)
+            if isinstance(leaf, DaemonError | StoreError):
+                raise leaf from None
+            raise
     except (DaemonError, StoreError) as exc:
         return _error(str(exc))
     except OSError as exc:

@@ -191,7 +191,8 @@ def per_quote(table: dict[str, float], quote: str, default: float = 0.0) -> floa
     return table.get("*", default)
 
 
-_SECTIONS = {f.name: f for f in fields(Config) if hasattr(f.default_factory, "__dataclass_fields__")}
+_SECTIONS = {f.name: f for f in fields(Config)
+             if hasattr(f.default_factory, "__dataclass_fields__")}
 
 
 # ----------------------------------------------------------------------------- coercion
@@ -199,10 +200,10 @@ _SECTIONS = {f.name: f for f in fields(Config) if hasattr(f.default_factory, "__
 
 def _describe(f: Any) -> str:
     meta = f.metadata
-    t = f.type if not isinstance(f.type, str) else f.type
+    t = f.type
     if meta.get("choices"):
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
-    if "speed" == f.name:
+    if f.name == "speed":
         return '"max" or a number > 0'
     if "dict" in str(t):
         return "a number or a table of QUOTE = number"

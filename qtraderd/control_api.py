@@ -131,11 +131,11 @@ class ControlAPI:
                 raise ControlError("risk actor is busy; try again") from exc
             except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
                 raise ControlError("risk actor has stopped") from exc
-            with trio.move_on_after(5):
+            with trio.move_on_after(3):
                 result = await reply_rx.receive()
                 if isinstance(result, dict) and "error" in result:
                     raise ControlError(result["error"])
                 return result
-            raise ControlError(f"risk actor did not answer {name!r} within 5 s")
+            raise ControlError(f"risk actor did not answer {name!r} within 3 s")
 
         return handler

@@ -54,6 +54,13 @@ class DaemonError(RuntimeError):
     """Start-up cannot proceed; the message tells the operator what to do."""
 
 
+def unwrap(exc: BaseException) -> BaseException:
+    """The single error inside nested one-member exception groups (Trio wraps errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def parse_time(text: str) -> int | None:
     if not text:
         return None
@@ -86,6 +93,7 @@ class Daemon:
         self.feed: FeedActor | None = None
         self.stopping = False
         self.exit_code = EXIT_OK
+        self.channels: dict[str, trio.MemorySendChannel[Any]] = {}
 
     # -- assembly ------------------------------------------------------------------------
     def _open_store(self) -> sqlite3.Connection:
@@ -164,6 +172,9 @@ class Daemon:
         records_tx, records_rx = trio.open_memory_channel[Record](1024)
         cmd_tx, cmd_rx = trio.open_memory_channel[Command](16)
         self._records = records_tx
+        self.channels = {"feed": feed_tx, "monitor": mon_tx, "predictor": pred_tx,
+                         "sizer": size_tx, "risk": risk_tx, "execution_b": back_tx,
+                         "recorder": rec_tx, "records": records_tx, "commands": cmd_tx}
         source = ReplaySource(self.state_dir, symbols, cfg.feed.interval,
                               parse_time(cfg.feed.start), parse_time(cfg.feed.end))
         barriers = Barriers(cfg.sizing.take_profit_pct / 100, cfg.sizing.stop_loss_pct / 100,
@@ -173,10 +184,11 @@ class Daemon:
         self.broker = PaperBroker(cfg.account.balances, costs)
         self.execution = ExecutionActor(self.broker, feed_rx, mon_tx, back_rx, rec_tx, gate)
         self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
-        self.predictor = PredictorActor(barriers, self.models or {}, pred_rx, size_tx)
+        self.predictor = PredictorActor(barriers, self.models or {}, pred_rx, size_tx,
+                                        models_dir=self.models_dir)
         self.sizer = SizerActor(cfg.sizing, cfg.monitor, costs, size_rx, risk_tx)
         self.risk = RiskActor(cfg.risk, cfg.portfolio, costs, self.clock, interval_ms, risk_rx,
-                              back_tx, cmd_rx)
+                              back_tx, cmd_rx, records=records_tx.clone())
         self.recorder = RecorderActor(conn, self.run_id, rec_rx, records_rx,
                                       cfg.store.flush_rows, cfg.store.flush_ms)
         actors = [self.feed, self.execution, self.monitor, self.predictor, self.sizer,
@@ -189,7 +201,10 @@ class Daemon:
         assert self.socket_path is not None
         server = ControlServer(self.socket_path, self.api.handlers())
         async with trio.open_nursery() as services:
-            await services.start(server.serve)
+            try:
+                await services.start(server.serve)
+            except RuntimeError as exc:  # socket taken by another daemon, path unusable
+                raise DaemonError(str(exc)) from exc
             services.start_soon(self._signals)
             if self.progress_every_s > 0:
                 services.start_soon(self._progress)
@@ -263,4 +278,6 @@ class Daemon:
             "risk_state": self.risk.state,
             "stopping": self.stopping,
             "actors": self.supervisor.status() if self.supervisor else {},
+            "queues": {name: f"{st.current_buffer_used}/{st.max_buffer_size}"
+                       for name, st in ((n, ch.statistics()) for n, ch in self.channels.items())},
         }

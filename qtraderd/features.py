@@ -42,8 +42,11 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 N_FEATURES = len(FEATURE_NAMES)
 
-# Bars of history before the first complete feature row (48 returns need 49 closes).
-WARMUP_BARS = 49
+# Bars of history before the first feature row. 48 returns need 49 closes, but the
+# recursive EMA/ATR/RSI state still remembers its seed for a while (the 48-bar EMA keeps
+# 14 % of it after 49 bars, 0.03 % after 200): without the longer warm-up the first rows
+# would depend on where the series happens to start, a skew between training and serving.
+WARMUP_BARS = 200
 
 _EMA_FAST = 2.0 / (12 + 1)
 _EMA_SLOW = 2.0 / (48 + 1)

@@ -31,3 +31,42 @@ def _clean_qt_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in list(os.environ):
         if var.startswith("QT_") and var != "QT_TEST_SHARED":
             monkeypatch.delenv(var, raising=False)
+
+
+DEMO_SYMBOLS = ("ETHBTC", "LTCBTC", "XMRBTC")
+
+
+def make_store(state_dir: Path, symbols=DEMO_SYMBOLS, interval: str = "5m",
+               limit: int | None = None) -> Path:
+    """A store holding real shared candles for `symbols` (optionally only the first rows)."""
+    from qtraderd.store.db import connect
+    from tests.helpers import read_ohlcv, store_bars
+
+    conn = connect(state_dir)
+    for s in symbols:
+        arr = read_ohlcv(OHLCV / f"{s}-{interval}.csv")
+        store_bars(conn, s, interval, arr[:limit] if limit else arr)
+    conn.close()
+    return state_dir
+
+
+FAST_TRAIN = "[train]\nn_estimators = 25\nmax_depth = 3\n"
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A store with three real pairs and small XGBoost + LightGBM models trained on it.
+
+    Session-scoped: training takes a few seconds. Tests copy `models` if they modify it.
+    """
+    from qtraderd.learn.cli import train_main
+
+    root = tmp_path_factory.mktemp("trained")
+    state, models = root / "state", root / "models"
+    make_store(state)
+    cfg = root / "train.toml"
+    cfg.write_text(FAST_TRAIN)
+    code = train_main(["--state-dir", str(state), "--models-dir", str(models),
+                       "--config", str(cfg)])
+    assert code == 0
+    return {"state": state, "models": models, "config": cfg, "root": root}

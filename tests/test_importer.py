@@ -502,19 +502,6 @@ def test_wrong_interval_is_refused(conn: sqlite3.Connection, ohlcv_dir: Path, na
 # ----------------------------------------------------------------------------- lightness
 
 
-def test_5760_rows_import_fast(conn: sqlite3.Connection, tmp_path: Path, ohlcv_dir: Path
-                               ) -> None:
-    best = float("inf")
-    for i in range(3):
-        c = db.connect(tmp_path / f"s{i}")
-        start = time.perf_counter()
-        res = import_file(c, ohlcv_dir / "ETHBTC-5m.csv")
-        best = min(best, time.perf_counter() - start)
-        c.close()
-        assert res.rows_added == 5760
-    assert best < 0.2, f"best of 3 imports took {best * 1000:.0f} ms"
-
-
 def test_importer_does_not_pull_heavy_libraries() -> None:
     code = ("import sys, qtraderd.importer; "
             "print(sorted(m for m in ('pandas', 'torch', 'xgboost', 'lightgbm') "

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import trio
 
-from qtraderd.clock import ReplayClock
+from qtraderd.clock import ReplayClock, iso
 from qtraderd.messages import Bar, Step
 from qtraderd.supervisor import Actor
 
@@ -99,5 +99,5 @@ class FeedActor(Actor):
         await trio.sleep(max(0, ts - self.last_ts) / 1000.0 / self.speed)
 
     def status(self) -> dict[str, Any]:
-        return {"steps": self.seq, "bars": self.bars, "last_bar": self.last_ts,
+        return {"steps": self.seq, "bars": self.bars, "last_bar": iso(self.last_ts),
                 "finished": self.done}

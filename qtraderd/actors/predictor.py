@@ -8,23 +8,40 @@ into the ensemble. Every prediction row names the exact model version.
 
 Honesty: a model abstains on bars its training could have seen (up to `data_end` in its
 metadata), so a replay over the training period never trades on in-sample predictions.
+
+Models are swapped only between steps. A watcher on the models directory (watchfiles)
+re-reads the champions when files change; a file that fails any check (half-written,
+corrupt, wrong shape, parity) is refused with a "model rejected" line and the model
+already in memory keeps serving.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from array import array
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trio
+import watchfiles
 
 from qtraderd.clock import iso
 from qtraderd.features import FeatureState
 from qtraderd.labels import Barriers, Labeler
 from qtraderd.messages import Outcome, Prediction, Sample, Step
-from qtraderd.models.onnx_model import LoadedModel
+from qtraderd.models.artifacts import (
+    ArtifactError,
+    families,
+    is_temp_name,
+    list_versions,
+    meta_path,
+    onnx_path,
+    read_champion,
+)
+from qtraderd.models.onnx_model import LoadedModel, load_model
 from qtraderd.regime import RegimeDetector, global_regime
 from qtraderd.supervisor import StepActor
 
@@ -41,9 +58,14 @@ class PredictorActor(StepActor):
 
     def __init__(self, barriers: Barriers, models: dict[str, LoadedModel],
                  inbox: trio.MemoryReceiveChannel[Step],
-                 outbox: trio.MemorySendChannel[Step]) -> None:
+                 outbox: trio.MemorySendChannel[Step], models_dir: Path | None = None) -> None:
         super().__init__(inbox, outbox)
         self.barriers = barriers
+        self.models_dir = models_dir
+        self._staged: dict[str, LoadedModel] | None = None
+        self._refused: dict[tuple[str, str], tuple[float, float]] = {}
+        self.swaps = 0
+        self.watch_events = 0
         self.models: dict[str, LoadedModel] = {}
         self._features: dict[str, FeatureState] = {}
         self._labelers: dict[str, Labeler] = {}
@@ -57,14 +79,72 @@ class PredictorActor(StepActor):
 
     def swap(self, models: dict[str, LoadedModel]) -> None:
         """Serve a new model set from the next step on (never inside a step)."""
+        old = getattr(self, "models", {})
         self.models = dict(sorted(models.items()))
         if not self.models:
             log.warning("no models loaded: predicting nothing (train with `qtraderd train`)")
         for m in self.models.values():
+            if m.family in old and old[m.family].version == m.version:
+                continue
             log.info("serving model %s/%s (abstains on its training data up to %s)",
                      m.family, m.version, iso(m.data_end))
 
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.models_dir is not None:
+                nursery.start_soon(self._watch)
+            try:
+                await super().run()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _watch(self) -> None:
+        assert self.models_dir is not None
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        async for _changes in watchfiles.awatch(
+                self.models_dir, watch_filter=lambda _c, path: not is_temp_name(
+                    os.path.basename(path)), debounce=50, step=20):
+            self.watch_events += 1
+            staged = await trio.to_thread.run_sync(self.reload)
+            if staged is not None:
+                self._staged = staged
+
+    def reload(self) -> dict[str, LoadedModel] | None:
+        """Load changed champions from disk; None if nothing new was accepted."""
+        assert self.models_dir is not None
+        current = self._staged or self.models
+        new = dict(current)
+        changed = False
+        for family in families(self.models_dir):
+            try:
+                version = read_champion(self.models_dir, family)
+            except ArtifactError as exc:
+                log.error("model rejected: %s champion pointer: %s", family, exc)
+                continue
+            if version is None:
+                versions = list_versions(self.models_dir, family)
+                version = versions[-1] if versions else None
+            if version is None or (family in current and current[family].version == version):
+                continue
+            stamp = _mtimes(self.models_dir, family, version)
+            if self._refused.get((family, version)) == stamp:
+                continue  # already refused this exact file
+            try:
+                new[family] = load_model(self.models_dir, family, version)
+            except ArtifactError as exc:
+                self._refused[(family, version)] = stamp
+                old = current.get(family)
+                log.error("model rejected: %s (still serving %s)", exc,
+                          f"{family}/{old.version}" if old else "nothing for this family")
+                continue
+            changed = True
+        return new if changed else None
+
     def handle(self, step: Step) -> Step:
+        if self._staged is not None:
+            staged, self._staged = self._staged, None
+            self.swap(staged)
+            self.swaps += 1
         samples: list[Sample] = []
         outcomes: list[Outcome] = []
         rows: list[tuple[float, ...]] = []
@@ -132,5 +212,17 @@ class PredictorActor(StepActor):
             "predictions": self.predictions,
             "outcomes": self.outcomes,
             "in_sample_skipped": self.in_sample_skipped,
+            "swaps": self.swaps,
             "regimes": dict(self._last_regime),
         }
+
+
+def _mtimes(models_dir: Path, family: str, version: str) -> tuple[float, float]:
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return -1.0
+
+    return mtime(onnx_path(models_dir, family, version)), mtime(meta_path(models_dir, family,
+                                                                            version))

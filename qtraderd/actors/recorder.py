@@ -112,7 +112,7 @@ class RecorderActor(Actor):
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self.bars = 0
-        self.last_positions: tuple[Any, ...] | None = None
+        self._writing = 0  # steps being written right now (in the worker thread)
 
     async def run(self) -> None:
         try:
@@ -126,6 +126,7 @@ class RecorderActor(Actor):
             self._drain_records()
             await self.flush()
         finally:
+            self._drain_records()
             if self._steps or self._records:  # cancelled mid-way: write synchronously
                 self._write(*self._take())
 
@@ -168,7 +169,11 @@ class RecorderActor(Actor):
             if not (self._steps or self._records):
                 return
             steps, records = self._take()
-            await trio.to_thread.run_sync(self._write, steps, records)
+            self._writing = len(steps)
+            try:
+                await trio.to_thread.run_sync(self._write, steps, records)
+            finally:
+                self._writing = 0
 
     def _write(self, steps: list[Step], records: list[Record]) -> None:
         rows: dict[str, list[tuple[Any, ...]]] = {t: [] for t in _ORDER}
@@ -181,9 +186,10 @@ class RecorderActor(Actor):
                 if rows[table]:
                     conn.executemany(SQL[table], rows[table])
             for rec in records:
-                cols = list(rec.row)
+                row = rec.row if "run_id" in rec.row else {"run_id": self.run_id, **rec.row}
+                cols = list(row)
                 conn.execute(f"INSERT INTO {rec.table} ({', '.join(cols)}) "
-                             f"VALUES ({', '.join('?' * len(cols))})", list(rec.row.values()))
+                             f"VALUES ({', '.join('?' * len(cols))})", list(row.values()))
             if positions is not None:
                 conn.execute("DELETE FROM positions WHERE run_id=?", (self.run_id,))
                 conn.executemany(
@@ -200,4 +206,4 @@ class RecorderActor(Actor):
 
     def status(self) -> dict[str, Any]:
         return {"rows_written": self.rows_written, "flushes": self.flushes,
-                "buffered_steps": len(self._steps)}
+                "buffered_steps": len(self._steps) + self._writing}

@@ -15,6 +15,7 @@ order. Per-symbol statistics and pauses live in portfolio.Portfolio.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,6 +29,7 @@ from qtraderd.messages import (
     AccountView,
     Command,
     OrderIntent,
+    Record,
     RiskDecision,
     RiskEvent,
     Step,
@@ -59,8 +61,11 @@ class RiskActor(Actor):
     def __init__(self, cfg: RiskConfig, portfolio_cfg: PortfolioConfig, costs: CostModel,
                  clock: Clock, interval_ms: int, inbox: trio.MemoryReceiveChannel[Step],
                  outbox: trio.MemorySendChannel[Step],
-                 commands: trio.MemoryReceiveChannel[Command]) -> None:
+                 commands: trio.MemoryReceiveChannel[Command],
+                 records: trio.MemorySendChannel[Record] | None = None) -> None:
         super().__init__()
+        self.records = records  # events caused by commands are written at once
+        self._in_command = False
         self.cfg = cfg
         self.costs = costs
         self.clock = clock
@@ -70,6 +75,7 @@ class RiskActor(Actor):
         self.portfolio = Portfolio(portfolio_cfg, interval_ms)
         self.state = ACTIVE
         self.reason = ""
+        self.reason_code = ""
         self.manual_halt = False
         self.drawdown_latched = False
         self.accounts: dict[str, _Account] = {}
@@ -101,13 +107,19 @@ class RiskActor(Actor):
             except (KeyError, ValueError) as exc:
                 result = {"error": str(exc)}
             if cmd.reply is not None:
-                try:
+                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError,
+                                         trio.ClosedResourceError):
                     cmd.reply.send_nowait(result)
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
 
     # -- commands (from the control socket) ---------------------------------------------
     def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        self._in_command = True
+        try:
+            return self._command(name, args)
+        finally:
+            self._in_command = False
+
+    def _command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         ts = self.clock.now_ms()
         if name == "halt":
             self.manual_halt = True
@@ -154,7 +166,7 @@ class RiskActor(Actor):
         events.extend(self._pending_events)
         self._pending_events = []
         intents = list(step.intents)
-        if self._flatten:
+        if self._flatten and step.accounts:  # no accounts: no broker snapshot (degraded)
             self._flatten = False
             exiting = {i.symbol for i in intents if i.purpose == "exit"}
             for pos in step.positions:
@@ -168,6 +180,8 @@ class RiskActor(Actor):
                        risk_state=self.state, risk_events=(*step.risk_events, *events))
 
     def _evaluate(self, accounts: tuple[AccountView, ...], ts: int) -> None:
+        if not accounts:
+            return  # no equity on this step (execution degraded): no news, keep the state
         day = ts // DAY_MS
         worst_dd = worst_daily = 0.0
         for a in accounts:
@@ -200,23 +214,33 @@ class RiskActor(Actor):
             detail = f"drawdown {worst_dd:.2%}, daily loss {worst_daily:.2%}"
         else:
             target, reason, detail = ACTIVE, "WITHIN_LIMITS", ""
-        if target != self.state:
-            self._transition(target, reason, detail, ts)
+        if target != self.state or (target == HALTED and reason != self.reason_code):
+            self._transition(target, reason, detail, ts)  # e.g. DAILY_LOSS -> DRAWDOWN
 
     def reason_detail(self) -> str:
         return self.reason or "manual"
 
     def _transition(self, state: str, reason: str, detail: str, ts: int) -> None:
         prev = self.state
-        self.state, self.reason = state, detail or reason
-        if state == prev and reason != "MANUAL":
+        if state == prev and reason == self.reason_code and reason != "MANUAL":
             return
+        self.state, self.reason_code, self.reason = state, reason, detail or reason
         logger = log.warning if state != ACTIVE else log.info
         logger("risk state %s (%s%s; was %s)", state, reason, f": {detail}" if detail else "",
                prev)
         self._record(RiskEvent(ts, state, prev, reason, detail))
 
     def _record(self, ev: RiskEvent) -> None:
+        """Step-driven events travel with their step; command events need not wait for one
+        (a halted or finished replay may never send another bar)."""
+        if self._in_command and self.records is not None:
+            try:
+                self.records.send_nowait(Record("risk_events", {
+                    "ts": ev.ts, "state": ev.state, "prev_state": ev.prev_state,
+                    "reason": ev.reason, "detail": ev.detail, "symbol": ev.symbol}))
+                return
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
         self._pending_events.append(ev)
 
     def _decide(self, intents: list[OrderIntent], step: Step) -> list[RiskDecision]:

@@ -69,20 +69,20 @@ class SizerActor(StepActor):
                 continue  # not a signal at all
             sample = samples[p.symbol]
             edge = self.costs.expected_edge(prob, self.tp, self.sl)
+            price = closes[p.symbol]
+            margin = per_quote(self.cfg.margin, quote_of(p.symbol))
             if p.symbol in open_symbols:
                 action, reason = "skip", "position_open"
             elif edge <= self.min_edge:
                 action, reason = "skip", "edge_below_costs"
+            elif margin <= 0 or price <= 0:
+                action, reason = "skip", "no_margin_for_quote"
             else:
                 action, reason = "enter", "signal"
             signals.append(Signal(p.symbol, p.ts, side, prob, edge, sample.regime, action,
                                   reason))
             if action != "enter":
                 self.skipped += 1
-                continue
-            price = closes[p.symbol]
-            margin = per_quote(self.cfg.margin, quote_of(p.symbol))
-            if margin <= 0 or price <= 0:
                 continue
             tp, sl = self._barriers(sample.features[_I_ATR])
             intents.append(OrderIntent(

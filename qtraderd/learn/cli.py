@@ -42,6 +42,9 @@ from qtraderd.store.db import StoreError, connect, db_path
 
 log = logging.getLogger("qtraderd.learn")
 
+# Out-of-sample AUC above this on 5m bars is far more likely a leak than an edge.
+SUSPICIOUS_AUC = 0.65
+
 
 class UsageError(ValueError):
     """Bad command-line input (exit 2)."""
@@ -111,6 +114,10 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         _emit({"ok": False, "error": str(exc)})
         return 2
+    except Exception as exc:  # still one JSON answer for whoever started the job
+        log.exception("learner job failed")
+        _emit({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -120,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     families = ([f.strip() for f in args.families.split(",") if f.strip()]
                 if args.families else list(cfg.train.families))
+    families = list(dict.fromkeys(families))  # "xgboost,xgboost" trains once
     unknown = [f for f in families if f not in trees.FAMILIES]
     if unknown or not families:
         raise UsageError(f"--families: unknown {unknown or 'empty list'} "
@@ -203,6 +211,11 @@ def train_family(family: str, ds: dataset_mod.Dataset, cfg: Config,
     registry.promote(conn, models_dir, family, version,
                      reason="auto-deploy: every successful train deploys (no gate yet)")
     log.info("%s", metrics_mod.headline(family, m))
+    high = {k: m[k] for k in ("auc_long", "auc_short", "auc_direction")
+            if m[k] is not None and m[k] > SUSPICIOUS_AUC}
+    if high:  # honest 5m models sit near 0.5-0.6; this is what leakage looks like
+        log.warning("%s: suspiciously high out-of-sample %s (> %.2f): check for leakage",
+                    family, high, SUSPICIOUS_AUC)
     return {
         "family": family, "version": version, "path": str(path),
         "meta_path": str(path.with_suffix(".json")), "sha256": sha,

@@ -44,6 +44,19 @@ def _auc(y_true: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y_true, score))
 
 
+def _direction_auc(y: np.ndarray, proba: np.ndarray) -> float | None:
+    """Among rows where one side won, does the model tell which? (long vs short AUC)
+
+    One-vs-rest AUCs also reward predicting *volatility* (whether any barrier is hit):
+    both can sit above 0.5 with no idea of direction. This one only sees direction.
+    """
+    won = (y == LABEL_LONG) | (y == LABEL_SHORT)
+    pl, ps = proba[won, LABEL_LONG], proba[won, LABEL_SHORT]
+    denom = pl + ps
+    share = np.divide(pl, denom, out=np.full(len(pl), 0.5), where=denom > 0)
+    return _auc(y[won] == LABEL_LONG, share)
+
+
 def _log_loss(y: np.ndarray, proba: np.ndarray) -> float:
     from sklearn.metrics import log_loss
 
@@ -127,6 +140,7 @@ def evaluate(proba: np.ndarray, valid: Split, cfg: Config,
         "base_rate_short": float(counts[LABEL_SHORT]),
         "auc_long": _auc(y == LABEL_LONG, proba[:, LABEL_LONG]),
         "auc_short": _auc(y == LABEL_SHORT, proba[:, LABEL_SHORT]),
+        "auc_direction": _direction_auc(y, proba),
         "log_loss": _log_loss(y, proba),
     }
     if train_prior is not None:  # the no-skill reference: training class frequencies
@@ -174,7 +188,8 @@ def headline(family: str, m: dict[str, Any]) -> str:
         return "n/a" if x is None else f"{100 * x:+.2f} %"
 
     return (f"{family} validation: auc_long {f3(m['auc_long'])} auc_short "
-            f"{f3(m['auc_short'])}, log loss {f3(m['log_loss'])}"
+            f"{f3(m['auc_short'])} auc_direction {f3(m['auc_direction'])}, "
+            f"log loss {f3(m['log_loss'])}"
             + (f" (prior {f3(m['log_loss_prior'])})" if "log_loss_prior" in m else "")
             + f", {m['n_trades']} trades, win rate {pct(m['win_rate'])} "
             f"(breakeven {pct(m['breakeven_win_rate'])}), mean net "

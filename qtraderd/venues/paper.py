@@ -142,14 +142,18 @@ class PaperBroker:
         if pos.side > 0:
             stop_hit = pos.stop_price > 0 and bar.low <= pos.stop_price
             take_hit = pos.take_price > 0 and bar.high >= pos.take_price
+            take_at_open = take_hit and bar.open >= pos.take_price
             stop_level = min(bar.open, pos.stop_price)
             take_level = max(bar.open, pos.take_price)
         else:
             stop_hit = pos.stop_price > 0 and bar.high >= pos.stop_price
             take_hit = pos.take_price > 0 and bar.low <= pos.take_price
+            take_at_open = take_hit and bar.open <= pos.take_price
             stop_level = max(bar.open, pos.stop_price)
             take_level = min(bar.open, pos.take_price)
-        if stop_hit:  # stop first when both are inside the bar
+        # Stop first when both are inside the bar, unless the bar opened beyond the
+        # take-profit: the open is the one price whose place in the path we know.
+        if stop_hit and not take_at_open:
             reason = "trailing_stop" if pos.trailing else "stop_loss"
             price = self.costs.fill_price(stop_level, -pos.side)
             self._close(pos, bar.open_time, price, reason, f"{pos.order_id}-SL", fills, closed)

@@ -185,3 +185,15 @@ def test_subprocess_empty_store_exits_2(tmp_path: Path, small_config: Path) -> N
     assert "no 5m bars" in proc.stderr and str(empty) in proc.stderr
     assert json.loads(proc.stdout)["ok"] is False
     assert not (tmp_path / "m").exists()
+
+
+def test_learner_modules_import_no_ml_library_until_used() -> None:
+    # The daemon may import the dataset/metrics helpers; only running a job loads the
+    # training libraries, and `qtraderd.learn` itself must stay free of them.
+    code = ("import sys, qtraderd.learn, qtraderd.learn.cli, qtraderd.learn.dataset; "
+            "heavy = {'xgboost', 'lightgbm', 'sklearn', 'skl2onnx', 'onnxmltools', 'torch'}; "
+            "print(sorted(heavy & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "[]"
+    assert (REPO / "qtraderd" / "learn" / "__init__.py").read_text().strip() == ""

@@ -76,6 +76,13 @@ def test_auc_log_loss_and_missing_classes(cfg: Config) -> None:
     onehot = np.eye(3)[y]
     perfect = metrics.evaluate(0.9 * onehot + 0.1 / 3, v, cfg)
     assert perfect["auc_long"] == 1.0 and perfect["auc_short"] == 1.0
+    assert perfect["auc_direction"] == 1.0
+    # Knowing only *whether* a barrier is hit (not which): one-vs-rest AUCs look good,
+    # the direction AUC does not.
+    vol_only = np.where((y > 0)[:, None], [0.2, 0.4, 0.4], [0.8, 0.1, 0.1])
+    m_vol = metrics.evaluate(vol_only, v, cfg)
+    assert m_vol["auc_long"] > 0.7 and m_vol["auc_short"] > 0.7
+    assert m_vol["auc_direction"] == 0.5
     flat = metrics.evaluate(np.full((300, 3), 1 / 3), v, cfg, train_prior=np.full(3, 1 / 3))
     assert flat["auc_long"] == 0.5 and flat["log_loss"] == pytest.approx(np.log(3))
     assert flat["log_loss_prior"] == pytest.approx(np.log(3)) and flat["n_trades"] == 0
@@ -131,3 +138,4 @@ def test_random_walk_auc_is_chance(family: str, make_store: Callable[..., Path],
     assert m["n_valid"] > 30_000
     assert abs(m["auc_long"] - 0.5) < 0.05, m["auc_long"]
     assert abs(m["auc_short"] - 0.5) < 0.05, m["auc_short"]
+    assert abs(m["auc_direction"] - 0.5) < 0.05, m["auc_direction"]

@@ -1,0 +1,168 @@
+"""Predictor: features + ONNX ensemble per step, exact versions, in-sample abstention,
+outcomes, and the models-directory watcher that refuses bad files and keeps serving."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import trio
+
+from qtraderd.actors.predictor import PredictorActor
+from qtraderd.features import WARMUP_BARS
+from qtraderd.labels import Barriers, triple_barrier
+from qtraderd.messages import Bar, Step
+from qtraderd.models.artifacts import (
+    ModelMeta,
+    meta_path,
+    onnx_path,
+    sha256_bytes,
+    write_artifact,
+    write_champion,
+)
+from qtraderd.models.onnx_model import load_champions
+from tests.conftest import OHLCV
+from tests.helpers import read_ohlcv
+
+B = Barriers(0.016, 0.008, 48)
+
+
+def real_steps(symbols=("ETHBTC", "LTCBTC"), n=None):
+    data = {s: read_ohlcv(OHLCV / f"{s}-5m.csv") for s in symbols}
+    by_ts: dict[int, list[Bar]] = {}
+    for s, a in data.items():
+        for r in (a if n is None else a[:n]).tolist():
+            by_ts.setdefault(int(r[0]), []).append(Bar(s, int(r[0]), *r[1:6]))
+    return [Step(seq=i + 1, ts=ts, close_ts=ts + 300_000, bars=tuple(sorted(by_ts[ts],
+                 key=lambda b: b.symbol))) for i, ts in enumerate(sorted(by_ts))]
+
+
+def predictor(models=None, models_dir=None):
+    tx, rx = trio.open_memory_channel(100)
+    return PredictorActor(B, models or {}, rx, tx, models_dir=models_dir)
+
+
+def test_predictions_are_out_of_sample_versioned_and_averaged(trained):
+    models, errors = load_champions(trained["models"])
+    assert not errors
+    p = predictor(models)
+    data_end = max(m.data_end for m in models.values())
+    outs = [p.handle(s) for s in real_steps()]
+    preds = [x for o in outs for x in o.predictions]
+    assert preds, "no predictions at all"
+    assert min(x.ts for x in preds) > data_end  # never on bars its training saw
+    in_sample = [o for o in outs if o.ts <= data_end]
+    assert in_sample and all(not o.predictions for o in in_sample)
+    assert all(o.samples for o in in_sample[WARMUP_BARS:])  # features/samples still recorded
+    served = {f: m.version for f, m in models.items()}
+    for x in preds:
+        if x.model != "ensemble":
+            assert x.version == served[x.model]
+    by_key: dict = {}
+    for x in preds:
+        by_key.setdefault((x.symbol, x.ts), {})[x.model] = x
+    for group in list(by_key.values())[:200]:
+        ens = group["ensemble"]
+        assert ens.version == ",".join(f"{f}={v}" for f, v in sorted(served.items()))
+        assert ens.p_long == pytest.approx(np.mean([group[f].p_long for f in served]))
+        assert ens.p_short == pytest.approx(np.mean([group[f].p_short for f in served]))
+        assert 0 <= ens.p_long + ens.p_short <= 1
+
+
+def test_outcomes_match_training_labels(trained):
+    p = predictor()
+    outs = [p.handle(s) for s in real_steps(("ETHBTC",))]
+    got = {(o.symbol, o.ts): o.label for out in outs for o in out.outcomes}
+    a = read_ohlcv(OHLCV / "ETHBTC-5m.csv")
+    lab = triple_barrier(a[:, 1], a[:, 2], a[:, 3], a[:, 4], B)[0]
+    expected = {("ETHBTC", int(t)): int(y) for t, y in zip(a[:, 0], lab, strict=True)
+                if y >= 0 and t >= a[WARMUP_BARS - 1, 0]}
+    assert got == expected
+
+
+def test_regimes_recorded_per_bar_and_globally(trained):
+    p = predictor()
+    outs = [p.handle(s) for s in real_steps(n=2000)]
+    regimes = {s.regime for o in outs for s in o.samples}
+    assert regimes <= {"trend_up", "trend_down", "range", "high_vol"} and len(regimes) >= 3
+    assert all(o.global_regime for o in outs if o.samples)
+
+
+def test_without_models_it_predicts_nothing_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="qtraderd.predictor"):
+        p = predictor()
+    assert "no models loaded: predicting nothing" in caplog.text
+    outs = [p.handle(s) for s in real_steps(n=200)]
+    assert not any(o.predictions for o in outs) and any(o.samples for o in outs)
+
+
+def _new_version(models_dir, family, version, source, *, corrupt=False):
+    """A new artifact made from version `source`'s bytes, under another version name."""
+    cur = source
+    meta = ModelMeta.from_json(meta_path(models_dir, family, cur).read_text())
+    data = onnx_path(models_dir, family, cur).read_bytes()
+    new = ModelMeta(**{**meta.__dict__, "version": version, "sha256": sha256_bytes(data)})
+    write_artifact(models_dir, new, data)
+    if corrupt:
+        p = onnx_path(models_dir, family, version)
+        p.write_bytes(p.read_bytes()[:-100])
+    return version
+
+
+async def _wait_until(pred, timeout=10.0):
+    with trio.fail_after(timeout):
+        while not pred():
+            await trio.sleep(0.02)
+
+
+async def test_watcher_refuses_bad_files_and_swaps_good_ones_between_steps(trained, tmp_path,
+                                                                          caplog):
+    models_dir = tmp_path / "models"
+    shutil.copytree(trained["models"], models_dir)
+    models, _ = load_champions(models_dir)
+    in_tx, in_rx = trio.open_memory_channel(0)
+    out_tx, out_rx = trio.open_memory_channel(100)
+    p = PredictorActor(B, models, in_rx, out_tx, models_dir=models_dir)
+    old = p.models["lightgbm"].version
+    steps = real_steps(("ETHBTC",))
+    for s in steps[-(WARMUP_BARS + 20):-3]:  # warm the features up on out-of-sample bars
+        p.handle(s)
+    late = [replace(s) for s in steps[-3:]]
+    with caplog.at_level(logging.INFO, logger="qtraderd.predictor"):
+        async with trio.open_nursery() as n:
+            n.start_soon(p.run)
+            probe = models_dir / "probe.txt"
+            with trio.fail_after(10):  # wait until the watcher demonstrably sees changes
+                while not p.watch_events:
+                    probe.write_text("x")
+                    await trio.sleep(0.05)
+            # a half-written file promoted to champion: refused, old model keeps serving
+            _new_version(models_dir, "lightgbm", "bad-1", old, corrupt=True)
+            write_champion(models_dir, "lightgbm", "bad-1")
+            await _wait_until(lambda: "model rejected" in caplog.text)
+            await in_tx.send(late[0])
+            out = await out_rx.receive()
+            assert {x.version for x in out.predictions if x.model == "lightgbm"} == {old}
+            # a good one: served from the next step on, never inside a step
+            _new_version(models_dir, "lightgbm", "good-2", old)
+            write_champion(models_dir, "lightgbm", "good-2")
+            await _wait_until(lambda: p._staged is not None)
+            await in_tx.send(late[1])
+            out = await out_rx.receive()
+            assert {x.version for x in out.predictions if x.model == "lightgbm"} == {"good-2"}
+            assert p.swaps == 1
+            await in_tx.aclose()
+    assert "sha256" in caplog.text and f"still serving lightgbm/{old}" in caplog.text
+
+
+def test_recorded_feature_blob_round_trips():
+    from qtraderd.actors.predictor import pack_features
+
+    row = tuple(float(i) / 7 for i in range(17))
+    back = np.frombuffer(pack_features(row), dtype=np.float32)
+    np.testing.assert_allclose(back, row, rtol=1e-6)
+    assert json.dumps(list(map(float, back)))  # plain floats
