@@ -9,6 +9,7 @@ stop the feed, let in-flight steps drain, flush, exit 0 — or cancel outright a
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
@@ -52,6 +53,21 @@ EXIT_OK, EXIT_ESCALATED = 0, 3
 
 class DaemonError(RuntimeError):
     """Start-up cannot proceed; the message tells the operator what to do."""
+
+
+def limit_malloc_arenas(n: int = 1) -> bool:
+    """Cap glibc's per-thread malloc arenas (what MALLOC_ARENA_MAX=1 does).
+
+    Worker threads (store reads, the models watcher) would each get an arena of their own;
+    memory freed there is not reused by the event loop's thread, so RSS crept up by ~10 %
+    per replay although no Python object leaked. One shared arena keeps RSS flat; the
+    allocations in question are rare enough that arena contention costs nothing here.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-8, n))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False  # not glibc: nothing to do
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -134,6 +150,7 @@ class Daemon:
 
     # -- running -------------------------------------------------------------------------
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> int:
+        limit_malloc_arenas()
         cfg = self.cfg
         conn = self._open_store()
         try:
@@ -161,14 +178,13 @@ class Daemon:
         cap = cfg.runtime.channel_capacity
         self.clock = ReplayClock() if cfg.feed.source == "replay" else LiveClock()
         costs = CostModel.from_config(cfg.costs)
-        gate = trio.Semaphore(1)
         feed_tx, feed_rx = trio.open_memory_channel[Step](1)
         mon_tx, mon_rx = trio.open_memory_channel[Step](cap)
         pred_tx, pred_rx = trio.open_memory_channel[Step](cap)
         size_tx, size_rx = trio.open_memory_channel[Step](cap)
         risk_tx, risk_rx = trio.open_memory_channel[Step](cap)
         back_tx, back_rx = trio.open_memory_channel[Step](cap)
-        rec_tx, rec_rx = trio.open_memory_channel[Step](4096)
+        rec_tx, rec_rx = trio.open_memory_channel[list[Step]](64)
         records_tx, records_rx = trio.open_memory_channel[Record](1024)
         cmd_tx, cmd_rx = trio.open_memory_channel[Command](16)
         self._records = records_tx
@@ -179,17 +195,19 @@ class Daemon:
                               parse_time(cfg.feed.start), parse_time(cfg.feed.end))
         barriers = Barriers(cfg.sizing.take_profit_pct / 100, cfg.sizing.stop_loss_pct / 100,
                             cfg.labels.horizon_bars)
-        self.feed = FeedActor(source, self.clock, feed_tx, gate, interval_ms, cfg.feed.speed,
+        self.feed = FeedActor(source, feed_tx, interval_ms, cfg.feed.speed,
                               hold_at_end=not cfg.feed.exit_at_end)
         self.broker = PaperBroker(cfg.account.balances, costs)
-        self.execution = ExecutionActor(self.broker, feed_rx, mon_tx, back_rx, rec_tx, gate)
+        self.execution = ExecutionActor(
+            self.broker, feed_rx, mon_tx, back_rx, rec_tx,
+            self.clock if isinstance(self.clock, ReplayClock) else None)
         self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
         self.predictor = PredictorActor(barriers, self.models or {}, pred_rx, size_tx,
                                         models_dir=self.models_dir)
         self.sizer = SizerActor(cfg.sizing, cfg.monitor, costs, size_rx, risk_tx)
         self.risk = RiskActor(cfg.risk, cfg.portfolio, costs, self.clock, interval_ms, risk_rx,
                               back_tx, cmd_rx, records=records_tx.clone())
-        self.recorder = RecorderActor(conn, self.run_id, rec_rx, records_rx,
+        self.recorder = RecorderActor(self.state_dir, self.run_id, rec_rx, records_rx,
                                       cfg.store.flush_rows, cfg.store.flush_ms)
         actors = [self.feed, self.execution, self.monitor, self.predictor, self.sizer,
                   self.risk, self.recorder]

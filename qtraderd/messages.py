@@ -2,10 +2,13 @@
 
 Everything about one bar timestamp travels down the actor chain as a single `Step`
 (feed -> execution -> monitor -> predictor -> sizer -> risk -> execution -> recorder).
-Each actor returns a copy of the step with its own fields filled in
-(`dataclasses.replace`), so the order of work inside one bar is fixed by the chain and
-never by Trio's scheduler. All messages are frozen and slotted: cheap to build and safe to
-hand between tasks.
+Each actor returns a copy of the step with its own fields filled in (`replace`), so the
+order of work inside one bar is fixed by the chain and never by Trio's scheduler.
+
+Messages are frozen msgspec Structs: about 7x cheaper to build than frozen dataclasses,
+`replace` is ~60x cheaper, and a whole replay's steps encode to msgpack in milliseconds,
+which is how finished steps travel to the store writer process. Leaf types hold only
+scalars, so they opt out of the cyclic GC (`gc=False`).
 
 Conventions: times are integer epoch milliseconds; `ts` of a bar is its open time;
 `side` is +1 (long / buy) or -1 (short / sell); amounts are in the pair's quote currency.
@@ -13,10 +16,15 @@ Conventions: times are integer epoch milliseconds; `ts` of a bar is its open tim
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
+import msgspec
+from msgspec.structs import replace
+
+if TYPE_CHECKING:
+    import trio
+
+__all__ = ["replace"]
 
 LONG = 1
 SHORT = -1
@@ -27,8 +35,7 @@ LABEL_LONG = 1
 LABEL_SHORT = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Bar:
+class Bar(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One closed candle."""
 
     symbol: str
@@ -40,8 +47,7 @@ class Bar:
     volume: float
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """Features of one closed bar; becomes a training sample once its outcome is known."""
 
     symbol: str
@@ -50,8 +56,7 @@ class Sample:
     regime: str
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """Class probabilities from one model (or the ensemble) for one bar."""
 
     symbol: str
@@ -62,8 +67,18 @@ class Prediction:
     p_short: float  # P(short take-profit is hit before its stop, within the horizon)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class ModelOutput(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One model's probabilities for every symbol of a step (rows align with `symbols`)."""
+
+    model: str
+    version: str
+    ts: int
+    symbols: tuple[str, ...]
+    p_long: tuple[float, ...]
+    p_short: tuple[float, ...]
+
+
+class Outcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """The realised triple-barrier label of an earlier sample, known once later bars closed."""
 
     symbol: str
@@ -74,8 +89,7 @@ class Outcome:
     ret_short: float
 
 
-@dataclass(frozen=True, slots=True)
-class Signal:
+class Signal(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """The sizer's reading of the ensemble for one symbol and bar."""
 
     symbol: str
@@ -88,8 +102,7 @@ class Signal:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class OrderIntent:
+class OrderIntent(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """An order someone wants placed at the next bar's open; risk decides on it."""
 
     id: str
@@ -105,8 +118,7 @@ class OrderIntent:
     leverage: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class RiskDecision:
+class RiskDecision(msgspec.Struct, frozen=True, array_like=True, gc=False):
     intent_id: str
     symbol: str
     action: str  # "allow" | "reduce" | "deny"
@@ -114,8 +126,7 @@ class RiskDecision:
     qty: float  # approved quantity (0 when denied)
 
 
-@dataclass(frozen=True, slots=True)
-class Fill:
+class Fill(msgspec.Struct, frozen=True, array_like=True, gc=False):
     order_id: str
     symbol: str
     ts: int  # open time of the bar in which it filled
@@ -127,8 +138,7 @@ class Fill:
     reason: str  # "entry", "take_profit", "stop_loss", "trailing_stop", "time_stop", ...
 
 
-@dataclass(frozen=True, slots=True)
-class Trade:
+class Trade(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A closed round trip, net of fees and slippage."""
 
     id: int
@@ -148,8 +158,7 @@ class Trade:
     bars_held: int
 
 
-@dataclass(frozen=True, slots=True)
-class PositionView:
+class PositionView(msgspec.Struct, frozen=True, array_like=True, gc=False):
     symbol: str
     quote: str
     side: int
@@ -166,8 +175,7 @@ class PositionView:
     unrealized: float
 
 
-@dataclass(frozen=True, slots=True)
-class AccountView:
+class AccountView(msgspec.Struct, frozen=True, array_like=True, gc=False):
     quote: str
     balance: float  # cash, realised PnL and fees included
     equity: float  # balance + unrealised PnL
@@ -176,8 +184,7 @@ class AccountView:
     open_positions: int
 
 
-@dataclass(frozen=True, slots=True)
-class Amend:
+class Amend(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A change to a position's resting protective orders, decided by the monitor."""
 
     symbol: str
@@ -186,8 +193,7 @@ class Amend:
     reason: str  # "trailing", "atr", ...
 
 
-@dataclass(frozen=True, slots=True)
-class RiskEvent:
+class RiskEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):
     ts: int
     state: str
     prev_state: str
@@ -196,8 +202,7 @@ class RiskEvent:
     symbol: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """Everything about one bar timestamp, accumulated as it passes down the chain."""
 
     seq: int
@@ -213,7 +218,8 @@ class Step:
     amends: tuple[Amend, ...] = ()
     # predictor
     samples: tuple[Sample, ...] = ()
-    predictions: tuple[Prediction, ...] = ()
+    model_outputs: tuple[ModelOutput, ...] = ()  # each model, for every symbol
+    predictions: tuple[Prediction, ...] = ()  # the ensemble, one per symbol
     outcomes: tuple[Outcome, ...] = ()
     global_regime: str = ""
     # sizer (and monitor exits) -> risk
@@ -226,18 +232,16 @@ class Step:
     degraded: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(msgspec.Struct, frozen=True, array_like=True):
     """A row for the recorder that does not belong to a step (restarts, model loads...)."""
 
     table: str
     row: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(msgspec.Struct, frozen=True):
     """A control request for the actor that owns the state it changes."""
 
     name: str
     args: dict[str, Any]
-    reply: trio.MemorySendChannel[Any] | None = None
+    reply: trio.MemorySendChannel[Any] | None = None  # never encoded

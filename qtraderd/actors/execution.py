@@ -4,21 +4,27 @@ Phase A (step arrives from the feed): orders decided on the previous bar fill at
 bar's open and resting protective orders trigger inside its range; the step leaves with
 the fills, closed trades, positions and account equity for everyone downstream.
 Phase B (the same step comes back from risk): apply the monitor's amendments, submit
-what risk allowed (filled at the next bar's open), hand the finished step to the recorder
-and free the in-flight permit so the feed may send the next bar.
+what risk allowed (filled at the next bar's open) and hand the finished step on to the
+recorder.
 
 The actor alternates strictly A(t), B(t), A(t+1): two inboxes, but never a race between
-them. The broker behind it is a seam: PaperBroker now, an exchange adapter later.
+them, and this alternation is what keeps the whole chain in lockstep. Taking step t is
+also when the replay clock moves to t's close (the venue is where time happens).
+Finished steps go to the recorder in lists: one at a time when the feed has nothing
+waiting (live), up to RECORD_BATCH when the next bar is already queued (replay at full
+speed), which saves a task switch per step. The broker behind it is a seam: PaperBroker
+now, an exchange adapter later.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import time
 from typing import Any, Protocol
 
 import trio
 
+from qtraderd.clock import ReplayClock
 from qtraderd.messages import (
     AccountView,
     Amend,
@@ -28,10 +34,13 @@ from qtraderd.messages import (
     PositionView,
     Step,
     Trade,
+    replace,
 )
-from qtraderd.supervisor import Actor, degrade
+from qtraderd.supervisor import Actor, degrade, pass_on
 
 log = logging.getLogger("qtraderd.execution")
+
+RECORD_BATCH = 64
 
 
 class Broker(Protocol):
@@ -52,14 +61,17 @@ class ExecutionActor(Actor):
     def __init__(self, broker: Broker, bars_in: trio.MemoryReceiveChannel[Step],
                  to_monitor: trio.MemorySendChannel[Step],
                  decided_in: trio.MemoryReceiveChannel[Step],
-                 to_recorder: trio.MemorySendChannel[Any], gate: trio.Semaphore) -> None:
+                 to_recorder: trio.MemorySendChannel[list[Step]],
+                 clock: ReplayClock | None = None) -> None:
         super().__init__()
         self.broker = broker
         self.bars_in = bars_in
         self.to_monitor = to_monitor
         self.decided_in = decided_in
         self.to_recorder = to_recorder
-        self.gate = gate
+        self.clock = clock
+        self._finished: list[Step] = []
+        self.last_done: float | None = None  # perf_counter when the last step finished
         self._awaiting_b = False
         self.fills = 0
         self.trades = 0
@@ -69,18 +81,31 @@ class ExecutionActor(Actor):
         if self._awaiting_b:  # restarted between the two phases of a step
             await self._phase_b()
         async for step in self.bars_in:
+            if self.clock is not None:
+                self.clock.advance(step.close_ts)
             error: Exception | None = None
             try:
                 out = self._phase_a(step)
             except Exception as exc:
                 error, out = exc, degrade(step, self.name)
             self._awaiting_b = True
-            await self.to_monitor.send(out)
+            await pass_on(self.to_monitor, out)
             await self._phase_b()
+            await self._hand_over()
             if error is not None:
                 raise error
         await self.to_monitor.aclose()
+        await self._hand_over(force=True)
         await self.to_recorder.aclose()
+
+    async def _hand_over(self, force: bool = False) -> None:
+        if not self._finished:
+            return
+        stats = self.bars_in.statistics()
+        next_waiting = stats.current_buffer_used or stats.tasks_waiting_send
+        if force or not next_waiting or len(self._finished) >= RECORD_BATCH:
+            batch, self._finished = self._finished, []
+            await self.to_recorder.send(batch)
 
     def _phase_a(self, step: Step) -> Step:
         fills, closed = self.broker.on_bars(step.bars)
@@ -96,7 +121,6 @@ class ExecutionActor(Actor):
             step = await self.decided_in.receive()
         except trio.EndOfChannel:
             self._awaiting_b = False
-            self.gate.release()
             return
         error: Exception | None = None
         try:
@@ -110,9 +134,9 @@ class ExecutionActor(Actor):
             error, step = exc, degrade(step, self.name)
         finally:
             self._awaiting_b = False
-            self.gate.release()
         self.processed += 1
-        await self.to_recorder.send(step)
+        self.last_done = time.perf_counter()
+        self._finished.append(step)
         if error is not None:
             raise error
 

@@ -1,22 +1,24 @@
-"""Feed actor: turns a bar source into Steps, one per open time, in lockstep with the chain.
+"""Feed actor: turns a bar source into Steps, one per open time.
 
-Lockstep (DESIGN.md "Determinism"): the feed takes the single in-flight permit before it
-advances the clock and sends step t, and the execution actor gives the permit back once
-step t has left the chain. So the clock never moves while a step is being processed, and
-a replay gives the same orders and fills whatever Trio's scheduler does. At full speed
-this costs one wake-up per step; each step already carries every symbol's bar.
+Lockstep (DESIGN.md "Determinism") is enforced downstream: the execution actor takes
+step t+1 only after step t has come back to it from risk, and it is execution — the
+venue, where the market "happens" — that advances the replay clock when it takes a step.
+So the clock never moves while a step is being processed and a replay gives the same
+orders and fills whatever Trio's scheduler does. The feed may prepare one step ahead
+(its outbox holds one), which costs nothing in determinism and saves a wake-up per step.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import trio
 
-from qtraderd.clock import ReplayClock, iso
+from qtraderd.clock import iso
 from qtraderd.messages import Bar, Step
 from qtraderd.supervisor import Actor
 
@@ -36,14 +38,11 @@ class BarSource(Protocol):
 class FeedActor(Actor):
     name = "feed"
 
-    def __init__(self, source: BarSource, clock: ReplayClock | Any,
-                 outbox: trio.MemorySendChannel[Step], gate: trio.Semaphore, interval_ms: int,
-                 speed: float = math.inf, hold_at_end: bool = False) -> None:
+    def __init__(self, source: BarSource, outbox: trio.MemorySendChannel[Step],
+                 interval_ms: int, speed: float = math.inf, hold_at_end: bool = False) -> None:
         super().__init__()
         self.source = source
-        self.clock = clock
         self.outbox = outbox
-        self.gate = gate
         self.interval_ms = interval_ms
         self.speed = speed
         self.hold_at_end = hold_at_end
@@ -51,6 +50,7 @@ class FeedActor(Actor):
         self.bars = 0
         self.last_ts: int | None = None
         self.done = False
+        self.first_sent: float | None = None  # perf_counter when the first step went out
         self._stop = trio.Event()
         self._scope: trio.CancelScope | None = None
 
@@ -67,17 +67,11 @@ class FeedActor(Actor):
                 scope.cancel()
             async for ts, bars in self.source.batches():
                 await self._pace(ts)
-                await self.gate.acquire()
-                try:
-                    self.seq += 1
-                    close_ts = ts + self.interval_ms
-                    if isinstance(self.clock, ReplayClock):
-                        self.clock.advance(close_ts)
-                    step = Step(seq=self.seq, ts=ts, close_ts=close_ts, bars=bars)
-                    await self.outbox.send(step)
-                except BaseException:  # the step never entered the chain: free its permit
-                    self.gate.release()
-                    raise
+                step = Step(seq=self.seq + 1, ts=ts, close_ts=ts + self.interval_ms, bars=bars)
+                await self.outbox.send(step)
+                if self.first_sent is None:
+                    self.first_sent = time.perf_counter()
+                self.seq += 1
                 self.processed += 1
                 self.bars += len(bars)
                 self.last_ts = ts

@@ -12,13 +12,12 @@ Amendments apply from the next bar: the path inside the bar that produced them i
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import trio
 
 from qtraderd.config import MonitorConfig
-from qtraderd.messages import Amend, OrderIntent, Step
+from qtraderd.messages import Amend, OrderIntent, Step, replace
 from qtraderd.supervisor import StepActor
 
 

@@ -1,102 +1,56 @@
-"""Recorder actor: the single writer of the SQLite store.
+"""Recorder actor: gets every finished step into SQLite without ever stalling the bar path.
 
-Finished steps arrive from execution; loose `Record` rows (actor restarts, model events)
-arrive on a side channel that is drained alongside. The actor ends when the step channel
-ends. Rows are buffered and written in one transaction per batch — when
-`store.flush_rows` rows are waiting or `store.flush_ms` has passed — in a worker thread,
-so the bar path never waits on the disk. The inbox is bounded: if the disk really cannot
-keep up, backpressure slows the replay instead of growing memory. On shutdown whatever is
-buffered is written before the actor ends; if it is cancelled outright it still writes
-synchronously on the way out.
+Finished steps arrive from execution; loose `Record` rows (actor restarts, risk events
+caused by commands) arrive on a side channel drained alongside. They are buffered and
+sent in batches — when `store.flush_rows` rows are waiting or `store.flush_ms` has passed
+— to the store writer process (qtraderd.store.writer), which commits each batch in one
+transaction on the other core and acknowledges it.
+
+Nothing is lost: a batch stays in memory until acknowledged. If the writer dies, the
+actor raises, the supervisor restarts it, a new writer reports the last committed batch
+and the rest is sent again (committing a batch records its id in the same transaction,
+so resends never duplicate). If the actor is cancelled outright it writes whatever is
+unacknowledged itself, synchronously, on the way out. Backpressure: at most
+`MAX_INFLIGHT` batches are unacknowledged; beyond that the recorder waits, its bounded
+inbox fills and the replay slows down instead of memory growing.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
-from qtraderd.actors.predictor import pack_features
 from qtraderd.messages import Record, Step
-from qtraderd.store.db import Transaction
+from qtraderd.store.db import connect
+from qtraderd.store.rows import Batch, write_batch
+from qtraderd.store.writer import frame
 from qtraderd.supervisor import Actor
 
 log = logging.getLogger("qtraderd.recorder")
 
-SQL = {
-    "samples": "INSERT OR REPLACE INTO samples (run_id, symbol, ts, features, regime, "
-               "global_regime) VALUES (?,?,?,?,?,?)",
-    "predictions": "INSERT INTO predictions (run_id, symbol, ts, model, version, p_long, "
-                   "p_short) VALUES (?,?,?,?,?,?,?)",
-    "signals": "INSERT INTO signals (run_id, seq, ts, symbol, side, confidence, edge, regime, "
-               "action, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
-    "orders": "INSERT OR REPLACE INTO orders (run_id, id, seq, ts, symbol, side, qty, "
-              "ref_price, purpose, reason, tp_pct, sl_pct, risk_action, risk_reason, "
-              "approved_qty) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-    "fills": "INSERT INTO fills (run_id, seq, order_id, ts, symbol, side, qty, price, fee, "
-             "liquidity, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-    "trades": "INSERT OR REPLACE INTO trades (run_id, id, symbol, quote, side, qty, entry_ts, "
-              "entry_price, exit_ts, exit_price, gross_pnl, fees, net_pnl, return_pct, "
-              "exit_reason, bars_held) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-    "equity": "INSERT INTO equity (run_id, seq, ts, quote, balance, equity, exposure, "
-              "open_positions, risk_state) VALUES (?,?,?,?,?,?,?,?,?)",
-    "risk_events": "INSERT INTO risk_events (run_id, ts, state, prev_state, reason, detail, "
-                   "symbol) VALUES (?,?,?,?,?,?,?)",
-    "outcomes": "UPDATE samples SET label=?, resolved_at=?, ret_long=?, ret_short=? "
-                "WHERE run_id=? AND symbol=? AND ts=?",
-}
-_ORDER = ("samples", "predictions", "signals", "orders", "fills", "trades", "equity",
-          "risk_events", "outcomes")
+MAX_INFLIGHT = 8
 
 
-def step_rows(run_id: int, step: Step, out: dict[str, list[tuple[Any, ...]]]) -> int:
-    """Append the rows of one step to `out`; return how many."""
-    n0 = sum(len(v) for v in out.values())
-    g = step.global_regime
-    out["samples"].extend((run_id, s.symbol, s.ts, pack_features(s.features), s.regime, g)
-                          for s in step.samples)
-    out["predictions"].extend((run_id, p.symbol, p.ts, p.model, p.version, p.p_long, p.p_short)
-                              for p in step.predictions)
-    out["outcomes"].extend((o.label, o.resolved_at, o.ret_long, o.ret_short, run_id, o.symbol,
-                            o.ts) for o in step.outcomes)
-    if step.signals:
-        out["signals"].extend((run_id, step.seq, s.ts, s.symbol, s.side, s.confidence, s.edge,
-                               s.regime, s.action, s.reason) for s in step.signals)
-    if step.intents:
-        decided = {d.intent_id: d for d in step.decisions}
-        for i in step.intents:
-            d = decided.get(i.id)
-            out["orders"].append((
-                run_id, i.id, step.seq, i.ts, i.symbol, i.side, i.qty, i.ref_price, i.purpose,
-                i.reason, i.tp_pct, i.sl_pct, d.action if d else "none",
-                d.reason if d else "NO_DECISION", d.qty if d else 0.0))
-    if step.fills:
-        out["fills"].extend((run_id, step.seq, f.order_id, f.ts, f.symbol, f.side, f.qty,
-                             f.price, f.fee, f.liquidity, f.reason) for f in step.fills)
-    if step.closed:
-        out["trades"].extend((run_id, t.id, t.symbol, t.quote, t.side, t.qty, t.entry_ts,
-                              t.entry_price, t.exit_ts, t.exit_price, t.gross_pnl, t.fees,
-                              t.net_pnl, t.return_pct, t.exit_reason, t.bars_held)
-                             for t in step.closed)
-    out["equity"].extend((run_id, step.seq, step.ts, a.quote, a.balance, a.equity, a.exposure,
-                          a.open_positions, step.risk_state) for a in step.accounts)
-    if step.risk_events:
-        out["risk_events"].extend((run_id, e.ts, e.state, e.prev_state, e.reason, e.detail,
-                                   e.symbol) for e in step.risk_events)
-    return sum(len(v) for v in out.values()) - n0
+class WriterError(RuntimeError):
+    pass
 
 
 class RecorderActor(Actor):
     name = "recorder"
 
-    def __init__(self, conn: sqlite3.Connection, run_id: int,
-                 inbox: trio.MemoryReceiveChannel[Step],
-                 records: trio.MemoryReceiveChannel[Record],
-                 flush_rows: int, flush_ms: float) -> None:
+    def __init__(self, state_dir: Path, run_id: int,
+                 inbox: trio.MemoryReceiveChannel[list[Step]],
+                 records: trio.MemoryReceiveChannel[Record], flush_rows: int,
+                 flush_ms: float) -> None:
         super().__init__()
-        self.conn = conn
+        self.state_dir = Path(state_dir)
         self.run_id = run_id
         self.inbox = inbox
         self.records = records
@@ -105,45 +59,98 @@ class RecorderActor(Actor):
         self._steps: list[Step] = []
         self._records: list[Record] = []
         self._pending_rows = 0
+        self._next_id = 1
+        self._unacked: deque[tuple[int, bytes, int]] = deque()  # (id, frame, steps)
+        self._acked = trio.Event()
         self._lock = trio.Lock()
-        self.rows_written = 0
-        self.flushes = 0
-        self.steps = 0
-        self.first_ts: int | None = None
-        self.last_ts: int | None = None
-        self.bars = 0
-        self._writing = 0  # steps being written right now (in the worker thread)
+        self._proc: trio.Process | None = None
+        self.batches_acked = 0
+        self.steps_written = 0
+        self.writer_starts = 0
+        self._encoder = msgspec.msgpack.Encoder()
 
+    # -- the actor -------------------------------------------------------------------
     async def run(self) -> None:
+        clean = False
         try:
+            await self._start_writer()
+            assert self._proc is not None
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_acks, self._proc)
                 nursery.start_soon(self._timer)
                 async for msg in self.inbox:
                     self._add(msg)
                     if self._pending_rows >= self.flush_rows:
                         await self.flush()
+                self._drain_records()
+                await self.flush()
+                await self._proc.stdin.aclose()  # EOF: the writer finishes and exits
+                with trio.fail_after(60):
+                    while self._unacked:
+                        await self._wait_acked()
+                    await self._proc.wait()
                 nursery.cancel_scope.cancel()
-            self._drain_records()
-            await self.flush()
+            clean = True
         finally:
-            self._drain_records()
-            if self._steps or self._records:  # cancelled mid-way: write synchronously
-                self._write(*self._take())
+            if not clean:
+                self._emergency_write()
 
-    def _add(self, msg: Step | Record) -> None:
+    async def _start_writer(self) -> None:
+        cmd = [sys.executable, "-m", "qtraderd.store.writer", str(self.state_dir),
+               str(self.run_id)]
+        proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE)
+        self._proc = proc
+        self.writer_starts += 1
+        line = await _read_line(proc.stdout, bytearray())
+        if not line.startswith("ready "):
+            proc.kill()
+            raise WriterError(f"store writer did not start: {line or 'no output'}")
+        last = int(line.split()[1])
+        self._ack_up_to(last)
+        for _bid, data, _n in list(self._unacked):  # resend what the last writer lost
+            await proc.stdin.send_all(data)
+        if self.writer_starts > 1:
+            log.warning("store writer restarted: resent %d unacknowledged batches",
+                        len(self._unacked))
+
+    async def _read_acks(self, proc: trio.Process) -> None:
+        buf = bytearray()
+        while True:
+            line = await _read_line(proc.stdout, buf)
+            if not line:
+                if self._unacked:
+                    raise WriterError(f"store writer exited (code {await proc.wait()}) with "
+                                      f"{len(self._unacked)} batches unacknowledged")
+                return
+            kind, _, rest = line.partition(" ")
+            if kind == "ok":
+                self._ack_up_to(int(rest))
+            else:
+                raise WriterError(f"store writer failed: {line}")
+
+    def _ack_up_to(self, last: int) -> None:
+        while self._unacked and self._unacked[0][0] <= last:
+            _, _, n = self._unacked.popleft()
+            self.batches_acked += 1
+            self.steps_written += n
+        self._acked.set()
+        self._acked = trio.Event()
+
+    async def _wait_acked(self) -> None:
+        await self._acked.wait()
+
+    # -- buffering -------------------------------------------------------------------
+    def _add(self, msg: list[Step] | Record) -> None:
         self.processed += 1
-        if isinstance(msg, Step):
-            self._steps.append(msg)
-            self.steps += 1
-            self.bars += len(msg.bars)
-            if self.first_ts is None:
-                self.first_ts = msg.ts
-            self.last_ts = msg.ts
-            # a cheap estimate of rows, to decide when to flush
-            self._pending_rows += 1 + 2 * len(msg.samples) + len(msg.predictions)
-        else:
+        if isinstance(msg, Record):
             self._records.append(msg)
             self._pending_rows += 1
+            return
+        self._steps.extend(msg)
+        for step in msg:  # a cheap estimate of rows, to decide when to flush
+            self._pending_rows += 2 + 2 * len(step.samples) + len(step.predictions) * (
+                1 + len(step.model_outputs))
 
     def _drain_records(self) -> None:
         while True:
@@ -159,51 +166,60 @@ class RecorderActor(Actor):
             if self._steps or self._records:
                 await self.flush()
 
-    def _take(self) -> tuple[list[Step], list[Record]]:
-        steps, records = self._steps, self._records
+    def _take_batch(self) -> tuple[int, bytes, int] | None:
+        if not (self._steps or self._records):
+            return None
+        batch = Batch(self._next_id, self._steps, self._records)
+        self._next_id += 1
         self._steps, self._records, self._pending_rows = [], [], 0
-        return steps, records
+        return batch.id, frame(self._encoder.encode(batch)), len(batch.steps)
 
     async def flush(self) -> None:
         async with self._lock:
-            if not (self._steps or self._records):
+            while len(self._unacked) >= MAX_INFLIGHT:  # backpressure
+                await self._wait_acked()
+            item = self._take_batch()
+            if item is None:
                 return
-            steps, records = self._take()
-            self._writing = len(steps)
-            try:
-                await trio.to_thread.run_sync(self._write, steps, records)
-            finally:
-                self._writing = 0
+            self._unacked.append(item)
+            assert self._proc is not None
+            await self._proc.stdin.send_all(item[1])
 
-    def _write(self, steps: list[Step], records: list[Record]) -> None:
-        rows: dict[str, list[tuple[Any, ...]]] = {t: [] for t in _ORDER}
-        n = 0
-        for step in steps:
-            n += step_rows(self.run_id, step, rows)
-        positions = steps[-1].positions if steps else None
-        with Transaction(self.conn) as conn:
-            for table in _ORDER:
-                if rows[table]:
-                    conn.executemany(SQL[table], rows[table])
-            for rec in records:
-                row = rec.row if "run_id" in rec.row else {"run_id": self.run_id, **rec.row}
-                cols = list(row)
-                conn.execute(f"INSERT INTO {rec.table} ({', '.join(cols)}) "
-                             f"VALUES ({', '.join('?' * len(cols))})", list(row.values()))
-            if positions is not None:
-                conn.execute("DELETE FROM positions WHERE run_id=?", (self.run_id,))
-                conn.executemany(
-                    "INSERT INTO positions (run_id, symbol, quote, side, qty, entry_price, "
-                    "entry_ts, stop_price, take_price, mark_price, unrealized, updated_ts) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [(self.run_id, p.symbol, p.quote, p.side, p.qty, p.entry_price, p.entry_ts,
-                      p.stop_price, p.take_price, p.mark_price, p.unrealized, steps[-1].ts)
-                     for p in positions])
-                conn.execute("UPDATE runs SET bars=?, first_ts=?, last_ts=? WHERE id=?",
-                             (self.bars, self.first_ts, self.last_ts, self.run_id))
-        self.rows_written += n + len(records)
-        self.flushes += 1
+    def _emergency_write(self) -> None:
+        """Cancelled or failed for good: write what is not yet committed, synchronously."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+        self._drain_records()
+        item = self._take_batch()
+        if item is not None:
+            self._unacked.append(item)
+        if not self._unacked:
+            return
+        decoder = msgspec.msgpack.Decoder(Batch)
+        conn = connect(self.state_dir)
+        try:
+            for _bid, data, _n in self._unacked:
+                write_batch(conn, self.run_id, decoder.decode(data[4:]))
+            log.info("recorder wrote %d pending batches directly on shutdown",
+                     len(self._unacked))
+            self._ack_up_to(self._next_id)
+        finally:
+            conn.close()
 
     def status(self) -> dict[str, Any]:
-        return {"rows_written": self.rows_written, "flushes": self.flushes,
-                "buffered_steps": len(self._steps) + self._writing}
+        return {"batches_acked": self.batches_acked, "steps_written": self.steps_written,
+                "buffered_steps": len(self._steps) + sum(n for _, _, n in self._unacked),
+                "writer_starts": self.writer_starts}
+
+
+async def _read_line(stream: trio.abc.ReceiveStream | None, buf: bytearray) -> str:
+    """One line from the writer's stdout ('' at EOF); `buf` keeps what follows it."""
+    assert stream is not None
+    while b"\n" not in buf:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return ""
+        buf += chunk
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line.decode(errors="replace").strip()

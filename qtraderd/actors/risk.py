@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -33,9 +33,10 @@ from qtraderd.messages import (
     RiskDecision,
     RiskEvent,
     Step,
+    replace,
 )
 from qtraderd.portfolio import Portfolio
-from qtraderd.supervisor import Actor, degrade
+from qtraderd.supervisor import Actor, degrade, pass_on
 from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.risk")
@@ -96,7 +97,7 @@ class RiskActor(Actor):
                     await self.outbox.send(degrade(step, self.name))
                     raise
                 self.processed += 1
-                await self.outbox.send(out)
+                await pass_on(self.outbox, out)
             await self.outbox.aclose()
             nursery.cancel_scope.cancel()
 

@@ -13,7 +13,6 @@ ATR multiples when `monitor.atr_dynamic` is on. Risk may still reduce or deny th
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import trio
@@ -21,7 +20,7 @@ import trio
 from qtraderd.config import MonitorConfig, SizingConfig, per_quote
 from qtraderd.costs import CostModel
 from qtraderd.features import FEATURE_NAMES
-from qtraderd.messages import OrderIntent, Signal, Step
+from qtraderd.messages import OrderIntent, Signal, Step, replace
 from qtraderd.supervisor import StepActor
 from qtraderd.venues.paper import quote_of
 
@@ -52,7 +51,7 @@ class SizerActor(StepActor):
         return tp, sl
 
     def handle(self, step: Step) -> Step:
-        ensemble = [p for p in step.predictions if p.model == "ensemble"]
+        ensemble = step.predictions  # the predictor sends the ensemble here
         if not ensemble:
             return step
         open_symbols = {p.symbol for p in step.positions}

@@ -45,15 +45,17 @@ def connect(state_dir: str | Path, *, readonly: bool = False, timeout_s: float =
     if readonly:
         if not path.exists():
             raise StoreError(f"no store at {path} (run `qtraderd import` or `qtraderd run` first)")
-        uri = f"file:{path}?mode=ro"
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA query_only = ON")
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return _open_ro(f"file:{path}?mode=ro", timeout_s)
         except sqlite3.DatabaseError as exc:
+            if not os.access(state_dir, os.W_OK):
+                # WAL readers need to create the -shm file; on read-only media (an archived
+                # state dir, a read-only mount) open the file as immutable instead.
+                try:
+                    return _open_ro(f"file:{path}?mode=ro&immutable=1", timeout_s)
+                except sqlite3.DatabaseError:
+                    pass
             raise StoreError(f"cannot read store {path}: {exc}") from exc
-        return conn
     _prepare_dir(state_dir)
     if path.exists() and not os.access(path, os.W_OK):
         raise StoreError(f"store {path} is read-only for this user; fix its permissions")
@@ -84,6 +86,18 @@ def connect(state_dir: str | Path, *, readonly: bool = False, timeout_s: float =
     except OSError as exc:
         if exc.errno in (errno.EROFS, errno.EACCES):
             raise StoreError(f"store {path} is not writable: {exc.strerror}") from exc
+        raise
+    return conn
+
+
+def _open_ro(uri: str, timeout_s: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except BaseException:
+        conn.close()
         raise
     return conn
 

@@ -25,6 +25,7 @@ MIGRATIONS: list[str] = [
         status TEXT NOT NULL,
         exit_code INTEGER,
         bars INTEGER NOT NULL DEFAULT 0,
+        last_batch INTEGER NOT NULL DEFAULT 0,
         first_ts INTEGER,
         last_ts INTEGER,
         oos_start INTEGER

@@ -17,6 +17,7 @@ equity adds unrealised PnL at the last close.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from qtraderd.costs import CostModel
@@ -33,6 +34,7 @@ from qtraderd.messages import (
 QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 
 
+@functools.lru_cache(maxsize=4096)
 def quote_of(symbol: str) -> str:
     """Quote currency of a pair name ("ETHBTC" -> "BTC", "XRPUSDT" -> "USDT")."""
     for q in QUOTES:

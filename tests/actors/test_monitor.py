@@ -11,6 +11,7 @@ from qtraderd.actors.monitor import MonitorActor
 from qtraderd.config import load
 from qtraderd.costs import CostModel
 from qtraderd.messages import Amend, Bar, OrderIntent, PositionView, Step
+from qtraderd.messages import replace as evolve
 from qtraderd.venues.paper import PaperBroker
 
 IV = 300_000
@@ -116,14 +117,14 @@ def test_short_trailing_never_loosens() -> None:
 
 def test_short_trailing_places_a_stop_when_there_was_none() -> None:
     m = monitor()
-    p = replace(pos(-1, best=98.0), stop_price=0.0)
+    p = evolve(pos(-1, best=98.0), stop_price=0.0)
     (a,) = m.handle(step(p)).amends
     assert a.stop_price == pytest.approx(98.0 * 1.005)
 
 
 def test_long_trailing_places_a_stop_when_there_was_none() -> None:
     m = monitor()
-    p = replace(pos(1, best=102.0), stop_price=0.0)
+    p = evolve(pos(1, best=102.0), stop_price=0.0)
     (a,) = m.handle(step(p)).amends
     assert a.stop_price == pytest.approx(102.0 * 0.995)
 

@@ -11,7 +11,17 @@ from qtraderd.actors.sizer import SizerActor
 from qtraderd.config import load, with_changes
 from qtraderd.costs import CostModel
 from qtraderd.features import FEATURE_NAMES
-from qtraderd.messages import Bar, OrderIntent, PositionView, Prediction, Sample, Signal, Step
+from qtraderd.messages import (
+    Bar,
+    ModelOutput,
+    OrderIntent,
+    PositionView,
+    Prediction,
+    Sample,
+    Signal,
+    Step,
+    replace,
+)
 
 IV = 300_000
 T0 = 1_700_000_000_000 - (1_700_000_000_000 % IV)
@@ -57,8 +67,12 @@ def edge(p: float, tp: float = 0.016, sl: float = 0.008) -> float:
     return p * tp - (1 - p) * sl - RT
 
 
-def test_no_ensemble_prediction_passes_the_step_through() -> None:
-    s = step(pred("ETHBTC", 0.9, 0.05, model="xgboost"))
+def test_only_the_ensemble_is_traded_not_single_models() -> None:
+    """Single models' outputs ride along in model_outputs; without an ensemble there is
+    nothing to size, however confident one model is."""
+    s = step(closes={"ETHBTC": 0.05})
+    s = replace(s, model_outputs=(ModelOutput("xgboost", "v1", TS, ("ETHBTC",), (0.9,),
+                                              (0.05,)),))
     assert sizer().handle(s) is s
 
 
