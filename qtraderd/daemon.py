@@ -42,7 +42,7 @@ from qtraderd.messages import Command, Record, Step
 from qtraderd.models.onnx_model import LoadedModel, load_champions
 from qtraderd.store.db import connect
 from qtraderd.supervisor import Supervisor
-from qtraderd.venues.paper import PaperBroker
+from qtraderd.venues.paper import PaperBroker, quote_of
 from qtraderd.venues.replay import ReplaySource, stored_symbols
 
 log = logging.getLogger("qtraderd")
@@ -110,6 +110,7 @@ class Daemon:
         self.stopping = False
         self.exit_code = EXIT_OK
         self.channels: dict[str, trio.MemorySendChannel[Any]] = {}
+        self.quotes: set[str] = set()
 
     # -- assembly ------------------------------------------------------------------------
     def _open_store(self) -> sqlite3.Connection:
@@ -161,6 +162,7 @@ class Daemon:
                     log.error("model rejected: %s", err)
             interval_ms = INTERVAL_MS[cfg.feed.interval]
             self.run_id = self._new_run(conn, symbols)
+            self.quotes = {quote_of(s) for s in symbols}
             log.info("qtraderd %s starting: run %d, mode %s, source %s, %d symbols (%s), "
                      "interval %s, speed %s, models %s", __version__, self.run_id, cfg.mode,
                      cfg.feed.source, len(symbols), ",".join(symbols), cfg.feed.interval,
@@ -263,7 +265,8 @@ class Daemon:
         if self.feed is None:
             return
         elapsed = max(1e-9, time.monotonic() - self.started_wall)
-        equity = " ".join(f"{a.quote} {a.equity:,.6g}" for a in self.execution.accounts)
+        equity = " ".join(f"{a.quote} {a.equity:,.6g}" for a in self.execution.accounts
+                          if a.quote in self.quotes)
         log.info("%s: %s bars (%s bars/s) | data time %s | trades %d | open %d | "
                  "equity %s | risk %s",
                  "replay finished" if final and self.feed.done else "progress",

@@ -77,7 +77,9 @@ def summarize(conn: sqlite3.Connection, run_id: int | None = None) -> dict[str, 
                                  "ORDER BY quote", (run_id,)).fetchall():
         st = _equity_stats(conn, run_id, quote, interval_ms)
         t = conn.execute(
-            "SELECT count(*), sum(net_pnl > 0), sum(net_pnl), sum(fees), avg(return_pct) "
+            "SELECT count(*), sum(net_pnl > 0), sum(net_pnl), sum(fees), avg(return_pct), "
+            "avg(CASE WHEN net_pnl > 0 THEN return_pct END), "
+            "avg(CASE WHEN net_pnl <= 0 THEN return_pct END) "
             "FROM trades WHERE run_id=? AND quote=?", (run_id, quote)).fetchone()
         start = start_balances.get(quote)
         if not t[0] and st["end_equity"] == start:
@@ -87,7 +89,8 @@ def summarize(conn: sqlite3.Connection, run_id: int | None = None) -> dict[str, 
             "net_pnl": t[2] or 0.0,
             "return_pct": (100.0 * (st["end_equity"] / start - 1.0)) if start else None,
             "trades": t[0], "win_rate_pct": (100.0 * t[1] / t[0]) if t[0] else None,
-            "avg_trade_pct": t[4], "fees": t[3] or 0.0,
+            "avg_trade_pct": t[4], "avg_win_pct": t[5], "avg_loss_pct": t[6],
+            "fees": t[3] or 0.0,
             "max_drawdown_pct": st["max_drawdown_pct"], "sharpe": st["sharpe"],
         })
 
@@ -130,6 +133,7 @@ def summarize(conn: sqlite3.Connection, run_id: int | None = None) -> dict[str, 
                 "trading_window": (f"{iso(trade_from)} .. {iso(run[11])}" if trade_from
                                    else "none (no out-of-sample predictions)"),
                 "breakeven_win_rate_pct": 100.0 * costs.breakeven_win_rate(tp, sl),
+                "barriers": f"{100 * tp:g} % / {100 * sl:g} %",
                 "risk_halts": halts, "actor_restarts": restarts},
         "accounts": accounts,
         "symbols": per_symbol,
@@ -163,14 +167,19 @@ def render(s: dict[str, Any]) -> str:
         "data": f"{run['data']}, {run['bars']:,} bars, {run['symbols']} symbols, "
                 f"{run['interval']}",
         "trading window (out-of-sample)": run["trading_window"],
-        "breakeven win rate after costs": f"{run['breakeven_win_rate_pct']:.1f} %",
+        f"breakeven win rate of TP/SL {run['barriers']} after costs":
+            f"{run['breakeven_win_rate_pct']:.1f} %",
         "risk halts / actor restarts": f"{run['risk_halts']} / {run['actor_restarts']}",
     }, title="qtraderd run summary")]
+    parts.append("Returns are per trade on the margin committed; a win is any trade that "
+                 "made money after costs (trailing stops lock in wins smaller than the "
+                 "take-profit, so the win rate alone does not show the edge).")
     if s["accounts"]:
         parts.append(format_table([
             {"quote": a["quote"], "trades": a["trades"], "win rate %": _r(a["win_rate_pct"], 1),
              "net PnL": a["net_pnl"], "return %": _r(a["return_pct"], 3),
-             "avg trade %": _r(a["avg_trade_pct"], 3), "fees": a["fees"],
+             "avg trade %": _r(a["avg_trade_pct"], 3), "avg win %": _r(a["avg_win_pct"], 2),
+             "avg loss %": _r(a["avg_loss_pct"], 2), "fees": a["fees"],
              "max DD %": _r(a["max_drawdown_pct"], 3), "Sharpe": _r(a["sharpe"], 2)}
             for a in s["accounts"]], title="Totals (net of fees and slippage)"))
     else:

@@ -106,3 +106,20 @@ def test_effective_config_round_trips_to_json():
 
     d = load(env={}).to_dict()
     assert json.loads(json.dumps(d))["feed"]["speed"] == "max"
+
+
+def test_every_key_is_documented_and_the_example_file_is_complete():
+    """The README's table and examples/demo.toml stay true to the code."""
+    from dataclasses import fields
+
+    from qtraderd.config import _SECTION_TYPES, Config
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    keys = [f.name for f in fields(Config) if f.name not in _SECTION_TYPES]
+    keys += [f"{s}.{g.name}" for s, t in _SECTION_TYPES.items() for g in fields(t)]
+    missing = [k for k in keys if f"`{k}`" not in readme and f"`{k}," not in readme
+               and f", `{k}`" not in readme]
+    assert not missing, f"README.md does not document {missing}"
+    example = load(REPO / "examples" / "demo.toml", env={})
+    assert example == load(env={})
