@@ -33,7 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "ohlcv"
+SHARED = next((p for p in (REPO.parent / "shared" / "data" / "ohlcv",
+                            Path("/work/shared/data/ohlcv")) if p.is_dir()),
+              REPO.parent / "shared" / "data" / "ohlcv")
 PAIRS = ["ADABTC", "DASHBTC", "ETCBTC", "ETHBTC", "LTCBTC", "NXTBTC", "TRXBTC", "XLMBTC",
          "XMRBTC", "ZECBTC"]
 

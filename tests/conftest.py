@@ -8,7 +8,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("QT_TEST_SHARED", REPO.parent / "shared")).resolve()
+
+
+def _find_shared() -> Path:
+    """The read-only shared data: $QT_TEST_SHARED, next to the checkout, or the workplace's
+    copy (CI may test a clone made elsewhere, e.g. under /tmp)."""
+    candidates = [os.environ.get("QT_TEST_SHARED"), REPO.parent / "shared", "/work/shared"]
+    for c in candidates:
+        if c and (Path(c) / "data" / "ohlcv").is_dir():
+            return Path(c).resolve()
+    return (REPO.parent / "shared").resolve()
+
+
+SHARED = _find_shared()
 OHLCV = SHARED / "data" / "ohlcv"
 BINANCE = SHARED / "data" / "binance" / "usdm-futures"
 

@@ -36,7 +36,7 @@ from qtraderd.messages import (
     replace,
 )
 from qtraderd.portfolio import Portfolio
-from qtraderd.supervisor import Actor, degrade, pass_on
+from qtraderd.supervisor import StepActor
 from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.risk")
@@ -56,7 +56,7 @@ class _Account:
     daily_loss: float = 0.0
 
 
-class RiskActor(Actor):
+class RiskActor(StepActor):
     name = "risk"
 
     def __init__(self, cfg: RiskConfig, portfolio_cfg: PortfolioConfig, costs: CostModel,
@@ -64,14 +64,12 @@ class RiskActor(Actor):
                  outbox: trio.MemorySendChannel[Step],
                  commands: trio.MemoryReceiveChannel[Command],
                  records: trio.MemorySendChannel[Record] | None = None) -> None:
-        super().__init__()
+        super().__init__(inbox, outbox)
         self.records = records  # events caused by commands are written at once
         self._in_command = False
         self.cfg = cfg
         self.costs = costs
         self.clock = clock
-        self.inbox = inbox
-        self.outbox = outbox
         self.commands = commands
         self.portfolio = Portfolio(portfolio_cfg, interval_ms)
         self.state = ACTIVE
@@ -90,16 +88,10 @@ class RiskActor(Actor):
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._command_loop)
-            async for step in self.inbox:
-                try:
-                    out = self.handle(step)
-                except Exception:
-                    await self.outbox.send(degrade(step, self.name))
-                    raise
-                self.processed += 1
-                await pass_on(self.outbox, out)
-            await self.outbox.aclose()
-            nursery.cancel_scope.cancel()
+            try:
+                await super().run()
+            finally:
+                nursery.cancel_scope.cancel()
 
     async def _command_loop(self) -> None:
         async for cmd in self.commands:
