@@ -150,6 +150,60 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LearningConfig:
+    enabled: bool = _spec(True, help="run the learner (retrains, gate, swaps)")
+    mode: str = _spec("ENFORCED", choices=("ENFORCED", "ADVISORY"),
+                      help="ADVISORY trains, evaluates and reports, never deploys")
+    auto_deploy: bool = _spec(True, help="false: gate winners wait for `ctl promote`")
+    families: tuple[str, ...] = _spec(("xgboost", "lightgbm", "nhits", "patchtst"))
+    eval_every_hours: float = _spec(1.0, positive=True, hi=24 * 365,
+                                    help="trigger evaluation period, clock time")
+    retrain_interval_hours: float = _spec(24.0, positive=True, hi=24 * 3650,
+                                          help="time trigger: hours since the last deploy")
+    min_winrate: float = _spec(0.50, lo=0.0, hi=1.0,
+                               help="performance trigger: a model's recent hit rate below "
+                                    "this, confirmed by a change detector")
+    min_outcomes: int = _spec(50, lo=1, hi=1_000_000,
+                              help="outcomes a model needs before its hit rate is judged")
+    drift_psi: float = _spec(0.25, positive=True, help="drift trigger: PSI of a feature")
+    drift_ks_p: float = _spec(0.001, positive=True, hi=1.0,
+                              help="drift trigger: KS p-value of a feature")
+    drift_min_features: int = _spec(3, lo=1, hi=1000,
+                                    help="features that must drift to trigger")
+    regime_sustain_hours: float = _spec(72.0, positive=True,
+                                        help="regime trigger: new global regime held this long")
+    min_improvement_pct: float = _spec(5.0, lo=0.0, hi=1000.0,
+                                       help="gate: deploy above this improvement")
+    canary_threshold_pct: float = _spec(2.0, lo=0.0, hi=1000.0,
+                                        help="gate: canary between this and min_improvement")
+    significance: float = _spec(0.05, positive=True, hi=1.0,
+                                help="gate: p-value a deploy needs (paired block bootstrap)")
+    canary_outcomes: int = _spec(50, lo=1, hi=1_000_000,
+                                 help="live outcomes a canary needs before promote/retire")
+    rollback_outcomes: int = _spec(50, lo=1, hi=1_000_000,
+                                   help="first outcomes of a new champion checked for rollback")
+    rollback_margin_pct: float = _spec(10.0, lo=0.0, hi=1000.0,
+                                       help="roll back when the new champion is this much "
+                                            "worse than the previous one on the same bars")
+    train_window_days: float = _spec(10.0, positive=True, help="sliding training window")
+    eval_window_days: float = _spec(2.0, positive=True,
+                                    help="held-out window the gate scores both models on")
+    job_timeout_s: float = _spec(900.0, positive=True)
+    retry_backoff_s: float = _spec(60.0, positive=True, help="first retry delay, doubling")
+    nets_epochs: int = _spec(4, lo=1, hi=1000, help="training epochs of N-HiTS / PatchTST")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    enabled: bool = _spec(True, help="scale sizes with the Q-learning agent")
+    epsilon: float = _spec(0.1, lo=0.0, hi=1.0, help="exploration rate")
+    alpha: float = _spec(0.1, positive=True, hi=1.0, help="learning rate")
+    gamma: float = _spec(0.0, lo=0.0, hi=1.0, help="discount (0: each trade is an episode)")
+    multipliers: tuple[float, ...] = _spec((0.5, 0.75, 1.0, 1.25, 1.5),
+                                          help="actions: size multipliers")
+
+
+@dataclass(frozen=True)
 class Config:
     mode: str = _spec("paper", choices=("paper", "live"))
     seed: int = _spec(42, lo=0, hi=2**32 - 1)
@@ -164,6 +218,8 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -207,6 +263,8 @@ def _describe(f: Any) -> str:
         return '"max" or a number > 0'
     if "dict" in str(t):
         return "a number or a table of QUOTE = number"
+    if "tuple[float" in str(t):
+        return "a list of numbers > 0"
     if "tuple" in str(t):
         return "a list of strings"
     if "bool" in str(t):
@@ -250,6 +308,13 @@ def _coerce(key: str, f: Any, raw: Any, from_env: bool) -> Any:
             if low in ("0", "false", "no", "off"):
                 return False
         raise bad()
+    if t.startswith("tuple[float"):
+        if from_env and isinstance(raw, str):
+            raw = [p.strip() for p in raw.split(",") if p.strip()]
+        nums = [_number(x, from_env) for x in raw] if isinstance(raw, list | tuple) else [None]
+        if not nums or any(n is None or n <= 0 for n in nums):
+            raise bad()
+        return tuple(float(n) for n in nums if n is not None)
     if t.startswith("tuple"):
         if from_env and isinstance(raw, str):
             raw = [p.strip() for p in raw.split(",") if p.strip()]
@@ -354,6 +419,16 @@ _SECTION_TYPES: dict[str, type] = {
 _SECTION_KEYS = set(_SECTION_TYPES)
 
 
+# The seed's switch names, kept working (they map onto [learning]).
+SEED_ENV = {
+    "QT_CONTINUOUS_LEARNING": "learning.enabled",
+    "QT_AI_RETRAINING_ENABLED": "learning.enabled",
+    "QT_AI_RETRAINING_MODE": "learning.mode",
+    "QT_AI_RETRAINING_AUTO_DEPLOY": "learning.auto_deploy",
+    "QT_RETRAIN_INTERVAL_HOURS": "learning.retrain_interval_hours",
+}
+
+
 def _env_overrides(env: typing.Mapping[str, str]) -> tuple[dict[str, Any], set[str]]:
     """Map QT_<SECTION>_<KEY> (and QT_<TOPLEVEL>) variables onto config keys.
 
@@ -363,7 +438,12 @@ def _env_overrides(env: typing.Mapping[str, str]) -> tuple[dict[str, Any], set[s
     data: dict[str, Any] = {}
     used: set[str] = set()
     top = {f.name for f in fields(Config) if f.name not in _SECTION_KEYS}
-    for var, value in env.items():
+    for var, value in sorted(env.items()):
+        if var in SEED_ENV:
+            section, key = SEED_ENV[var].split(".")
+            data.setdefault(section, {})[key] = value.upper() if key == "mode" else value
+            used.add(SEED_ENV[var])
+            continue
         if not var.startswith(ENV_PREFIX):
             continue
         rest = var[len(ENV_PREFIX):].lower()
@@ -422,6 +502,12 @@ def _cross_check(cfg: Config) -> None:
             f"'sizing.stop_loss_pct' ({s.stop_loss_pct}): take-profit must be larger than "
             "stop-loss (the triple-barrier label needs it)"
         )
+    lc = cfg.learning
+    if lc.canary_threshold_pct > lc.min_improvement_pct:
+        raise ConfigError(
+            f"config keys 'learning.canary_threshold_pct' ({lc.canary_threshold_pct}) and "
+            f"'learning.min_improvement_pct' ({lc.min_improvement_pct}): the canary band "
+            "must lie below the deploy threshold")
     if s.leverage > cfg.risk.max_leverage:
         raise ConfigError(
             f"config key 'sizing.leverage': expected <= risk.max_leverage "

@@ -233,10 +233,14 @@ class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True):
-    """A row for the recorder that does not belong to a step (restarts, model loads...)."""
+    """A row for the recorder that does not belong to a step (restarts, model loads...).
+
+    mode "replace" writes INSERT OR REPLACE (state tables keyed by primary key, e.g. rl_q).
+    """
 
     table: str
     row: dict[str, Any]
+    mode: str = "insert"
 
 
 class Command(msgspec.Struct, frozen=True):

@@ -39,6 +39,9 @@ class ModelMeta:
     features_version: int
     input_name: str
     output_name: str  # the [n, 3] probability output: columns follow CLASSES
+    # "features": rows of features.FEATURE_NAMES, shape [n, N_FEATURES] (tree models);
+    # "window": candle windows from windows.py, shape [n, WINDOW, CHANNELS] (N-HiTS, PatchTST)
+    input_kind: str = "features"
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
     created_at: str = ""
     code_version: str = ""

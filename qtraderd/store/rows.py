@@ -97,6 +97,9 @@ def step_rows(run_id: int, step: Step, out: dict[str, list[tuple[Any, ...]]]) ->
     return sum(len(v) for v in out.values()) - n0
 
 
+NO_RUN_ID = {"rl_q", "models", "model_history"}  # tables not scoped to one run
+
+
 def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> int:
     """Write one batch atomically, together with its id in `runs.last_batch`.
 
@@ -119,9 +122,11 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> int:
             if rows[table]:
                 conn.executemany(SQL[table], rows[table])
         for rec in batch.records:
-            row = rec.row if "run_id" in rec.row else {"run_id": run_id, **rec.row}
+            row = rec.row if ("run_id" in rec.row or rec.table in NO_RUN_ID) else {
+                "run_id": run_id, **rec.row}
             cols = list(row)
-            conn.execute(f"INSERT INTO {rec.table} ({', '.join(cols)}) "
+            verb = "INSERT OR REPLACE" if rec.mode == "replace" else "INSERT"
+            conn.execute(f"{verb} INTO {rec.table} ({', '.join(cols)}) "
                          f"VALUES ({', '.join('?' * len(cols))})", list(row.values()))
         if batch.steps:
             last_step = batch.steps[-1]

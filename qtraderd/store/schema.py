@@ -221,6 +221,58 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX model_history_family ON model_history (family, id);
     """,
+    # 2: the learning loop
+    """
+    ALTER TABLE predictions ADD COLUMN weights TEXT;
+    ALTER TABLE predictions ADD COLUMN role TEXT NOT NULL DEFAULT 'serving';
+    CREATE TABLE learner_evaluations (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER,
+        at TEXT NOT NULL,
+        clock_ts INTEGER NOT NULL,
+        triggers TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX learner_evaluations_ts ON learner_evaluations (clock_ts);
+    CREATE TABLE retrain_jobs (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER,
+        evaluation_id INTEGER,
+        family TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        clock_ts INTEGER NOT NULL,
+        finished_at TEXT,
+        wall_s REAL,
+        status TEXT NOT NULL,
+        version TEXT,
+        decision TEXT,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX retrain_jobs_family ON retrain_jobs (family, id);
+    CREATE TABLE rl_q (
+        state TEXT NOT NULL,
+        action INTEGER NOT NULL,
+        q REAL NOT NULL,
+        n INTEGER NOT NULL,
+        updated_ts INTEGER NOT NULL,
+        PRIMARY KEY (state, action)
+    ) WITHOUT ROWID;
+    CREATE TABLE rl_updates (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER,
+        ts INTEGER NOT NULL,
+        symbol TEXT NOT NULL,
+        state TEXT NOT NULL,
+        action INTEGER NOT NULL,
+        multiplier REAL NOT NULL,
+        reward REAL NOT NULL,
+        q REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
