@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/qtraderd run
+	$(VENV)/bin/qtraderd run --config examples/demo.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

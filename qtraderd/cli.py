@@ -225,7 +225,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if code != 0:
                 return _error(f"initial training failed (exit {code}); see the lines above, "
                               "or start with --no-train to run without models", EXIT_FAILED)
-        daemon = Daemon(cfg, args.state_dir, args.models_dir)
+        daemon = Daemon(cfg, args.state_dir, args.models_dir, config_path=args.config)
         try:
             code = trio.run(daemon.run)
         except BaseExceptionGroup as group:

@@ -172,6 +172,9 @@ class LearningConfig:
                                     help="features that must drift to trigger")
     regime_sustain_hours: float = _spec(72.0, positive=True,
                                         help="regime trigger: new global regime held this long")
+    min_retrain_gap_hours: float = _spec(6.0, lo=0.0, hi=24 * 3650,
+                                         help="a family is not retrained more often than "
+                                              "this (except by `ctl retrain`)")
     min_improvement_pct: float = _spec(5.0, lo=0.0, hi=1000.0,
                                        help="gate: deploy above this improvement")
     canary_threshold_pct: float = _spec(2.0, lo=0.0, hi=1000.0,
@@ -182,15 +185,18 @@ class LearningConfig:
                                  help="live outcomes a canary needs before promote/retire")
     rollback_outcomes: int = _spec(50, lo=1, hi=1_000_000,
                                    help="first outcomes of a new champion checked for rollback")
-    rollback_margin_pct: float = _spec(10.0, lo=0.0, hi=1000.0,
-                                       help="roll back when the new champion is this much "
-                                            "worse than the previous one on the same bars")
+    rollback_margin_pct: float = _spec(1.0, lo=0.0, hi=1000.0,
+                                       help="roll back when the new champion's equity "
+                                            "multiple is this much worse than the previous "
+                                            "one's on the same bars")
     train_window_days: float = _spec(10.0, positive=True, help="sliding training window")
     eval_window_days: float = _spec(2.0, positive=True,
                                     help="held-out window the gate scores both models on")
     job_timeout_s: float = _spec(900.0, positive=True)
     retry_backoff_s: float = _spec(60.0, positive=True, help="first retry delay, doubling")
-    nets_epochs: int = _spec(4, lo=1, hi=1000, help="training epochs of N-HiTS / PatchTST")
+    nets_epochs: int = _spec(2, lo=1, hi=1000, help="training epochs of N-HiTS / PatchTST")
+    replay_holds_clock: bool = _spec(True, help="in replay a job pauses the data so the new "
+                                     "model arrives at the same bar every run")
 
 
 @dataclass(frozen=True)

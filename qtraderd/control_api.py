@@ -22,12 +22,15 @@ if TYPE_CHECKING:
     from qtraderd.daemon import Daemon
 
 RISK_COMMANDS = ("halt", "resume", "flatten", "pause", "resume-symbol")
+LEARNER_COMMANDS = ("promote", "rollback", "retrain")
 
 
 class ControlAPI:
-    def __init__(self, daemon: Daemon, commands: trio.MemorySendChannel[Command]) -> None:
+    def __init__(self, daemon: Daemon, commands: trio.MemorySendChannel[Command],
+                 learner: trio.MemorySendChannel[Command] | None = None) -> None:
         self.d = daemon
         self.commands = commands
+        self.learner = learner
         self._ro: sqlite3.Connection | None = None
 
     def handlers(self) -> dict[str, Handler]:
@@ -38,9 +41,13 @@ class ControlAPI:
             "trades": self.trades,
             "pnl": self.pnl,
             "models": self.models,
+            "learning": self.learning,
+            "rl": self.rl,
         }
         for name in RISK_COMMANDS:
-            h[name] = self._risk_command(name)
+            h[name] = self._ask(self.commands, name, "risk")
+        for name in LEARNER_COMMANDS:
+            h[name] = self._learner_command(name)
         return h
 
     def _db(self) -> sqlite3.Connection:
@@ -70,10 +77,14 @@ class ControlAPI:
                                if k not in ("state", "restarts", "last_error")
                                and not isinstance(v, dict))
             add(f"actor:{name}", status, detail)
-        models = d.predictor.models if d.supervisor else {}
+        models = d.predictor.models.serving if d.supervisor else {}
         add("models", "ok" if models else "none",
             ", ".join(f"{f}/{m.version}" for f, m in models.items()) or
             "no model loaded: predicting nothing")
+        add("learner", "ok" if d.learner else "disabled",
+            "" if d.learner is None else
+            f"{d.cfg.learning.mode}, {d.learner.evaluations} evaluations, "
+            f"{d.learner.jobs_done} jobs, next evaluation at {iso(d.learner.next_eval)}")
         add("risk", d.risk.state, d.risk.reason or "within limits")
         paused = d.risk.portfolio.paused()
         add("portfolio", "ok" if not paused else "paused symbols",
@@ -115,27 +126,61 @@ class ControlAPI:
         return {"accounts": accounts, "symbols": symbols}
 
     async def models(self, args: dict[str, Any]) -> Any:
-        served = [{"family": f, "version": m.version, "data_end": iso(m.data_end),
-                   **{k: m.meta.metrics.get(k) for k in ("auc_long", "auc_short")}}
-                  for f, m in self.d.predictor.models.items()]
+        served = self.d.predictor.models.describe()
+        if self.learner is not None and self.d.learner is not None:
+            learned = await self._ask(self.learner, "models", "learner")(args)
+            return {"served": served, **learned}
         registry = [{"family": r["family"], "version": r["version"], "status": r["status"],
                      "created_at": r["created_at"]} for r in list_models(self._db())]
         return {"served": served, "registry": registry}
 
-    def _risk_command(self, name: str) -> Handler:
+    async def learning(self, args: dict[str, Any]) -> Any:
+        db = self._db()
+        labelled, unlabelled = db.execute(
+            "SELECT sum(label IS NOT NULL), sum(label IS NULL) FROM samples").fetchone()
+        here = db.execute("SELECT count(*) FROM samples WHERE run_id=?",
+                          (self.d.run_id,)).fetchone()[0]
+        samples = {"with_outcome": labelled or 0, "without_outcome": unlabelled or 0,
+                   "this_run": here,
+                   "awaiting_outcome_in_memory": sum(
+                       len(st.pending) for st in self.d.predictor._symbols.values())}
+        versions = [{"family": r["family"], "version": r["version"], "status": r["status"]}
+                    for r in list_models(db)]
+        if self.learner is None or self.d.learner is None:
+            return {"samples": samples, "versions": versions,
+                    "learner": "disabled ([learning] enabled = false)"}
+        report = await self._ask(self.learner, "learning", "learner")(args)
+        return {"samples": samples, "versions": versions, **report}
+
+    async def rl(self, args: dict[str, Any]) -> Any:
+        return self.d.sizer.rl_status()
+
+    def _learner_command(self, name: str) -> Handler:
+        async def handler(args: dict[str, Any]) -> Any:
+            if self.learner is None or self.d.learner is None:
+                raise ControlError("the learner is disabled ([learning] enabled = false)")
+            return await self._ask(self.learner, name, "learner", timeout_s=30.0)(args)
+
+        return handler
+
+    @staticmethod
+    def _ask(channel: trio.MemorySendChannel[Command], name: str, actor: str,
+             timeout_s: float = 3.0) -> Handler:
+        """A handler that sends `name` to the actor owning the state and awaits its answer."""
         async def handler(args: dict[str, Any]) -> Any:
             reply_tx, reply_rx = trio.open_memory_channel[Any](1)
             try:
-                self.commands.send_nowait(Command(name, args, reply_tx))
+                channel.send_nowait(Command(name, args, reply_tx))
             except trio.WouldBlock as exc:
-                raise ControlError("risk actor is busy; try again") from exc
+                raise ControlError(f"{actor} actor is busy; try again") from exc
             except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
-                raise ControlError("risk actor has stopped") from exc
-            with trio.move_on_after(3):
+                raise ControlError(f"{actor} actor has stopped") from exc
+            with trio.move_on_after(timeout_s):
                 result = await reply_rx.receive()
                 if isinstance(result, dict) and "error" in result:
                     raise ControlError(result["error"])
                 return result
-            raise ControlError(f"risk actor did not answer {name!r} within 3 s")
+            raise ControlError(f"{actor} actor did not answer {name!r} within "
+                               f"{timeout_s:g} s")
 
         return handler

@@ -38,14 +38,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "positions": ("positions", "open positions"),
     "trades": ("trades [N]", "recent closed trades (the last N)"),
     "pnl": ("pnl", "PnL summary per symbol and total"),
-    "models": ("models", "served models and versions"),
+    "models": ("models", "served models, shadows and the registry (versions, status)"),
     "halt": ("halt [REASON...]", "stop new entries (risk HALTED)"),
     "resume": ("resume", "back to ACTIVE"),
     "flatten": ("flatten", "close every position at the next bar"),
     "pause": ("pause SYMBOL", "no new entries for SYMBOL"),
     "resume-symbol": ("resume-symbol SYMBOL", "lift the pause on SYMBOL"),
+    "promote": ("promote MODEL VERSION", "make VERSION the champion of MODEL (bypasses the "
+                "gate)"),
+    "rollback": ("rollback MODEL", "back to MODEL's previous champion"),
+    "retrain": ("retrain [MODEL]", "queue a retraining job (all families without MODEL)"),
+    "learning": ("learning", "samples with/without outcomes, versions, plan, last/next "
+                 "retrain"),
+    "rl": ("rl", "the Q-learning sizer's table: states, best actions, visits"),
 }
-_NO_ARG_COMMANDS = {"status", "modules", "positions", "pnl", "models", "resume", "flatten"}
+_NO_ARG_COMMANDS = {"status", "modules", "positions", "pnl", "models", "resume", "flatten",
+                    "learning", "rl"}
 _SYMBOL_COMMANDS = {"pause", "resume-symbol"}
 
 
@@ -161,6 +169,18 @@ def parse_command(words: list[str]) -> tuple[str, dict[str, Any]]:
         if len(rest) != 1 or not rest[0].strip():
             raise UsageError(f"usage: {COMMANDS[cmd][0]}")
         return cmd, {"symbol": rest[0].strip().upper()}
+    if cmd == "promote":
+        if len(rest) != 2:
+            raise UsageError(f"usage: {COMMANDS[cmd][0]}")
+        return cmd, {"model": rest[0], "version": rest[1]}
+    if cmd == "rollback":
+        if len(rest) != 1:
+            raise UsageError(f"usage: {COMMANDS[cmd][0]}")
+        return cmd, {"model": rest[0]}
+    if cmd == "retrain":
+        if len(rest) > 1:
+            raise UsageError(f"usage: {COMMANDS[cmd][0]}")
+        return cmd, ({"model": rest[0]} if rest else {})
     if cmd == "trades":
         if not rest:
             return cmd, {}

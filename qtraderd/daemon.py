@@ -28,6 +28,7 @@ from qtraderd import __version__
 from qtraderd.actors.control import ControlServer
 from qtraderd.actors.execution import ExecutionActor
 from qtraderd.actors.feed import FeedActor
+from qtraderd.actors.learner import LearnerActor, retrain_banner
 from qtraderd.actors.monitor import MonitorActor
 from qtraderd.actors.predictor import PredictorActor
 from qtraderd.actors.recorder import RecorderActor
@@ -38,8 +39,10 @@ from qtraderd.config import INTERVAL_MS, Config
 from qtraderd.control_api import ControlAPI
 from qtraderd.costs import CostModel
 from qtraderd.labels import Barriers
+from qtraderd.learn.registry_view import RegistryView
 from qtraderd.messages import Command, Record, Step
 from qtraderd.models.onnx_model import LoadedModel, load_champions
+from qtraderd.rl import restore
 from qtraderd.store.db import connect
 from qtraderd.supervisor import Supervisor
 from qtraderd.venues.paper import PaperBroker, quote_of
@@ -97,6 +100,7 @@ class Daemon:
     socket_path: Path | None = None
     progress_every_s: float = 1.0
     models: dict[str, LoadedModel] | None = None  # preloaded (tests); else from models_dir
+    config_path: Path | None = None  # passed on to learner jobs
     run_id: int = 0
     started_wall: float = field(default_factory=time.monotonic)
 
@@ -168,6 +172,7 @@ class Daemon:
                      cfg.feed.source, len(symbols), ",".join(symbols), cfg.feed.interval,
                      "max" if math.isinf(cfg.feed.speed) else f"{cfg.feed.speed:g}x",
                      ",".join(f"{f}/{m.version}" for f, m in self.models.items()) or "none")
+            log.info(retrain_banner(cfg))
             await self._run_chain(conn, symbols, interval_ms, task_status)
         finally:
             self._finish(conn)
@@ -183,16 +188,21 @@ class Daemon:
         feed_tx, feed_rx = trio.open_memory_channel[Step](1)
         mon_tx, mon_rx = trio.open_memory_channel[Step](cap)
         pred_tx, pred_rx = trio.open_memory_channel[Step](cap)
+        learn_tx, learn_rx = trio.open_memory_channel[Step](cap)
         size_tx, size_rx = trio.open_memory_channel[Step](cap)
         risk_tx, risk_rx = trio.open_memory_channel[Step](cap)
         back_tx, back_rx = trio.open_memory_channel[Step](cap)
         rec_tx, rec_rx = trio.open_memory_channel[list[Step]](64)
         records_tx, records_rx = trio.open_memory_channel[Record](1024)
         cmd_tx, cmd_rx = trio.open_memory_channel[Command](16)
+        pcmd_tx, pcmd_rx = trio.open_memory_channel[Command](16)
+        lcmd_tx, lcmd_rx = trio.open_memory_channel[Command](16)
         self._records = records_tx
         self.channels = {"feed": feed_tx, "monitor": mon_tx, "predictor": pred_tx,
-                         "sizer": size_tx, "risk": risk_tx, "execution_b": back_tx,
-                         "recorder": rec_tx, "records": records_tx, "commands": cmd_tx}
+                         "learner": learn_tx, "sizer": size_tx, "risk": risk_tx,
+                         "execution_b": back_tx, "recorder": rec_tx, "records": records_tx,
+                         "risk_commands": cmd_tx, "predictor_commands": pcmd_tx,
+                         "learner_commands": lcmd_tx}
         source = ReplaySource(self.state_dir, symbols, cfg.feed.interval,
                               parse_time(cfg.feed.start), parse_time(cfg.feed.end))
         barriers = Barriers(cfg.sizing.take_profit_pct / 100, cfg.sizing.stop_loss_pct / 100,
@@ -204,22 +214,45 @@ class Daemon:
             self.broker, feed_rx, mon_tx, back_rx, rec_tx,
             self.clock if isinstance(self.clock, ReplayClock) else None)
         self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
-        self.predictor = PredictorActor(barriers, self.models or {}, pred_rx, size_tx,
-                                        models_dir=self.models_dir)
-        self.sizer = SizerActor(cfg.sizing, cfg.monitor, costs, size_rx, risk_tx)
+        learning = cfg.learning.enabled
+        self.predictor = PredictorActor(barriers, self.models or {}, pred_rx,
+                                        learn_tx if learning else size_tx,
+                                        models_dir=self.models_dir, commands=pcmd_rx)
+        self.learner: LearnerActor | None = None
+        if learning:
+            ro = connect(self.state_dir, readonly=True)
+            try:
+                registry = RegistryView.load(ro, self.models_dir)
+            finally:
+                ro.close()
+            self.learner = LearnerActor(
+                cfg, self.config_path, self.state_dir, self.models_dir, self.clock, registry,
+                learn_rx, size_tx, pcmd_tx, records_tx.clone(), lcmd_rx,
+                hold_clock=cfg.learning.replay_holds_clock and cfg.feed.source == "replay",
+                run_id=self.run_id)
+        agent = restore(cfg.rl, cfg.seed, self.state_dir) if cfg.rl.enabled else None
+        if agent is not None:
+            log.info("RL sizer: Q-learning over %d stored states (epsilon %g, multipliers %s)",
+                     agent.status()["states_visited"], cfg.rl.epsilon,
+                     ", ".join(f"{m:g}" for m in cfg.rl.multipliers))
+        self.sizer = SizerActor(cfg.sizing, cfg.monitor, costs, size_rx, risk_tx, agent=agent,
+                                records=records_tx.clone())
         self.risk = RiskActor(cfg.risk, cfg.portfolio, costs, self.clock, interval_ms, risk_rx,
                               back_tx, cmd_rx, records=records_tx.clone())
         self.recorder = RecorderActor(self.state_dir, self.run_id, rec_rx, records_rx,
                                       cfg.store.flush_rows, cfg.store.flush_ms)
         actors = [self.feed, self.execution, self.monitor, self.predictor, self.sizer,
                   self.risk, self.recorder]
+        if self.learner is not None:
+            actors.insert(4, self.learner)
         self.supervisor = Supervisor(
             intensity=cfg.runtime.restart_intensity, period_s=cfg.runtime.restart_period_s,
             backoff_s=cfg.runtime.restart_backoff_s,
             backoff_max_s=cfg.runtime.restart_backoff_max_s, on_event=self._actor_event)
-        self.api = ControlAPI(self, cmd_tx)
+        self.api = ControlAPI(self, cmd_tx, lcmd_tx)
         assert self.socket_path is not None
-        server = ControlServer(self.socket_path, self.api.handlers())
+        # promote / rollback load models before answering: allow them more than a status
+        server = ControlServer(self.socket_path, self.api.handlers(), request_timeout_s=45.0)
         async with trio.open_nursery() as services:
             try:
                 await services.start(server.serve)
@@ -267,12 +300,15 @@ class Daemon:
         elapsed = max(1e-9, time.monotonic() - self.started_wall)
         equity = " ".join(f"{a.quote} {a.equity:,.6g}" for a in self.execution.accounts
                           if a.quote in self.quotes)
+        learner = self.learner
+        job = f" | learner: retraining {learner.current.family}" if (
+            learner is not None and learner.current is not None and not final) else ""
         log.info("%s: %s bars (%s bars/s) | data time %s | trades %d | open %d | "
-                 "equity %s | risk %s",
+                 "equity %s | risk %s%s",
                  "replay finished" if final and self.feed.done else "progress",
                  f"{self.feed.bars:,}", f"{self.feed.bars / elapsed:,.0f}",
                  iso(self.feed.last_ts), self.execution.trades,
-                 len(self.broker.positions), equity or "-", self.risk.state)
+                 len(self.broker.positions), equity or "-", self.risk.state, job)
 
     def _finish(self, conn: sqlite3.Connection) -> None:
         if not self.run_id:

@@ -65,6 +65,7 @@ class Prediction(msgspec.Struct, frozen=True, array_like=True, gc=False):
     version: str
     p_long: float  # P(long take-profit is hit before its stop, within the horizon)
     p_short: float  # P(short take-profit is hit before its stop, within the horizon)
+    weights: str = ""  # ensemble only: the member weights used, compact JSON
 
 
 class ModelOutput(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -76,6 +77,24 @@ class ModelOutput(msgspec.Struct, frozen=True, array_like=True, gc=False):
     symbols: tuple[str, ...]
     p_long: tuple[float, ...]
     p_short: tuple[float, ...]
+    role: str = "serving"  # "serving" (in the ensemble) or "shadow" (recorded, never traded)
+
+
+class Scored(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A model's earlier prediction next to the outcome that just became known."""
+
+    model: str
+    version: str
+    role: str
+    symbol: str
+    ts: int
+    regime: str
+    p_long: float
+    p_short: float
+    label: int
+    ret_long: float
+    ret_short: float
+    resolved_at: int = 0  # open time of the bar that settled the label
 
 
 class Outcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -116,6 +135,8 @@ class OrderIntent(msgspec.Struct, frozen=True, array_like=True, gc=False):
     tp_pct: float = 0.0  # take-profit distance from the fill price, fraction (entries)
     sl_pct: float = 0.0  # stop-loss distance from the fill price, fraction (entries)
     leverage: float = 1.0
+    size_multiplier: float = 1.0  # the RL agent's scale of the rule's size (entries)
+    rl_state: str = ""  # the agent's state key when it chose (empty: agent not used)
 
 
 class RiskDecision(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -221,6 +242,7 @@ class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
     model_outputs: tuple[ModelOutput, ...] = ()  # each model, for every symbol
     predictions: tuple[Prediction, ...] = ()  # the ensemble, one per symbol
     outcomes: tuple[Outcome, ...] = ()
+    scored: tuple[Scored, ...] = ()  # outcomes matched with every model's prediction
     global_regime: str = ""
     # sizer (and monitor exits) -> risk
     signals: tuple[Signal, ...] = ()

@@ -126,6 +126,21 @@ def summarize(conn: sqlite3.Connection, run_id: int | None = None) -> dict[str, 
                        "valid_auc_short": metrics.get("auc_short")})
     restarts = conn.execute("SELECT count(*) FROM actor_events WHERE run_id=? AND "
                             "event='restarted'", (run_id,)).fetchone()[0]
+    learning = [
+        {"family": f, "jobs": n, "deploy": d or 0, "canary": c or 0, "keep": k or 0,
+         "reject": r or 0, "failed": x or 0, "avg_job_s": w}
+        for f, n, d, c, k, r, x, w in conn.execute(
+            "SELECT family, count(*), sum(status='deploy'), sum(status='canary'), "
+            "sum(status='keep'), sum(status='reject'), sum(status='failed'), "
+            "round(avg(wall_s), 1) FROM retrain_jobs WHERE run_id=? GROUP BY family "
+            "ORDER BY family", (run_id,)).fetchall()]
+    evaluations = conn.execute("SELECT count(*) FROM learner_evaluations WHERE run_id=?",
+                               (run_id,)).fetchone()[0]
+    swaps = [{"at": iso(ts), "family": f, "version": v, "status": st, "reason": why}
+             for ts, f, v, st, why in conn.execute(
+                 "SELECT clock_ts, family, version, status, reason FROM model_history "
+                 "WHERE status='champion' AND clock_ts BETWEEN ? AND ? ORDER BY id",
+                 (run[10] or 0, (run[11] or 0) + 86_400_000)).fetchall()]
     return {
         "run": {"id": run[0], "status": run[8], "mode": run[3], "source": run[4],
                 "symbols": len(symbols), "interval": interval, "bars": run[9],
@@ -140,6 +155,7 @@ def summarize(conn: sqlite3.Connection, run_id: int | None = None) -> dict[str, 
         "exit_reasons": exits,
         "denied_orders": denied,
         "models": models,
+        "learning": {"evaluations": evaluations, "jobs": learning, "champion_changes": swaps},
     }
 
 
@@ -195,6 +211,19 @@ def render(s: dict[str, Any]) -> str:
              "valid AUC long": _r(m["valid_auc_long"], 3),
              "valid AUC short": _r(m["valid_auc_short"], 3)} for m in s["models"]],
             title="Models served"))
+    lr = s.get("learning") or {}
+    if lr.get("jobs"):
+        parts.append(format_table(
+            [{"family": j["family"], "retrains": j["jobs"], "deployed": j["deploy"],
+              "canary": j["canary"], "kept champion": j["keep"], "rejected": j["reject"],
+              "failed": j["failed"], "avg job s": j["avg_job_s"]} for j in lr["jobs"]],
+            title=f"Learning loop ({lr['evaluations']} trigger evaluations; gate decisions "
+                  "per family)"))
+        if lr["champion_changes"]:
+            parts.append(format_table(
+                [{"data time": c["at"], "model": c["family"], "new champion": c["version"],
+                  "why": c["reason"][:70]} for c in lr["champion_changes"]],
+                title="Champion changes (hot swaps between two bars)"))
     if s["exit_reasons"]:
         parts.append("Exits: " + ", ".join(f"{k} {v}" for k, v in s["exit_reasons"].items()))
     if s["denied_orders"]:

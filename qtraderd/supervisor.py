@@ -13,6 +13,7 @@ propagate); exception groups from an actor's own nursery are Exceptions too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 from collections import deque
@@ -22,7 +23,7 @@ from typing import Any
 
 import trio
 
-from qtraderd.messages import Step, replace
+from qtraderd.messages import Command, Step, replace
 
 log = logging.getLogger("qtraderd.supervisor")
 
@@ -78,6 +79,15 @@ async def pass_on(outbox: trio.MemorySendChannel[Any], msg: Any) -> None:
         outbox.send_nowait(msg)
     except trio.WouldBlock:
         await outbox.send(msg)
+
+
+def answer(cmd: Command, result: Any) -> None:
+    """Reply to a control command; a requester that gave up is not an error."""
+    if cmd.reply is None:
+        return
+    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError,
+                             trio.ClosedResourceError):
+        cmd.reply.send_nowait(result)
 
 
 def degrade(step: Step, actor: str) -> Step:

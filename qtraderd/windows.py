@@ -17,7 +17,6 @@ reads nothing after t. The networks add their own normalisation (RevIN in PatchT
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import numpy as np
 
@@ -27,28 +26,51 @@ WINDOW_VERSION = 1
 
 
 class WindowState:
-    """Incremental windows for one symbol."""
+    """Incremental windows for one symbol.
 
-    __slots__ = ("_rows", "_size")
+    Rows are written twice into a buffer of 2*size rows (at i and i+size), so the last
+    `size` bars are always the contiguous slice buf[i+1 : i+1+size]: no copy, no roll.
+    """
+
+    __slots__ = ("_buf", "_i", "_n", "_size")
 
     def __init__(self, size: int = WINDOW) -> None:
         self._size = size
-        # per bar: (log close, log(h/c), log(l/c), log(o/c), log1p(v))
-        self._rows: deque[tuple[float, float, float, float, float]] = deque(maxlen=size)
+        self._buf = np.zeros((2 * size, CHANNELS))
+        self._i = size - 1
+        self._n = 0
 
     def update(self, o: float, h: float, low: float, c: float, v: float) -> None:
         lc = math.log(c)
-        self._rows.append((lc, math.log(h) - lc, math.log(low) - lc, math.log(o) - lc,
-                           math.log1p(v)))
+        row = (lc, math.log(h) - lc, math.log(low) - lc, math.log(o) - lc, math.log1p(v))
+        i = (self._i + 1) % self._size
+        self._buf[i] = row
+        self._buf[i + self._size] = row
+        self._i = i
+        self._n += 1
+
+    def raw(self) -> np.ndarray | None:
+        """The last `size` bars, un-normalised (a view); None while warming up."""
+        if self._n < self._size:
+            return None
+        i = self._i
+        return self._buf[i + 1: i + 1 + self._size]
 
     def window(self) -> np.ndarray | None:
         """The current window, float32 [size, CHANNELS]; None while warming up."""
-        if len(self._rows) < self._size:
-            return None
-        a = np.array(self._rows, dtype=np.float64)
-        a[:, 0] -= a[-1, 0]
-        a[:, 4] -= a[:, 4].mean()
-        return a.astype(np.float32)
+        raw = self.raw()
+        return None if raw is None else normalize(raw[None])[0]
+
+
+def normalize(raw: np.ndarray, copy: bool = True) -> np.ndarray:
+    """Raw per-bar rows [n, size, CHANNELS] (float64) -> model input (float32).
+
+    copy=False normalises a float64 array the caller owns in place (training builds
+    hundreds of megabytes of windows; no second copy)."""
+    w = np.array(raw, dtype=np.float64) if copy else raw
+    w[:, :, 0] -= w[:, -1:, 0]
+    w[:, :, 4] -= w[:, :, 4].mean(axis=1, keepdims=True)
+    return w.astype(np.float32)
 
 
 def make_windows(o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray,
@@ -66,7 +88,4 @@ def make_windows(o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v
     if len(at) and at.min() < size - 1:
         raise ValueError(f"a window needs {size} bars; index {int(at.min())} is too early")
     idx = at[:, None] + np.arange(-size + 1, 1)[None, :]
-    w = per_bar[idx]  # [n, size, 5]
-    w[:, :, 0] -= w[:, -1:, 0]
-    w[:, :, 4] -= w[:, :, 4].mean(axis=1, keepdims=True)
-    return w.astype(np.float32)
+    return normalize(per_bar[idx], copy=False)

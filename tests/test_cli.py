@@ -137,6 +137,7 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(trained, tmp_path):
     shutil.copytree(trained["models"], models)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QT_")}
     env["QT_FEED_EXIT_AT_END"] = "false"
+    env["QT_LEARNING_ENABLED"] = "false"
     first = subprocess.Popen([sys.executable, "-m", "qtraderd", "run", "--state-dir", str(state),
                               "--models-dir", str(models)], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -121,5 +121,7 @@ def test_every_key_is_documented_and_the_example_file_is_complete():
     missing = [k for k in keys if f"`{k}`" not in readme and f"`{k}," not in readme
                and f", `{k}`" not in readme]
     assert not missing, f"README.md does not document {missing}"
-    example = load(REPO / "examples" / "demo.toml", env={})
+    example = load(REPO / "examples" / "qtraderd.toml", env={})
     assert example == load(env={})
+    demo = load(REPO / "examples" / "demo.toml", env={})  # the `make run` demo loads
+    assert demo.learning.enabled and demo.feed.source == "replay"

@@ -46,9 +46,16 @@ def state_dir() -> Iterator[Path]:
     (["resume-symbol", "EthBtc"], ("resume-symbol", {"symbol": "ETHBTC"})),
     (["trades"], ("trades", {})),
     (["trades", "20"], ("trades", {"limit": 20})),
-    (["promote", "family=xgb", "version=3", "dry=true", "note=a=b"],
-     ("promote", {"family": "xgb", "version": 3, "dry": True, "note": "a=b"})),
-    (["rollback"], ("rollback", {})),
+    (["frobnicate", "family=xgb", "version=3", "dry=true", "note=a=b"],
+     ("frobnicate", {"family": "xgb", "version": 3, "dry": True, "note": "a=b"})),
+    (["frobnicate"], ("frobnicate", {})),
+    (["promote", "xgboost", "20180125T000000Z-ab12"],
+     ("promote", {"model": "xgboost", "version": "20180125T000000Z-ab12"})),
+    (["rollback", "lightgbm"], ("rollback", {"model": "lightgbm"})),
+    (["retrain"], ("retrain", {})),
+    (["retrain", "nhits"], ("retrain", {"model": "nhits"})),
+    (["learning"], ("learning", {})),
+    (["rl"], ("rl", {})),
     (["positions", "symbol=BTCUSDT"], ("positions", {"symbol": "BTCUSDT"})),
 ])
 def test_parse_command(words: list[str], expected: tuple[str, dict[str, Any]]) -> None:
@@ -57,7 +64,8 @@ def test_parse_command(words: list[str], expected: tuple[str, dict[str, Any]]) -
 
 @pytest.mark.parametrize("words", [
     [], ["pause"], ["pause", "A", "B"], ["resume-symbol"], ["trades", "x"], ["trades", "0"],
-    ["trades", "1", "2"], ["status", "verbose"], ["promote", "xgb"], ["promote", "=3"],
+    ["trades", "1", "2"], ["status", "verbose"], ["promote", "xgb"], ["rollback"],
+    ["retrain", "a", "b"], ["frobnicate", "=3"],
 ])
 def test_parse_command_rejects(words: list[str]) -> None:
     with pytest.raises(UsageError):

@@ -40,11 +40,15 @@ def world(trained, tmp_path):
 
 # Tiny test models rarely clear the costs; loosen the entry rule so the chain trades.
 LOOSE = {"min_edge_pct": -0.5, "min_confidence": 0.25}
-LOOSE_ENV = {"QT_SIZING_MIN_EDGE_PCT": "-0.5", "QT_SIZING_MIN_CONFIDENCE": "0.25"}
+LOOSE_ENV = {"QT_SIZING_MIN_EDGE_PCT": "-0.5", "QT_SIZING_MIN_CONFIDENCE": "0.25",
+             "QT_LEARNING_ENABLED": "false", "QT_RL_ENABLED": "false"}
 
 
 def daemon(world, **sections):
+    """The trading core alone: the learner and the RL sizer have their own tests."""
     sections.setdefault("sizing", LOOSE)
+    sections.setdefault("learning", {"enabled": False})
+    sections.setdefault("rl", {"enabled": False})
     cfg = with_changes(load(env={}), **sections)
     return Daemon(cfg, world["state"], world["models"], socket_path=world["sock"],
                   progress_every_s=0)

@@ -1,25 +1,33 @@
-"""Predictor actor: features, regimes, model probabilities and outcomes for every bar.
+"""Predictor actor: features, regimes, model probabilities, ensemble and outcomes per bar.
 
-For each closed bar it updates the symbol's incremental features (the same definitions
-the learner trains on), the regime detector and the triple-barrier labeler (which turns
-earlier samples into labelled outcomes once their window has closed). Then it runs each
-served ONNX model once on the whole step (one row per symbol) and averages the models
-into the ensemble. Every prediction row names the exact model version.
+For each closed bar it updates the symbol's incremental features and candle window (the
+same definitions the learner trains on), the regime detector and the triple-barrier
+labeler (which turns earlier samples into labelled outcomes once their window has
+closed). Then it runs every model once on the whole step — tree models on feature rows,
+networks on candle windows — and combines the serving models into the ensemble with
+weights from their recent out-of-sample record (qtraderd.ensemble), per regime. Shadow
+models (a canary, or the previous champion after a deploy) predict too; their outputs are
+recorded but never reach the ensemble. Every prediction names its exact model version.
+
+When an outcome arrives it is matched with every model's prediction for that bar and
+passed on as `Scored` (to the ensemble's bookkeeping here and to the learner downstream).
 
 Honesty: a model abstains on bars its training could have seen (up to `data_end` in its
 metadata), so a replay over the training period never trades on in-sample predictions.
 
-Models are swapped only between steps. A watcher on the models directory (watchfiles)
-re-reads the champions when files change; a file that fails any check (half-written,
-corrupt, wrong shape, parity) is refused with a "model rejected" line and the model
-already in memory keeps serving.
+Model changes happen only between steps: the learner sends `set_models` (and waits for
+the answer, so a replay swaps at the same bar every time); a watcher on the models
+directory picks up champion pointers changed by hand. Files that fail any check are
+refused ("model rejected: ...") and the models in memory keep serving.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -28,70 +36,155 @@ import trio
 import watchfiles
 
 from qtraderd.clock import iso
+from qtraderd.ensemble import EnsembleManager
 from qtraderd.features import FeatureState
 from qtraderd.labels import Barriers, Labeler
-from qtraderd.messages import ModelOutput, Outcome, Prediction, Sample, Step, replace
-from qtraderd.models.artifacts import (
-    ArtifactError,
-    families,
-    is_temp_name,
-    list_versions,
-    meta_path,
-    onnx_path,
-    read_champion,
+from qtraderd.messages import (
+    Command,
+    ModelOutput,
+    Outcome,
+    Prediction,
+    Sample,
+    Scored,
+    Step,
+    replace,
 )
-from qtraderd.models.onnx_model import LoadedModel, load_model
+from qtraderd.models.artifacts import is_temp_name
+from qtraderd.models.onnx_model import LoadedModel
+from qtraderd.modelset import SERVING, ModelSet, champions_on_disk, file_stamp, load_spec
 from qtraderd.regime import RegimeDetector, global_regime
-from qtraderd.supervisor import StepActor
+from qtraderd.supervisor import StepActor, answer
+from qtraderd.windows import WindowState, normalize
 
 log = logging.getLogger("qtraderd.predictor")
+
+Pending = tuple[int, str, list[tuple[str, str, str, float, float]]]  # ts, regime, outputs
+
+
+class _Symbol:
+    """Everything the predictor keeps per symbol."""
+
+    __slots__ = ("detector", "features", "labeler", "pending", "window")
+
+    def __init__(self, barriers: Barriers) -> None:
+        self.features = FeatureState()
+        self.window = WindowState()
+        self.labeler = Labeler(barriers)
+        self.detector = RegimeDetector()
+        self.pending: deque[Pending] = deque()
 
 
 class PredictorActor(StepActor):
     name = "predictor"
 
-    def __init__(self, barriers: Barriers, models: dict[str, LoadedModel],
-                 inbox: trio.MemoryReceiveChannel[Step],
-                 outbox: trio.MemorySendChannel[Step], models_dir: Path | None = None) -> None:
+    def __init__(self, barriers: Barriers, models: ModelSet | dict[str, LoadedModel],
+                 inbox: trio.MemoryReceiveChannel[Step], outbox: trio.MemorySendChannel[Step],
+                 models_dir: Path | None = None,
+                 commands: trio.MemoryReceiveChannel[Command] | None = None) -> None:
         super().__init__(inbox, outbox)
         self.barriers = barriers
         self.models_dir = models_dir
-        self._staged: dict[str, LoadedModel] | None = None
+        self.commands = commands
+        self.models = ModelSet()
+        self.ensemble = EnsembleManager([])
+        self._staged: ModelSet | None = None
         self._refused: dict[tuple[str, str], tuple[float, float]] = {}
-        self.swaps = 0
+        self._symbols: dict[str, _Symbol] = {}
+        self._last_regime: dict[str, str] = {}
+        self._announced_oos: set[tuple[str, str]] = set()
         self._ens_key: tuple[str, ...] = ()
         self._ens_version = ""
-        self.watch_events = 0
-        self.models: dict[str, LoadedModel] = {}
-        # per symbol: incremental features, outcome labeler, regime detector
-        self._symbols: dict[str, tuple[FeatureState, Labeler, RegimeDetector]] = {}
-        self._last_regime: dict[str, str] = {}
         self.predictions = 0
         self.outcomes = 0
         self.in_sample_skipped = 0
-        self._announced_oos: set[str] = set()
-        self.swap(models)
+        self.swaps = 0
+        self.watch_events = 0
+        self.swap(models if isinstance(models, ModelSet) else ModelSet(dict(models)))
 
-    def swap(self, models: dict[str, LoadedModel]) -> None:
+    # -- model changes -------------------------------------------------------------------
+    def swap(self, models: ModelSet) -> None:
         """Serve a new model set from the next step on (never inside a step)."""
-        old = getattr(self, "models", {})
-        self.models = dict(sorted(models.items()))
-        if not self.models:
+        old = self.models
+        self.models = models
+        for family in set(old.serving) - set(models.serving):
+            self.ensemble.remove_model(family)
+        for family, m in models.serving.items():
+            prev = old.serving.get(family)
+            if prev is None or prev.version != m.version:
+                if prev is not None:
+                    self.ensemble.remove_model(family)
+                self.ensemble.add_model(family)
+                log.info("serving model %s/%s%s (abstains on its training data up to %s)",
+                         family, m.version, f" (was {prev.version})" if prev else "",
+                         iso(m.data_end))
+        old_shadow = {(m.family, m.version) for m in old.shadow}
+        for m in models.shadow:
+            if (m.family, m.version) not in old_shadow:
+                log.info("shadow model %s/%s: predictions recorded, never traded",
+                         m.family, m.version)
+        if not models.serving:
             log.warning("no models loaded: predicting nothing (train with `qtraderd train`)")
-        for m in self.models.values():
-            if m.family in old and old[m.family].version == m.version:
-                continue
-            log.info("serving model %s/%s (abstains on its training data up to %s)",
-                     m.family, m.version, iso(m.data_end))
 
+    def stage(self, models: ModelSet) -> None:
+        self._staged = models
+
+    def reload_from_disk(self) -> ModelSet | None:
+        """Champion pointers changed on disk (by hand, or by a deploy): the new set, if any."""
+        assert self.models_dir is not None
+        current = self._staged or self.models
+        wanted, errors = champions_on_disk(self.models_dir)
+        for e in errors:
+            log.error("model rejected: %s", e)
+        changed = {}
+        for family, version in wanted.items():
+            m = current.serving.get(family)
+            if m is not None and m.version == version:
+                continue
+            if self._refused.get((family, version)) == file_stamp(self.models_dir, family,
+                                                                   version):
+                continue  # already refused this exact file
+            changed[family] = version
+        if not changed:
+            return None
+        serving = {f: m.version for f, m in current.serving.items()} | changed
+        shadow = [(m.family, m.version) for m in current.shadow]
+        new, errors = load_spec(self.models_dir, serving, shadow, current)
+        for family, version in changed.items():
+            if family not in new.serving or new.serving[family].version != version:
+                self._refused[(family, version)] = file_stamp(self.models_dir, family, version)
+        for e in errors:
+            log.error("model rejected: %s (still serving what was loaded before)", e)
+        return new if new.spec() != current.spec() else None
+
+    # -- the actor -------------------------------------------------------------------
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             if self.models_dir is not None:
                 nursery.start_soon(self._watch)
+            if self.commands is not None:
+                nursery.start_soon(self._command_loop)
             try:
                 await super().run()
             finally:
                 nursery.cancel_scope.cancel()
+
+    async def _command_loop(self) -> None:
+        assert self.commands is not None
+        async for cmd in self.commands:
+            result: dict[str, Any]
+            if cmd.name == "set_models" and self.models_dir is not None:
+                serving = dict(cmd.args.get("serving", {}))
+                shadow = [tuple(x) for x in cmd.args.get("shadow", [])]
+                current = self._staged or self.models
+                new, errors = await trio.to_thread.run_sync(
+                    load_spec, self.models_dir, serving, shadow, current)
+                for e in errors:
+                    log.error("model rejected: %s", e)
+                self.stage(new)
+                result = {"spec": new.spec(), "errors": errors}
+            else:
+                result = {"error": f"predictor has no command {cmd.name!r}"}
+            answer(cmd, result)
 
     async def _watch(self) -> None:
         """Watch the models directory from a worker thread (watchfiles' Rust watcher).
@@ -107,7 +200,7 @@ class PredictorActor(StepActor):
         stop = threading.Event()
         token = trio.lowlevel.current_trio_token()
 
-        def stage(models: dict[str, LoadedModel] | None) -> None:
+        def stage(models: ModelSet | None) -> None:
             self.watch_events += 1
             if models is not None:
                 self._staged = models
@@ -116,7 +209,7 @@ class PredictorActor(StepActor):
             for _changes in watchfiles.watch(
                     models_dir, watch_filter=_not_temp, debounce=50, step=50,
                     stop_event=stop, raise_interrupt=False, rust_timeout=0):
-                staged = self.reload()
+                staged = self.reload_from_disk()
                 try:
                     trio.from_thread.run_sync(stage, staged, trio_token=token)
                 except trio.RunFinishedError:
@@ -127,112 +220,137 @@ class PredictorActor(StepActor):
         finally:
             stop.set()
 
-    def reload(self) -> dict[str, LoadedModel] | None:
-        """Load changed champions from disk; None if nothing new was accepted."""
-        assert self.models_dir is not None
-        current = self._staged or self.models
-        new = dict(current)
-        changed = False
-        for family in families(self.models_dir):
-            try:
-                version = read_champion(self.models_dir, family)
-            except ArtifactError as exc:
-                log.error("model rejected: %s champion pointer: %s", family, exc)
-                continue
-            if version is None:
-                versions = list_versions(self.models_dir, family)
-                version = versions[-1] if versions else None
-            if version is None or (family in current and current[family].version == version):
-                continue
-            stamp = _mtimes(self.models_dir, family, version)
-            if self._refused.get((family, version)) == stamp:
-                continue  # already refused this exact file
-            try:
-                new[family] = load_model(self.models_dir, family, version)
-            except ArtifactError as exc:
-                self._refused[(family, version)] = stamp
-                old = current.get(family)
-                log.error("model rejected: %s (still serving %s)", exc,
-                          f"{family}/{old.version}" if old else "nothing for this family")
-                continue
-            changed = True
-        return new if changed else None
-
+    # -- one step ----------------------------------------------------------------------
     def handle(self, step: Step) -> Step:
         if self._staged is not None:
             staged, self._staged = self._staged, None
             self.swap(staged)
             self.swaps += 1
+        windows_needed = self.models.needs_windows()
         samples: list[Sample] = []
         outcomes: list[Outcome] = []
+        scored: list[Scored] = []
         rows: list[tuple[float, ...]] = []
+        raws: list[np.ndarray] = []
+        states: list[_Symbol] = []
         for bar in step.bars:
             sym = bar.symbol
-            state = self._symbols.get(sym)
-            if state is None:
-                state = self._symbols[sym] = (FeatureState(), Labeler(self.barriers),
-                                              RegimeDetector())
-            fs, labeler, detector = state
-            row = fs.update(bar.open_time, bar.open, bar.high, bar.low, bar.close, bar.volume)
-            for ts, label, resolved, rl, rs in labeler.update(
+            st = self._symbols.get(sym)
+            if st is None:
+                st = self._symbols[sym] = _Symbol(self.barriers)
+            row = st.features.update(bar.open_time, bar.open, bar.high, bar.low, bar.close,
+                                     bar.volume)
+            st.window.update(bar.open, bar.high, bar.low, bar.close, bar.volume)
+            for ts, label, resolved, rl, rs in st.labeler.update(
                     bar.open_time, bar.open, bar.high, bar.low, bar.close,
                     track=row is not None):
                 outcomes.append(Outcome(sym, ts, label, resolved, rl, rs))
+                self._score(sym, st, ts, label, rl, rs, resolved, scored)
             if row is None:
                 continue
-            regime = detector.update(row)
+            regime = st.detector.update(row)
             self._last_regime[sym] = regime
             samples.append(Sample(sym, bar.open_time, row, regime))
             rows.append(row)
+            states.append(st)
+            if windows_needed:
+                raw = st.window.raw()
+                assert raw is not None  # 64-bar windows are ready long before features
+                raws.append(raw)
         self.outcomes += len(outcomes)
-        outputs, predictions = self._predict(step.ts, samples, rows) if rows else ([], [])
+        outputs: list[ModelOutput] = []
+        predictions: list[Prediction] = []
+        if rows:
+            outputs, predictions = self._predict(step.ts, samples, rows, raws, states)
         return replace(
             step,
             samples=tuple(samples),
             outcomes=tuple(outcomes),
+            scored=tuple(scored),
             model_outputs=tuple(outputs),
             predictions=tuple(predictions),
             global_regime=global_regime(s.regime for s in samples),
         )
 
-    def _predict(self, ts: int, samples: list[Sample], rows: list[tuple[float, ...]]
+    def _score(self, sym: str, st: _Symbol, ts: int, label: int, rl: float, rs: float,
+               resolved: int, out: list[Scored]) -> None:
+        pending = st.pending
+        while pending and pending[0][0] < ts:
+            pending.popleft()
+        if not pending or pending[0][0] != ts:
+            return
+        _, regime, preds = pending.popleft()
+        for model, version, role, pl, ps in preds:
+            out.append(Scored(model, version, role, sym, ts, regime, pl, ps, label, rl, rs,
+                              resolved))
+            if role == SERVING:
+                self.ensemble.observe(model, regime, (1.0 - pl - ps, pl, ps), label)
+
+    def _predict(self, ts: int, samples: list[Sample], rows: list[tuple[float, ...]],
+                 raws: list[np.ndarray], states: list[_Symbol]
                  ) -> tuple[list[ModelOutput], list[Prediction]]:
-        active = [m for m in self.models.values() if ts > m.data_end]
-        if len(active) < len(self.models):
+        members = [(m, role) for m, role in self.models.members() if ts > m.data_end]
+        if len(members) < len(self.models.members()):
             self.in_sample_skipped += len(samples)
-        if not active:
+        if not members:
             return [], []
-        for m in active:
-            if m.family not in self._announced_oos:
-                self._announced_oos.add(m.family)
-                log.info("model %s/%s out of sample from %s: predictions start",
-                         m.family, m.version, iso(ts))
-        x = np.asarray(rows, dtype=np.float32)
+        x_rows = x_win = None
         symbols = tuple(s.symbol for s in samples)
         outputs: list[ModelOutput] = []
-        total = None
-        for m in active:
-            probs = m.predict(x)
-            total = probs if total is None else total + probs
+        serving_probs: dict[str, np.ndarray] = {}
+        for m, role in members:
+            if (m.family, m.version) not in self._announced_oos:
+                self._announced_oos.add((m.family, m.version))
+                log.info("model %s/%s out of sample from %s: predictions start",
+                         m.family, m.version, iso(ts))
+            if m.input_kind == "window":
+                if x_win is None:
+                    x_win = normalize(np.stack(raws))
+                probs = m.predict(x_win)
+            else:
+                if x_rows is None:
+                    x_rows = np.asarray(rows, dtype=np.float32)
+                probs = m.predict(x_rows)
+            if role == SERVING:
+                serving_probs[m.family] = probs
             outputs.append(ModelOutput(m.family, m.version, ts, symbols,
-                                       tuple(probs[:, 1].tolist()), tuple(probs[:, 2].tolist())))
-        assert total is not None
-        mean = (total / len(active)).tolist()
-        version = self._ensemble_version(active)
+                                       tuple(probs[:, 1].tolist()), tuple(probs[:, 2].tolist()),
+                                       role))
+        per_symbol: list[list[tuple[str, str, str, float, float]]] = [[] for _ in samples]
+        for o in outputs:
+            for i in range(len(samples)):
+                per_symbol[i].append((o.model, o.version, o.role, o.p_long[i], o.p_short[i]))
+        for i, s in enumerate(samples):
+            states[i].pending.append((ts, s.regime, per_symbol[i]))
+        if not serving_probs:
+            return outputs, []
+        version = self._ensemble_version()
+        predictions: list[Prediction] = []
+        by_regime: dict[str, tuple[dict[str, float], str]] = {}
+        for i, s in enumerate(samples):
+            if s.regime not in by_regime:
+                w = self.ensemble.weights(s.regime, serving_probs)
+                by_regime[s.regime] = (w, json.dumps({f: round(v, 4) for f, v in w.items()},
+                                                     separators=(",", ":")))
+            w, w_json = by_regime[s.regime]
+            pl = sum(w[f] * float(p[i, 1]) for f, p in serving_probs.items())
+            ps = sum(w[f] * float(p[i, 2]) for f, p in serving_probs.items())
+            predictions.append(Prediction(s.symbol, ts, "ensemble", version, pl, ps, w_json))
         self.predictions += len(samples)
-        return outputs, [Prediction(sym, ts, "ensemble", version, p[1], p[2])
-                         for sym, p in zip(symbols, mean, strict=True)]
+        return outputs, predictions
 
-    def _ensemble_version(self, active: list[LoadedModel]) -> str:
-        key = tuple(m.version for m in active)
+    def _ensemble_version(self) -> str:
+        key = tuple(m.version for m in self.models.serving.values())
         if key != self._ens_key:
             self._ens_key = key
-            self._ens_version = ",".join(f"{m.family}={m.version}" for m in active)
+            self._ens_version = ",".join(f"{f}={m.version}"
+                                         for f, m in sorted(self.models.serving.items()))
         return self._ens_version
 
     def status(self) -> dict[str, Any]:
         return {
-            "models": {f: m.version for f, m in self.models.items()},
+            "models": {f: m.version for f, m in self.models.serving.items()},
+            "shadow": [f"{m.family}/{m.version}" for m in self.models.shadow],
             "symbols": len(self._symbols),
             "predictions": self.predictions,
             "outcomes": self.outcomes,
@@ -244,14 +362,3 @@ class PredictorActor(StepActor):
 
 def _not_temp(_change: object, path: str) -> bool:
     return not is_temp_name(os.path.basename(path))
-
-
-def _mtimes(models_dir: Path, family: str, version: str) -> tuple[float, float]:
-    def mtime(p: Path) -> float:
-        try:
-            return p.stat().st_mtime
-        except OSError:
-            return -1.0
-
-    return mtime(onnx_path(models_dir, family, version)), mtime(meta_path(models_dir, family,
-                                                                            version))

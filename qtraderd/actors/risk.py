@@ -15,7 +15,6 @@ order. Per-symbol statistics and pauses live in portfolio.Portfolio.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,7 @@ from qtraderd.messages import (
     replace,
 )
 from qtraderd.portfolio import Portfolio
-from qtraderd.supervisor import StepActor
+from qtraderd.supervisor import StepActor, answer
 from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.risk")
@@ -99,10 +98,7 @@ class RiskActor(StepActor):
                 result: Any = self.command(cmd.name, cmd.args)
             except (KeyError, ValueError) as exc:
                 result = {"error": str(exc)}
-            if cmd.reply is not None:
-                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError,
-                                         trio.ClosedResourceError):
-                    cmd.reply.send_nowait(result)
+            answer(cmd, result)
 
     # -- commands (from the control socket) ---------------------------------------------
     def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:

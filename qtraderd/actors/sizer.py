@@ -9,10 +9,26 @@ when allowed), and enters only if
 Size: `margin` (in the pair's quote currency) times `leverage`, at the last close; the
 order fills at the next bar's open. TP/SL distances are the configured percentages, or
 ATR multiples when `monitor.atr_dynamic` is on. Risk may still reduce or deny the order.
+
+With a Q-learning agent (qtraderd.rl) the rule's quantity is scaled by the agent's chosen
+multiplier. The agent learns from what happened to its own entries, which the sizer
+follows through later steps of the same chain (no second input, so no race):
+* remembered per symbol (state, action, intent id) when the entry is emitted;
+* confirmed by a Fill of that order id with reason "entry" in a later step; dropped at
+  the symbol's next bar without one (risk denied it, or the broker refused it);
+* rewarded when the Trade of that position closes (step.closed): reward is the trade's
+  net return on the *rule's* margin, `return_pct * multiplier`. return_pct alone is the
+  same for every size (PnL and margin both scale with qty), so it could not teach the
+  agent anything about size; this way a bigger multiplier earns proportionally more
+  where entries pay and loses more where they do not.
+Every update goes to the recorder (rl_q upsert + rl_updates row) without ever blocking
+the bar path: a full records channel drops the rows with a warning.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -20,11 +36,25 @@ import trio
 from qtraderd.config import MonitorConfig, SizingConfig, per_quote
 from qtraderd.costs import CostModel
 from qtraderd.features import FEATURE_NAMES
-from qtraderd.messages import OrderIntent, Signal, Step, replace
+from qtraderd.messages import OrderIntent, Prediction, Record, Signal, Step, Trade, replace
+from qtraderd.rl import QAgent, state_key
 from qtraderd.supervisor import StepActor
 from qtraderd.venues.paper import quote_of
 
+log = logging.getLogger("qtraderd.sizer")
+
 _I_ATR = FEATURE_NAMES.index("atr_14")
+
+
+@dataclass(slots=True)
+class _Entry:
+    """An entry the agent sized, followed until its trade closes (or it never fills)."""
+
+    state: str
+    action: int
+    intent_id: str
+    decided_ts: int  # the decision bar; its fill must come at the symbol's next bar
+    fill_ts: int = 0  # set when confirmed; the Trade's entry_ts must match it
 
 
 class SizerActor(StepActor):
@@ -32,8 +62,20 @@ class SizerActor(StepActor):
 
     def __init__(self, sizing: SizingConfig, monitor: MonitorConfig, costs: CostModel,
                  inbox: trio.MemoryReceiveChannel[Step],
-                 outbox: trio.MemorySendChannel[Step]) -> None:
+                 outbox: trio.MemorySendChannel[Step], *, agent: QAgent | None = None,
+                 records: trio.MemorySendChannel[Record] | None = None) -> None:
+        """`agent`: a preloaded Q agent (see rl.restore); None or disabled = the rule alone.
+        `records`: where Q updates are written (the recorder's records channel)."""
         super().__init__(inbox, outbox)
+        self.agent = agent if agent is not None and agent.enabled else None
+        self.records = records
+        self._pending: dict[str, _Entry] = {}  # emitted, waiting for the fill
+        self._open: dict[str, _Entry] = {}  # filled, waiting for the trade to close
+        self._peak: dict[str, float] = {}  # running equity peak per quote
+        self._drawdown: dict[str, float] = {}
+        self.rl_dropped = 0  # entries that never filled
+        self.rl_lost = 0  # positions that vanished without a Trade we could match
+        self.records_dropped = 0
         self.cfg = sizing
         self.monitor = monitor
         self.costs = costs
@@ -50,7 +92,15 @@ class SizerActor(StepActor):
         sl = min(0.2, max(0.001, self.monitor.sl_atr_mult * atr_frac))
         return tp, sl
 
+    def _side(self, p: Prediction) -> tuple[int, float]:
+        """The likelier side and its probability (ties go long; shorts only if allowed)."""
+        if self.cfg.allow_short and p.p_short > p.p_long:
+            return -1, p.p_short
+        return 1, p.p_long
+
     def handle(self, step: Step) -> Step:
+        if self.agent is not None:
+            self._follow(step)  # every step, before anything may return early
         ensemble = step.predictions  # the predictor sends the ensemble here
         if not ensemble:
             return step
@@ -60,10 +110,7 @@ class SizerActor(StepActor):
         signals: list[Signal] = []
         intents: list[OrderIntent] = []
         for p in ensemble:
-            if self.cfg.allow_short and p.p_short > p.p_long:
-                side, prob = -1, p.p_short
-            else:
-                side, prob = 1, p.p_long
+            side, prob = self._side(p)
             if prob < self.cfg.min_confidence:
                 continue  # not a signal at all
             sample = samples[p.symbol]
@@ -84,14 +131,98 @@ class SizerActor(StepActor):
                 self.skipped += 1
                 continue
             tp, sl = self._barriers(sample.features[_I_ATR])
+            intent_id = f"{step.seq}-{p.symbol}-E"
+            qty = margin * self.cfg.leverage / price
+            mult, key = 1.0, ""
+            if self.agent is not None:
+                key = self._state(p.symbol, sample.regime, prob)
+                action = self.agent.choose(key)
+                mult = self.agent.multipliers[action]
+                qty *= mult
+                self._pending[p.symbol] = _Entry(key, action, intent_id, step.ts)
             intents.append(OrderIntent(
-                id=f"{step.seq}-{p.symbol}-E", symbol=p.symbol, ts=step.ts, side=side,
-                qty=margin * self.cfg.leverage / price, ref_price=price, purpose="entry",
-                reason="signal", tp_pct=tp, sl_pct=sl, leverage=self.cfg.leverage))
+                id=intent_id, symbol=p.symbol, ts=step.ts, side=side,
+                qty=qty, ref_price=price, purpose="entry",
+                reason="signal", tp_pct=tp, sl_pct=sl, leverage=self.cfg.leverage,
+                size_multiplier=mult, rl_state=key))
             self.entries += 1
         if not signals:
             return step
         return replace(step, signals=tuple(signals), intents=(*step.intents, *intents))
 
+    # -- the agent's bookkeeping -------------------------------------------------------
+    def _state(self, symbol: str, regime: str, prob: float) -> str:
+        return state_key(regime, prob, self._drawdown.get(quote_of(symbol), 0.0))
+
+    def _follow(self, step: Step) -> None:
+        """Drawdowns, then fills (confirm), bars without a fill (drop), closes (learn).
+
+        Fills before closes: an entry can fill at the open and stop out in the same bar.
+        A step without accounts had no broker snapshot (execution degraded): it says
+        nothing about fills, so nothing is confirmed or dropped on it.
+        """
+        if not step.accounts:
+            return
+        for a in step.accounts:
+            peak = max(self._peak.get(a.quote, a.equity), a.equity)
+            self._peak[a.quote] = peak
+            self._drawdown[a.quote] = 1.0 - a.equity / peak if peak > 0 else 0.0
+        for f in step.fills:
+            e = self._pending.get(f.symbol)
+            if f.reason == "entry" and e is not None and f.order_id == e.intent_id:
+                e.fill_ts = f.ts
+                self._open[f.symbol] = self._pending.pop(f.symbol)
+        if self._pending:
+            for b in step.bars:
+                e = self._pending.get(b.symbol)
+                if e is not None and b.open_time > e.decided_ts:
+                    del self._pending[b.symbol]
+                    self.rl_dropped += 1
+        for t in step.closed:
+            e = self._open.get(t.symbol)
+            if e is not None and t.entry_ts == e.fill_ts:
+                del self._open[t.symbol]
+                self._reward(e, t, step)
+        if self._open:
+            held = {p.symbol for p in step.positions}
+            for sym in [s for s in self._open if s not in held]:
+                log.warning("rl: position %s closed without a matching trade; not learned",
+                            sym)
+                del self._open[sym]
+                self.rl_lost += 1
+
+    def _reward(self, e: _Entry, trade: Trade, step: Step) -> None:
+        assert self.agent is not None
+        nxt = None
+        if self.agent.cfg.gamma > 0:  # s' = the state at the close, if the bar has one
+            pred = next((p for p in step.predictions if p.symbol == trade.symbol), None)
+            sample = next((s for s in step.samples if s.symbol == trade.symbol), None)
+            if pred is not None and sample is not None:
+                nxt = self._state(trade.symbol, sample.regime, self._side(pred)[1])
+        reward = trade.return_pct * self.agent.multipliers[e.action]
+        update = self.agent.learn(e.state, e.action, reward, nxt)
+        if self.records is None:
+            return
+        for rec in update.records(step.close_ts, trade.symbol):
+            try:
+                self.records.send_nowait(rec)
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                self.records_dropped += 1
+                log.warning("rl: %s row dropped (recorder busy or gone): %s", rec.table,
+                            rec.row)
+
+    def rl_status(self) -> dict[str, Any]:
+        """For `ctl rl`: the agent's table plus what the sizer is following right now."""
+        if self.agent is None:
+            return {"enabled": False}
+        return {**self.agent.status(), "pending_entries": sorted(self._pending),
+                "open_entries": sorted(self._open), "dropped_entries": self.rl_dropped,
+                "lost_positions": self.rl_lost, "records_dropped": self.records_dropped,
+                "drawdown_pct": {q: round(100 * d, 3) for q, d in sorted(self._drawdown.items())}}
+
     def status(self) -> dict[str, Any]:
-        return {"entries": self.entries, "skipped_signals": self.skipped}
+        out: dict[str, Any] = {"entries": self.entries, "skipped_signals": self.skipped}
+        if self.agent is not None:
+            out.update(rl_updates=self.agent.updates, rl_pending=len(self._pending),
+                       rl_open=len(self._open))
+        return out

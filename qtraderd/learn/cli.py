@@ -35,15 +35,24 @@ from qtraderd.features import FEATURE_NAMES, FEATURES_VERSION
 from qtraderd.learn import dataset as dataset_mod
 from qtraderd.learn import export as export_mod
 from qtraderd.learn import metrics as metrics_mod
-from qtraderd.learn import trees
+from qtraderd.learn import nets_train, trees
 from qtraderd.models import registry
-from qtraderd.models.artifacts import ModelMeta, sha256_bytes, write_artifact
+from qtraderd.models.artifacts import (
+    ModelMeta,
+    onnx_path,
+    read_artifact,
+    sha256_bytes,
+    write_artifact,
+)
 from qtraderd.store.db import StoreError, connect, db_path
 
 log = logging.getLogger("qtraderd.learn")
 
 # Out-of-sample AUC above this on 5m bars is far more likely a leak than an edge.
 SUSPICIOUS_AUC = 0.65
+# Tree families read feature rows; network families (torch, imported only when one of
+# them trains) read candle windows.
+ALL_FAMILIES = (*trees.FAMILIES, *nets_train.FAMILIES)
 
 
 class UsageError(ValueError):
@@ -74,7 +83,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", required=True, type=Path, help="where artifacts go")
     p.add_argument("--config", type=Path, default=None, help="TOML config file")
     p.add_argument("--families", default=None,
-                   help=f"comma-separated, of {','.join(trees.FAMILIES)} "
+                   help=f"comma-separated, of {','.join(ALL_FAMILIES)} "
                         "(default: train.families)")
     p.add_argument("--train-until", default=None,
                    help="end of the training span (epoch ms or ISO, UTC); default: the "
@@ -83,7 +92,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated (default: feed.symbols, else every stored symbol)")
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     """Readable progress on stderr, unless the embedding program configured logging."""
     if log.handlers or logging.getLogger().handlers:
         return
@@ -93,7 +102,7 @@ def _setup_logging() -> None:
     log.setLevel(logging.INFO)
 
 
-def _emit(result: dict[str, Any]) -> None:
+def emit(result: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     sys.stdout.flush()
 
@@ -101,22 +110,22 @@ def _emit(result: dict[str, Any]) -> None:
 def train_main(argv: list[str] | None = None) -> int:
     """The `train` job; also what `qtraderd train` calls in-process. Returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m qtraderd.learn train",
-                                     description="Train, export and deploy tree models.")
+                                     description="Train, export and deploy models.")
     add_train_arguments(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
-    _setup_logging()
+    setup_logging()
     try:
         return _run(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        _emit({"ok": False, "error": str(exc)})
+        emit({"ok": False, "error": str(exc)})
         return 2
     except Exception as exc:  # still one JSON answer for whoever started the job
         log.exception("learner job failed")
-        _emit({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        emit({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
 
 
@@ -128,10 +137,10 @@ def _run(args: argparse.Namespace) -> int:
     families = ([f.strip() for f in args.families.split(",") if f.strip()]
                 if args.families else list(cfg.train.families))
     families = list(dict.fromkeys(families))  # "xgboost,xgboost" trains once
-    unknown = [f for f in families if f not in trees.FAMILIES]
+    unknown = [f for f in families if f not in ALL_FAMILIES]
     if unknown or not families:
         raise UsageError(f"--families: unknown {unknown or 'empty list'} "
-                         f"(known: {', '.join(trees.FAMILIES)})")
+                         f"(known: {', '.join(ALL_FAMILIES)})")
     symbols = ([s.strip().upper() for s in args.symbols.split(",") if s.strip()]
                if args.symbols else None)
     until = parse_time(args.train_until) if args.train_until else None
@@ -153,9 +162,10 @@ def _run(args: argparse.Namespace) -> int:
                  _fmt_ms(ds.valid_cutoff), ds.data_sha256[:8])
         models: list[dict[str, Any]] = []
         errors: list[str] = []
+        cache: dict[str, Any] = {}  # the networks' windows, built once for both families
         for family in families:
             try:
-                models.append(train_family(family, ds, cfg, conn, args.models_dir))
+                models.append(train_family(family, ds, cfg, conn, args.models_dir, cache))
             except Exception as exc:  # one family failing must not stop the others
                 msg = f"{family}: {type(exc).__name__}: {exc}"
                 log.error("failed %s", msg)
@@ -165,51 +175,90 @@ def _run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"ok": not errors, "models": models, "dataset": ds.summary()}
     if errors:
         result["error"] = "; ".join(errors)
-    _emit(result)
+    emit(result)
     return 1 if errors else 0
 
 
 def train_family(family: str, ds: dataset_mod.Dataset, cfg: Config,
-                 conn: sqlite3.Connection, models_dir: Path) -> dict[str, Any]:
-    """Train, export (parity-gated), evaluate, write, register and promote one family."""
-    t0 = time.monotonic()
-    model = trees.train(family, ds, cfg)
-    train_s = time.monotonic() - t0
-    log.info("trained %s in %.1f s", family, train_s)
+                 conn: sqlite3.Connection, models_dir: Path,
+                 cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`qtraderd train`: build a candidate, then register and promote it straight away.
+
+    (The daemon's learner never does this: its jobs go through the deploy gate.)
+    """
+    out, _ = build_candidate(family, ds, cfg, conn, models_dir, cache=cache)
+    registry.register(conn, out["meta"], Path(out["path"]), status="candidate",
+                      reason="trained by qtraderd train")
+    registry.promote(conn, models_dir, family, out["version"],
+                     reason="qtraderd train deploys what it trains (the learner gates)")
+    del out["meta"]
+    return out
+
+
+def build_candidate(family: str, ds: dataset_mod.Dataset, cfg: Config,
+                    conn: sqlite3.Connection, models_dir: Path, *,
+                    clock_ms: int | None = None, cache: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, Any], np.ndarray]:
+    """Train, export (parity-gated), evaluate and write one family's artifact.
+
+    Returns the result (with "meta") and the ONNX probabilities on the validation rows.
+    The version is named after `clock_ms` when given (the daemon's clock: a replay names
+    its models the same way every time), else after the wall clock.
+    """
     valid = ds.valid
-    t0 = time.monotonic()
-    exp = export_mod.export(model, valid.X)
-    export_s = time.monotonic() - t0
-    # Metrics come from the ONNX graph: they describe exactly what the daemon will serve.
-    proba = export_mod.ort_proba(exp.onnx_bytes, valid.X)
+    if family in nets_train.FAMILIES:
+        net = nets_train.train_and_export(family, ds, cfg, conn, cache)
+        exp: Any = net
+        proba, train_s, export_s = net.proba_valid, net.train_seconds, net.export_seconds
+        input_kind, input_name = "window", nets_train.INPUT_NAME
+        output_name, data_end = nets_train.OUTPUT_NAME, net.data_end
+        params = {**net.params, **_split_params(cfg)}
+        extra = net.extra_metrics
+    else:
+        t0 = time.monotonic()
+        model = trees.train(family, ds, cfg)
+        train_s = time.monotonic() - t0
+        log.info("trained %s in %.1f s", family, train_s)
+        t0 = time.monotonic()
+        exp = export_mod.export(model, valid.X)
+        export_s = time.monotonic() - t0
+        # Metrics come from the ONNX graph: they describe exactly what the daemon will serve.
+        proba = export_mod.ort_proba(exp.onnx_bytes, valid.X)
+        input_kind, input_name = "features", export_mod.INPUT_NAME
+        output_name, data_end = export_mod.OUTPUT_NAME, ds.data_end
+        params = _params(family, cfg)
+        extra = {}
     prior = np.bincount(ds.train.y, minlength=3) / ds.n_train
     m = metrics_mod.evaluate(proba, valid, cfg, train_prior=prior)
     m["parity_rows"] = exp.parity_rows
+    m.update(extra)
     created = datetime.now(UTC)
+    named = datetime.fromtimestamp(clock_ms / 1000, UTC) if clock_ms is not None else created
     sha = sha256_bytes(exp.onnx_bytes)
-    version = f"{created:%Y%m%dT%H%M%SZ}-{sha[:8]}"
+    version = f"{named:%Y%m%dT%H%M%SZ}-{sha[:8]}"
     b = ds.barriers
     meta = ModelMeta(
         family=family, version=version, sha256=sha,
         features=list(FEATURE_NAMES), features_version=FEATURES_VERSION,
-        input_name=export_mod.INPUT_NAME, output_name=export_mod.OUTPUT_NAME,
+        input_name=input_name, output_name=output_name, input_kind=input_kind,
         created_at=created.isoformat(timespec="seconds"),
         code_version=qtraderd.__version__,
         symbols=list(ds.symbols), interval=ds.interval,
         barriers={"tp": b.tp, "sl": b.sl, "horizon": b.horizon},
-        train_start=ds.train_start, train_end=ds.train_end, data_end=ds.data_end,
+        train_start=ds.train_start, train_end=ds.train_end, data_end=data_end,
         valid_start=ds.valid_start, valid_end=ds.valid_end,
         n_train=ds.n_train, n_valid=ds.n_valid, data_sha256=ds.data_sha256,
-        params=_params(family, cfg), metrics=m,
+        params=params, metrics=m,
         parity_max_abs_diff=exp.parity_max_abs_diff,
         probe_inputs=exp.probe_inputs, probe_outputs=exp.probe_outputs,
     )
-    path = write_artifact(models_dir, meta, exp.onnx_bytes)
+    path = onnx_path(models_dir, family, version)
+    if path.exists() and read_artifact(models_dir, family, version)[0].sha256 == sha:
+        log.info("%s %s already exists with the same bytes: reused", family, version)
+    else:
+        path = write_artifact(models_dir, meta, exp.onnx_bytes)
     log.info("exported %s %s in %.1f s (parity max abs diff %.1e over %d rows)", family,
              version, export_s, exp.parity_max_abs_diff, exp.parity_rows)
-    registry.register(conn, meta, path, status="candidate", reason="trained by qtraderd.learn")
-    registry.promote(conn, models_dir, family, version,
-                     reason="auto-deploy: every successful train deploys (no gate yet)")
     log.info("%s", metrics_mod.headline(family, m))
     high = {k: m[k] for k in ("auc_long", "auc_short", "auc_direction")
             if m[k] is not None and m[k] > SUSPICIOUS_AUC}
@@ -220,8 +269,8 @@ def train_family(family: str, ds: dataset_mod.Dataset, cfg: Config,
         "family": family, "version": version, "path": str(path),
         "meta_path": str(path.with_suffix(".json")), "sha256": sha,
         "train_seconds": round(train_s, 3), "export_seconds": round(export_s, 3),
-        "parity_max_abs_diff": exp.parity_max_abs_diff, "metrics": m,
-    }
+        "parity_max_abs_diff": exp.parity_max_abs_diff, "metrics": m, "meta": meta,
+    }, proba
 
 
 def _params(family: str, cfg: Config) -> dict[str, Any]:
@@ -230,9 +279,13 @@ def _params(family: str, cfg: Config) -> dict[str, Any]:
 
     # The module's version: the xgboost-cpu distribution installs the `xgboost` module.
     lib_version = str(getattr(importlib.import_module(family), "__version__", ""))
+    return {**trees.params_for(family, cfg), "library_version": lib_version,
+            **_split_params(cfg)}
+
+
+def _split_params(cfg: Config) -> dict[str, Any]:
+    """How the samples were chosen (the same for every family)."""
     return {
-        **trees.params_for(family, cfg),
-        "library_version": lib_version,
         "train_fraction": cfg.train.train_fraction,
         "valid_fraction": cfg.train.valid_fraction,
         "embargo_bars": cfg.labels.embargo_bars,
@@ -241,14 +294,18 @@ def _params(family: str, cfg: Config) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m qtraderd.learn <job> ...` (only `train` so far)."""
+    """`python -m qtraderd.learn <train|job> ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         return train_main(argv[1:])
+    if argv and argv[0] == "job":
+        from qtraderd.learn.job import job_main
+
+        return job_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m qtraderd.learn",
                                      description="qtraderd learner jobs (separate process).")
     sub = parser.add_subparsers(dest="job", required=True)
-    add_train_arguments(sub.add_parser("train", help="train, export and deploy tree models"))
+    add_train_arguments(sub.add_parser("train", help="train, export and deploy models"))
     try:
         parser.parse_args(argv)  # prints usage / help; a valid `train` never gets here
     except SystemExit as exc:

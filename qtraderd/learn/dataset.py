@@ -201,8 +201,14 @@ def barriers_from(cfg: Config) -> Barriers:
 
 
 def build(conn: sqlite3.Connection, cfg: Config, symbols: Sequence[str] | None = None,
-          interval: str | None = None, train_until_ms: int | None = None) -> Dataset:
-    """Build the purged train/validation dataset described in the module docstring."""
+          interval: str | None = None, train_until_ms: int | None = None,
+          since_ms: int | None = None, valid_from_ms: int | None = None) -> Dataset:
+    """Build the purged train/validation dataset described in the module docstring.
+
+    The learner's retraining jobs use a sliding window: samples from `since_ms` (earlier
+    bars still warm the features up) and validation from `valid_from_ms` (the most recent
+    part of the span, which the gate scores champion and challenger on).
+    """
     interval = interval or cfg.feed.interval
     wanted = list(symbols) if symbols else list(cfg.feed.symbols)
     if not wanted:
@@ -225,7 +231,11 @@ def build(conn: sqlite3.Connection, cfg: Config, symbols: Sequence[str] | None =
     if span_end <= first:
         raise DatasetError(f"training span ends ({span_end}) at or before the first stored "
                            f"bar ({first}); nothing to train on")
-    valid_cutoff = span_end - int((span_end - first) * cfg.train.valid_fraction)
+    if valid_from_ms is not None:
+        valid_cutoff = int(valid_from_ms)
+    else:
+        start = max(first, since_ms) if since_ms is not None else first
+        valid_cutoff = span_end - int((span_end - start) * cfg.train.valid_fraction)
     barriers = barriers_from(cfg)
     series = load_series(conn, syms, interval, until_ms=span_end)
     parts = [_symbol_rows(i, series[s], barriers, valid_cutoff, cfg.labels.embargo_bars)
@@ -235,6 +245,8 @@ def build(conn: sqlite3.Connection, cfg: Config, symbols: Sequence[str] | None =
     rows = Split(*(np.concatenate([p[0][k] for p in parts]) for k in range(7)))
     is_valid = np.concatenate([p[1] for p in parts])
     order = np.lexsort((rows.sym, rows.ts))
+    if since_ms is not None:
+        order = order[rows.ts[order] >= since_ms]
     rows = _take(rows, order)
     is_valid = is_valid[order]
     n_valid = int(is_valid.sum())

@@ -60,7 +60,7 @@ class ModelMeta:
     metrics: dict[str, Any] = field(default_factory=dict)
     # parity: native vs onnxruntime on held-out rows, and probe rows the predictor re-checks
     parity_max_abs_diff: float = 0.0
-    probe_inputs: list[list[float]] = field(default_factory=list)
+    probe_inputs: list[Any] = field(default_factory=list)  # rows, or windows (nested)
     probe_outputs: list[list[float]] = field(default_factory=list)
 
     def to_json(self) -> str:

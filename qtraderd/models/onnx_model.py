@@ -20,10 +20,10 @@ from qtraderd.models.artifacts import (
     ArtifactError,
     ModelMeta,
     families,
-    list_versions,
     read_artifact,
     read_champion,
 )
+from qtraderd.windows import CHANNELS, WINDOW
 
 log = logging.getLogger("qtraderd.models")
 
@@ -39,9 +39,10 @@ class LoadedModel:
     input_name: str
     output_name: str
     data_end: int  # last bar its training looked at; it abstains on bars up to here
+    input_kind: str = "features"  # "features" [n, N_FEATURES] or "window" [n, WINDOW, CH]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities [n, 3] (none, long, short) for float32 rows [n, N_FEATURES]."""
+        """Probabilities [n, 3] (none, long, short) for float32 inputs of its input kind."""
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
 
@@ -74,10 +75,14 @@ def load_model(models_dir: Path, family: str, version: str) -> LoadedModel:
             f"file has inputs {sorted(inputs)} outputs {sorted(outputs)}"
         )
     shape = inputs[meta.input_name].shape
-    if len(shape) != 2 or shape[1] != N_FEATURES:
-        raise ArtifactError(f"{where}: input shape {shape}, expected [n, {N_FEATURES}]")
+    expected = {"features": [N_FEATURES], "window": [WINDOW, CHANNELS]}.get(meta.input_kind)
+    if expected is None:
+        raise ArtifactError(f"{where}: unknown input kind {meta.input_kind!r}")
+    if len(shape) != 1 + len(expected) or list(shape[1:]) != expected:
+        raise ArtifactError(f"{where}: input shape {shape}, expected [n, "
+                            f"{', '.join(map(str, expected))}] for {meta.input_kind} input")
     model = LoadedModel(family, version, meta, sess, meta.input_name, meta.output_name,
-                        meta.data_end or 0)
+                        meta.data_end or 0, meta.input_kind)
     _check_probes(model)
     return model
 
@@ -93,7 +98,7 @@ def _check_probes(model: LoadedModel) -> None:
         got = model.predict(x)
     except Exception as exc:
         raise ArtifactError(f"{where}: inference on probe rows failed ({exc})") from exc
-    if got.shape != want.shape or got.shape[1:] != (3,):
+    if got.ndim != 2 or got.shape != want.shape or got.shape[1:] != (3,):
         raise ArtifactError(f"{where}: output shape {got.shape}, expected {want.shape}")
     diff = float(np.max(np.abs(got - want)))
     if not diff <= PARITY_TOL:
@@ -101,7 +106,7 @@ def _check_probes(model: LoadedModel) -> None:
 
 
 def load_champions(models_dir: Path) -> tuple[dict[str, LoadedModel], list[str]]:
-    """The champion of every family (or its newest version if no pointer), plus errors."""
+    """The champion (by its pointer file) of every family, plus errors."""
     loaded: dict[str, LoadedModel] = {}
     errors: list[str] = []
     for family in families(models_dir):
@@ -111,10 +116,7 @@ def load_champions(models_dir: Path) -> tuple[dict[str, LoadedModel], list[str]]
             errors.append(f"{family}: bad champion pointer ({exc})")
             continue
         if version is None:
-            versions = list_versions(models_dir, family)
-            if not versions:
-                continue
-            version = versions[-1]
+            continue
         try:
             loaded[family] = load_model(models_dir, family, version)
         except ArtifactError as exc:

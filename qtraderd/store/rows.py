@@ -34,7 +34,7 @@ SQL = {
     "samples": "INSERT OR IGNORE INTO samples (run_id, symbol, ts, features, regime, "
                "global_regime) VALUES (?,?,?,?,?,?)",
     "predictions": "INSERT INTO predictions (run_id, symbol, ts, model, version, p_long, "
-                   "p_short) VALUES (?,?,?,?,?,?,?)",
+                   "p_short, role, weights) VALUES (?,?,?,?,?,?,?,?,?)",
     "signals": "INSERT INTO signals (run_id, seq, ts, symbol, side, confidence, edge, regime, "
                "action, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
     "orders": "INSERT OR REPLACE INTO orders (run_id, id, seq, ts, symbol, side, qty, "
@@ -64,10 +64,10 @@ def step_rows(run_id: int, step: Step, out: dict[str, list[tuple[Any, ...]]]) ->
                           for s in step.samples)
     preds = out["predictions"]
     for m in step.model_outputs:
-        preds.extend((run_id, sym, m.ts, m.model, m.version, pl, ps)
+        preds.extend((run_id, sym, m.ts, m.model, m.version, pl, ps, m.role, None)
                      for sym, pl, ps in zip(m.symbols, m.p_long, m.p_short, strict=True))
-    preds.extend((run_id, p.symbol, p.ts, p.model, p.version, p.p_long, p.p_short)
-                 for p in step.predictions)
+    preds.extend((run_id, p.symbol, p.ts, p.model, p.version, p.p_long, p.p_short, "serving",
+                  p.weights or None) for p in step.predictions)
     out["outcomes"].extend((o.label, o.resolved_at, o.ret_long, o.ret_short, run_id, o.symbol,
                             o.ts) for o in step.outcomes)
     if step.signals:

@@ -17,6 +17,7 @@ Protocol (stdin/stdout, binary):
 
 from __future__ import annotations
 
+import signal
 import struct
 import sys
 from pathlib import Path
@@ -87,6 +88,11 @@ def serve(state_dir: Path, run_id: int, inp: BinaryIO, out: BinaryIO) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    # SIGTERM/SIGINT reach the whole process group (systemd's KillMode=control-group, a
+    # Ctrl-C in a terminal). The daemon is the one to decide: it drains, sends the last
+    # batch and closes our stdin, and EOF is our exit. Dying first would lose that batch.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if len(args) != 2:
         print("usage: python -m qtraderd.store.writer STATE_DIR RUN_ID", file=sys.stderr)
         return 2

@@ -3,10 +3,10 @@ outcomes, and the models-directory watcher that refuses bad files and keeps serv
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
-import numpy as np
 import pytest
 import trio
 
@@ -66,9 +66,12 @@ def test_predictions_are_out_of_sample_versioned_and_averaged(trained):
             assert ens.model == "ensemble"
             assert ens.version == ",".join(f"{f}={v}" for f, v in sorted(served.items()))
             assert all(m.symbols[i] == ens.symbol for m in o.model_outputs)
-            assert ens.p_long == pytest.approx(np.mean([m.p_long[i] for m in o.model_outputs]))
-            assert ens.p_short == pytest.approx(np.mean([m.p_short[i]
-                                                         for m in o.model_outputs]))
+            w = json.loads(ens.weights)  # the weights used are recorded with the prediction
+            assert set(w) == set(served) and sum(w.values()) == pytest.approx(1, abs=1e-3)
+            assert ens.p_long == pytest.approx(
+                sum(w[m.model] * m.p_long[i] for m in o.model_outputs), abs=1e-3)
+            assert ens.p_short == pytest.approx(
+                sum(w[m.model] * m.p_short[i] for m in o.model_outputs), abs=1e-3)
             assert 0 <= ens.p_long + ens.p_short <= 1
             checked += 1
     assert checked > 1000
@@ -128,7 +131,7 @@ async def test_watcher_refuses_bad_files_and_swaps_good_ones_between_steps(train
     in_tx, in_rx = trio.open_memory_channel(0)
     out_tx, out_rx = trio.open_memory_channel(100)
     p = PredictorActor(B, models, in_rx, out_tx, models_dir=models_dir)
-    old = p.models["lightgbm"].version
+    old = p.models.serving["lightgbm"].version
     steps = real_steps(("ETHBTC",))
     for s in steps[-(WARMUP_BARS + 20):-3]:  # warm the features up on out-of-sample bars
         p.handle(s)
@@ -148,6 +151,7 @@ async def test_watcher_refuses_bad_files_and_swaps_good_ones_between_steps(train
             await in_tx.send(late[0])
             out = await out_rx.receive()
             assert {m.version for m in out.model_outputs if m.model == "lightgbm"} == {old}
+            assert p.models.serving["lightgbm"].version == old
             # a good one: served from the next step on, never inside a step
             _new_version(models_dir, "lightgbm", "good-2", old)
             write_champion(models_dir, "lightgbm", "good-2")
@@ -157,4 +161,4 @@ async def test_watcher_refuses_bad_files_and_swaps_good_ones_between_steps(train
             assert {m.version for m in out.model_outputs if m.model == "lightgbm"} == {"good-2"}
             assert p.swaps == 1
             await in_tx.aclose()
-    assert "sha256" in caplog.text and f"still serving lightgbm/{old}" in caplog.text
+    assert "sha256" in caplog.text and "still serving what was loaded before" in caplog.text

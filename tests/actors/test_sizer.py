@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import pytest
 import trio
@@ -12,16 +14,21 @@ from qtraderd.config import load, with_changes
 from qtraderd.costs import CostModel
 from qtraderd.features import FEATURE_NAMES
 from qtraderd.messages import (
+    AccountView,
     Bar,
+    Fill,
     ModelOutput,
     OrderIntent,
     PositionView,
     Prediction,
+    Record,
     Sample,
     Signal,
     Step,
+    Trade,
     replace,
 )
+from qtraderd.rl import QAgent
 
 IV = 300_000
 T0 = 1_700_000_000_000 - (1_700_000_000_000 % IV)
@@ -229,3 +236,219 @@ def test_default_config_is_what_these_tests_assume() -> None:
     assert (s.margin, s.leverage, s.min_confidence, s.min_edge_pct, s.allow_short) == (
         {"BTC": 0.025, "USDT": 300.0}, 3.0, 0.30, 0.0, True)
     assert (s.take_profit_pct, s.stop_loss_pct) == (1.6, 0.8)
+
+
+# -- the Q-learning agent (qtraderd.rl) scaling the rule's size ------------------------------
+
+def rl_sizer(rl: dict[str, object] | None = None, records: trio.MemorySendChannel[Record]
+             | None = None, agent: QAgent | None = None,
+             sizing: dict[str, object] | None = None) -> SizerActor:
+    cfg = with_changes(load(env={}), sizing=sizing or {}, rl={"epsilon": 0.0, **(rl or {})})
+    send, recv = trio.open_memory_channel[Step](1)
+    return SizerActor(cfg.sizing, cfg.monitor, CostModel.from_config(cfg.costs), recv, send,
+                      agent=agent or QAgent(cfg.rl, cfg.seed), records=records)
+
+
+def replace_rl(cfg: Any, **changes: Any) -> Any:
+    """A copy of an RLConfig (frozen dataclass) with some fields changed."""
+    return dataclasses.replace(cfg, **changes)
+
+
+def account(equity: float = 1.0, quote: str = "BTC") -> AccountView:
+    return AccountView(quote, equity, equity, 0.0, 0.0, 0)
+
+
+def at(k: int, *preds: Prediction, closes: dict[str, float] | None = None,
+       fills: tuple[Fill, ...] = (), closed: tuple[Trade, ...] = (),
+       positions: tuple[PositionView, ...] = (), equity: float = 1.0,
+       regime: str = "range") -> Step:
+    """Step number SEQ + k, with bars for `closes` (default ETHBTC) and the BTC account."""
+    ts = TS + k * IV
+    closes = closes or {"ETHBTC": 0.05}
+    bars = tuple(Bar(s, ts, c, c, c, c, 1.0) for s, c in sorted(closes.items()))
+    samples = tuple(Sample(s, ts, features(), regime) for s in sorted(closes))
+    preds = tuple(replace(p, ts=ts) for p in preds)
+    return Step(seq=SEQ + k, ts=ts, close_ts=ts + IV, bars=bars, samples=samples,
+                predictions=preds, fills=fills, closed=closed, positions=positions,
+                accounts=(account(equity),))
+
+
+def entry_fill(k: int, symbol: str = "ETHBTC", qty: float = 1.5) -> Fill:
+    return Fill(f"{SEQ}-{symbol}-E", symbol, TS + k * IV, 1, qty, 0.05, 0.0, "taker", "entry")
+
+
+def trade(k_in: int, k_out: int, ret: float, symbol: str = "ETHBTC") -> Trade:
+    return Trade(1, symbol, "BTC", 1, 1.5, TS + k_in * IV, 0.05, TS + k_out * IV, 0.051,
+                 0.0015, 0.0001, 0.0014, ret, "take_profit", k_out - k_in)
+
+
+def drain(rx: trio.MemoryReceiveChannel[Record]) -> list[Record]:
+    out = []
+    while True:
+        try:
+            out.append(rx.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
+def test_disabled_agent_is_the_rule_alone_and_records_nothing() -> None:
+    tx, rx = trio.open_memory_channel[Record](10)
+    plain = sizer()
+    off = rl_sizer({"enabled": False, "epsilon": 1.0}, records=tx)
+    assert off.agent is None
+    for k, p in enumerate([pred("ETHBTC", 0.6, 0.1), pred("ETHBTC", 0.3, 0.7)]):
+        s = at(k * 2, p)
+        assert off.handle(s) == plain.handle(s)
+    s = at(1, fills=(entry_fill(1),), positions=(position("ETHBTC"),))
+    assert off.handle(s) is s
+    off.handle(at(2, closed=(trade(1, 2, 3.0),)))
+    assert drain(rx) == [] and off.status() == plain.status()
+    assert off.rl_status() == {"enabled": False}
+
+
+def test_untrained_agent_sizes_like_the_rule_and_tags_the_intent() -> None:
+    sz = rl_sizer()
+    (it,) = sz.handle(at(0, pred("ETHBTC", 0.47, 0.1), regime="trend_up")).intents
+    assert it.qty == pytest.approx(1.5) and it.size_multiplier == 1.0
+    assert it.rl_state == "trend_up|c2|d0"
+    assert sz.status() == {"entries": 1, "skipped_signals": 0, "rl_updates": 0,
+                           "rl_pending": 1, "rl_open": 0}
+
+
+def test_the_chosen_multiplier_scales_the_rule_quantity() -> None:
+    cfg = load(env={}).rl
+    agent = QAgent(replace_rl(cfg, epsilon=0.0), 1)
+    agent.learn("range|c4|d0", agent.multipliers.index(1.5), 2.0)
+    agent.learn("range|c4|d0", agent.multipliers.index(1.0), 1.0)
+    (it,) = rl_sizer(agent=agent).handle(at(0, pred("ETHBTC", 0.8, 0.1))).intents
+    assert it.qty == pytest.approx(1.5 * 1.5) and it.size_multiplier == 1.5
+
+
+def test_entry_fill_close_gives_one_update_with_the_trade_return() -> None:
+    tx, rx = trio.open_memory_channel[Record](10)
+    sz = rl_sizer({"alpha": 0.5}, records=tx)
+    (it,) = sz.handle(at(0, pred("ETHBTC", 0.55, 0.1))).intents
+    assert (it.size_multiplier, it.rl_state) == (1.0, "range|c3|d0")
+    sz.handle(at(1, fills=(entry_fill(1),), positions=(position("ETHBTC"),)))
+    assert sz.status()["rl_open"] == 1 and sz.status()["rl_pending"] == 0
+    for k in (2, 3):  # held: nothing happens, and no new entry while the position is open
+        sz.handle(at(k, pred("ETHBTC", 0.9, 0.0), positions=(position("ETHBTC"),)))
+    assert sz.agent is not None and sz.agent.updates == 0
+    sz.handle(at(4, closed=(trade(1, 4, 4.8),)))
+    assert sz.agent.updates == 1
+    assert sz.agent.q["range|c3|d0"][2] == pytest.approx(0.5 * 4.8)
+    rq, ru = drain(rx)
+    assert rq == Record("rl_q", {"state": "range|c3|d0", "action": 1000,
+                                 "q": pytest.approx(2.4), "n": 1,
+                                 "updated_ts": TS + 5 * IV}, mode="replace")
+    assert "run_id" not in rq.row
+    assert ru == Record("rl_updates", {"ts": TS + 5 * IV, "symbol": "ETHBTC",
+                                       "state": "range|c3|d0", "action": 1000,
+                                       "multiplier": 1.0, "reward": 4.8,
+                                       "q": pytest.approx(2.4)})
+    assert sz.status()["rl_open"] == 0
+    sz.handle(at(5, closed=(trade(1, 4, 4.8),)))  # a repeat is not learned twice
+    assert sz.agent.updates == 1
+
+
+def test_reward_is_the_return_on_the_rules_margin() -> None:
+    """return_pct is the same at any size; scaled by the multiplier it tells sizes apart."""
+    cfg = load(env={}).rl
+    agent = QAgent(replace_rl(cfg, epsilon=0.0, alpha=1.0), 1)
+    agent.learn("range|c3|d0", agent.multipliers.index(0.5), 0.1)
+    sz = rl_sizer(agent=agent)
+    (it,) = sz.handle(at(0, pred("ETHBTC", 0.55, 0.1))).intents
+    assert it.size_multiplier == 0.5
+    sz.handle(at(1, fills=(entry_fill(1, qty=it.qty),), positions=(position("ETHBTC"),)))
+    sz.handle(at(2, closed=(trade(1, 2, -2.0),)))
+    assert agent.q["range|c3|d0"][0] == pytest.approx(-1.0)
+
+
+def test_fill_and_stop_in_the_same_bar_is_learned() -> None:
+    sz = rl_sizer()
+    sz.handle(at(0, pred("ETHBTC", 0.55, 0.1)))
+    sz.handle(at(1, fills=(entry_fill(1),), closed=(trade(1, 1, -2.5),)))
+    assert sz.agent is not None and sz.agent.updates == 1
+    assert sz.agent.n["range|c3|d0"] == [0, 0, 1, 0, 0]
+
+
+def test_denied_entry_is_dropped_at_the_next_bar_and_never_learned() -> None:
+    tx, rx = trio.open_memory_channel[Record](10)
+    sz = rl_sizer(records=tx)
+    sz.handle(at(0, pred("ETHBTC", 0.55, 0.1)))
+    sz.handle(at(1))  # the bar came, the fill did not: risk denied it
+    assert sz.status()["rl_pending"] == 0 and sz.rl_dropped == 1
+    sz.handle(at(3, closed=(trade(1, 3, 5.0),)))  # someone else's trade
+    assert sz.agent is not None and sz.agent.updates == 0 and drain(rx) == []
+
+
+def test_pending_entry_waits_for_the_symbols_own_next_bar() -> None:
+    sz = rl_sizer()
+    sz.handle(at(0, pred("ETHBTC", 0.55, 0.1), pred("LTCBTC", 0.2, 0.1),
+                 closes={"ETHBTC": 0.05, "LTCBTC": 0.01}))
+    sz.handle(at(1, closes={"LTCBTC": 0.01}))  # no ETHBTC bar in this step: keep waiting
+    assert sz.status()["rl_pending"] == 1
+    sz.handle(at(2, fills=(entry_fill(2),), positions=(position("ETHBTC"),)))
+    assert sz.status()["rl_open"] == 1
+
+
+def test_degraded_step_without_a_broker_snapshot_drops_nothing() -> None:
+    sz = rl_sizer()
+    sz.handle(at(0, pred("ETHBTC", 0.55, 0.1)))
+    sz.handle(replace(at(1), accounts=(), degraded=("execution",)))
+    assert sz.status()["rl_pending"] == 1
+
+
+def test_position_gone_without_a_matching_trade_is_forgotten() -> None:
+    sz = rl_sizer()
+    sz.handle(at(0, pred("ETHBTC", 0.55, 0.1)))
+    sz.handle(at(1, fills=(entry_fill(1),), positions=(position("ETHBTC"),)))
+    sz.handle(at(2, closed=(trade(0, 2, 1.0),)))  # entry_ts is not our fill's
+    assert sz.status()["rl_open"] == 0 and sz.rl_lost == 1
+    assert sz.agent is not None and sz.agent.updates == 0
+
+
+def test_drawdown_bucket_from_the_sizers_own_equity_peak() -> None:
+    sz = rl_sizer()
+    sz.handle(at(0, equity=1.00))
+    sz.handle(at(1, equity=1.10))
+    (it,) = sz.handle(at(2, pred("ETHBTC", 0.55, 0.1), equity=1.056)).intents  # -4 %
+    assert it.rl_state == "range|c3|d2"
+    assert sz.rl_status()["drawdown_pct"] == {"BTC": pytest.approx(4.0)}
+
+
+def test_gamma_bootstraps_from_the_state_at_the_close() -> None:
+    cfg = load(env={}).rl
+    agent = QAgent(replace_rl(cfg, epsilon=0.0, alpha=0.5, gamma=0.5), 1)
+    agent.q["trend_down|c4|d0"] = [0.0, 0.0, 3.0, 0.0, 0.0]
+    agent.n["trend_down|c4|d0"] = [0, 0, 1, 0, 0]
+    sz = rl_sizer(agent=agent)
+    sz.handle(at(0, pred("ETHBTC", 0.55, 0.1)))
+    sz.handle(at(1, fills=(entry_fill(1),), positions=(position("ETHBTC"),)))
+    sz.handle(at(2, pred("ETHBTC", 0.1, 0.7), closed=(trade(1, 2, 1.0),),
+                 regime="trend_down"))
+    assert agent.q["range|c3|d0"][2] == pytest.approx(0.5 * (1.0 + 0.5 * 3.0))
+
+
+def test_full_records_channel_drops_rows_without_blocking() -> None:
+    tx, rx = trio.open_memory_channel[Record](1)
+    sz = rl_sizer(records=tx)
+    sz.handle(at(0, pred("ETHBTC", 0.55, 0.1)))
+    sz.handle(at(1, fills=(entry_fill(1),), closed=(trade(1, 1, 1.0),)))
+    assert [r.table for r in drain(rx)] == ["rl_q"]
+    assert sz.records_dropped == 1 and sz.agent is not None and sz.agent.updates == 1
+
+
+def test_same_seed_same_multipliers_through_the_sizer() -> None:
+    def run(seed: int) -> list[float]:
+        cfg = load(env={}).rl
+        sz = rl_sizer(agent=QAgent(replace_rl(cfg, epsilon=0.5), seed))
+        out = []
+        for k in range(0, 120, 2):
+            (it,) = sz.handle(at(k, pred("ETHBTC", 0.6, 0.1))).intents
+            out.append(it.size_multiplier)
+            sz.handle(at(k + 1))  # denied: dropped, next entry can come
+        return out
+
+    assert run(42) == run(42) and run(42) != run(43)
+    assert set(run(42)) == {0.5, 0.75, 1.0, 1.25, 1.5}

@@ -1,0 +1,546 @@
+"""Learner actor: trade -> outcome -> retrain -> gate -> swap, unattended.
+
+It sits in the chain right after the predictor, so every step brings it the outcomes of
+earlier predictions matched with each model (`Step.scored`), the bar's features and the
+global regime — the same information in every replay, in the same order.
+
+* Every `eval_every_hours` of clock time it evaluates the triggers (learn/triggers.py),
+  records the evaluation and its plan, and queues one job per family to retrain.
+* Jobs run one at a time in a separate process (`python -m qtraderd.learn job`, niced,
+  with a timeout) — the only place torch/xgboost/lightgbm are imported. In replay the job
+  holds the clock (`learning.replay_holds_clock`): this actor keeps the step until the job
+  is done, so the new model arrives at the same bar in every run. Live, bars keep flowing
+  and the result is applied whenever it arrives. A failed job is logged, recorded and
+  retried with backoff; the current model keeps serving.
+* The job trains the challenger and scores it and the champion on the same most recent
+  held-out window; learn/gate.py decides deploy / canary / keep / reject.
+* Deploy: registry + atomic `champion` pointer + `set_models` to the predictor, which
+  swaps between two bars; the previous champion stays in shadow for `rollback_outcomes`
+  outcomes and the new one is rolled back if it does worse by `rollback_margin_pct`.
+* Canary: runs in shadow until `canary_outcomes` live outcomes, then promoted if it still
+  beats the champion on the same bars, retired if not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from qtraderd.clock import Clock, iso
+from qtraderd.config import Config, per_quote
+from qtraderd.learn import gate
+from qtraderd.learn.registry_view import RegistryView
+from qtraderd.learn.triggers import HOUR_MS, Trigger, TriggerState, plan
+from qtraderd.messages import Command, Record, Scored, Step
+from qtraderd.models.artifacts import ArtifactError, ModelMeta, families, list_versions
+from qtraderd.supervisor import StepActor, answer, pass_on
+from qtraderd.venues.paper import quote_of
+
+log = logging.getLogger("qtraderd.learner")
+
+DAY_MS = 24 * HOUR_MS
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class Job:
+    family: str
+    reasons: list[str]
+    priority: int
+    evaluation_id: int = 0
+    attempt: int = 1
+    not_before: int = 0
+    version: str | None = None  # evaluate an existing (dropped-in) artifact, no training
+
+
+@dataclass
+class Watch:
+    """Live comparison of two versions on the same bars (canary, or rollback guard)."""
+
+    kind: str  # "canary" | "rollback"
+    family: str
+    subject: str  # the canary, or the new champion
+    other: str  # the champion, or the previous champion
+    since: int
+    pairs: dict[tuple[str, int], dict[str, Scored]] = field(default_factory=dict)
+
+    def add(self, s: Scored) -> None:
+        if s.model == self.family and s.version in (self.subject, self.other):
+            self.pairs.setdefault((s.symbol, s.ts), {})[s.version] = s
+
+    def complete(self) -> list[tuple[Scored, Scored]]:
+        return [(p[self.subject], p[self.other]) for _, p in sorted(self.pairs.items())
+                if self.subject in p and self.other in p]
+
+
+class LearnerActor(StepActor):
+    name = "learner"
+
+    def __init__(self, cfg: Config, config_path: Path | None, state_dir: Path,
+                 models_dir: Path, clock: Clock, registry: RegistryView,
+                 inbox: trio.MemoryReceiveChannel[Step], outbox: trio.MemorySendChannel[Step],
+                 predictor: trio.MemorySendChannel[Command],
+                 records: trio.MemorySendChannel[Record],
+                 commands: trio.MemoryReceiveChannel[Command], hold_clock: bool,
+                 run_id: int = 0) -> None:
+        super().__init__(inbox, outbox)
+        self.cfg = cfg
+        self.lc = cfg.learning
+        self.config_path = config_path
+        self.state_dir = Path(state_dir)
+        self.models_dir = Path(models_dir)
+        self.clock = clock
+        self.registry = registry
+        self.predictor = predictor
+        self.records = records
+        self.commands = commands
+        self.hold_clock = hold_clock
+        self.run_id = run_id
+        self.families = [f for f in self.lc.families]
+        self.triggers = TriggerState(self.lc)
+        self.queue: list[Job] = []
+        self.current: Job | None = None
+        self.watches: dict[str, Watch] = {}
+        self.shadow: dict[str, list[str]] = {}  # family -> versions in shadow
+        self.first_ts: int | None = None
+        self.next_eval: int | None = None
+        self.last_eval: dict[str, Any] = {}
+        self.evaluations = 0
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self.decisions: list[dict[str, Any]] = []
+        self._nursery: trio.Nursery | None = None
+        self._seen_files: set[tuple[str, str]] = set(registry.entries)
+        for family in self.families:
+            champ = registry.champion(family)
+            if champ:
+                self._seen_files.add((family, champ))
+
+    # -- the actor -------------------------------------------------------------------
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._command_loop)
+            try:
+                async for step in self.inbox:
+                    try:
+                        await self.on_step(step)
+                    except Exception:
+                        await self.outbox.send(step)
+                        raise
+                    self.processed += 1
+                    await pass_on(self.outbox, step)
+                await self.outbox.aclose()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    def handle(self, step: Step) -> Step:  # pragma: no cover - run() is overridden
+        raise NotImplementedError
+
+    async def on_step(self, step: Step) -> None:
+        ts = step.close_ts
+        if self.first_ts is None:
+            self.first_ts = step.ts
+            self.next_eval = ts + int(self.lc.eval_every_hours * HOUR_MS)
+            self._init_deploy_times()
+        for s in step.scored:
+            self.triggers.observe_scored(s)
+            for w in self.watches.values():
+                w.add(s)
+        for i, sample in enumerate(step.samples):
+            if (step.seq + i) % 4 == 0:  # a quarter of the rows is plenty for drift
+                self.triggers.observe_features(sample.features)
+        self.triggers.observe_regime(ts, step.global_regime)
+        await self._check_watches(ts)
+        assert self.next_eval is not None
+        if ts >= self.next_eval:
+            while self.next_eval <= ts:
+                self.next_eval += int(self.lc.eval_every_hours * HOUR_MS)
+            await self.evaluate(ts)
+        await self._maybe_start_job(ts)
+
+    def _init_deploy_times(self) -> None:
+        for family in self.families:
+            champ = self.registry.champion(family)
+            entry = self.registry.entries.get((family, champ)) if champ else None
+            data_end = entry.row.get("data_end") if entry else None
+            if data_end:
+                self.triggers.last_deploy[family] = int(data_end)
+
+    # -- evaluation --------------------------------------------------------------------
+    def _data_ready(self, ts: int) -> bool:
+        need = (self.lc.train_window_days + self.lc.eval_window_days) * DAY_MS
+        return self.first_ts is not None and ts - self.first_ts >= need
+
+    async def evaluate(self, ts: int, manual: list[Trigger] | None = None) -> None:
+        triggers, detail = self.triggers.evaluate(ts, self.families)
+        triggers = (manual or []) + triggers
+        for family in self.families:
+            if self.registry.champion(family) is None and not any(
+                    t.family == family for t in triggers):
+                triggers.append(Trigger("initial", family, "no champion yet"))
+        new_files = self._new_files()
+        ready = self._data_ready(ts)
+        busy = {j.family for j in self.queue} | ({self.current.family} if self.current else set())
+        todo = [p for p in plan(triggers, self.families, self.triggers.resting(ts))
+                if p["family"] not in busy] if ready else []
+        self.evaluations += 1
+        self.last_eval = {"clock": iso(ts), "triggers": [f"{t.kind}:{t.family or '*'}"
+                                                         for t in triggers],
+                          "plan": todo, "data_ready": ready, "new_files": new_files}
+        cur_id = self.evaluations
+        self._record(Record("learner_evaluations", {
+            "at": _now(), "clock_ts": ts,
+            "triggers": json.dumps([t.__dict__ for t in triggers]),
+            "plan": json.dumps(todo), "detail": json.dumps(detail, default=str)}))
+        if todo or new_files:
+            log.info("retrain evaluation at %s: triggers %s; plan %s%s", iso(ts),
+                     ", ".join(self.last_eval["triggers"]) or "none",
+                     ", ".join(p["family"] for p in todo) or "nothing",
+                     "" if ready else " (waiting for enough data)")
+        for p in todo:
+            self.queue.append(Job(p["family"], p["reasons"], p["priority"], cur_id))
+        for family, version in new_files:
+            self.queue.append(Job(family, [f"new_file: {version} dropped in {self.models_dir}"],
+                                  5, cur_id, version=version))
+        self.queue.sort(key=lambda j: (j.priority, j.not_before))
+        if todo:
+            self.triggers.note_retrained()
+
+    def _new_files(self) -> list[tuple[str, str]]:
+        """Complete artifacts in the models directory the registry has never seen."""
+        out = []
+        for family in families(self.models_dir):
+            for version in list_versions(self.models_dir, family):
+                if (family, version) not in self._seen_files:
+                    self._seen_files.add((family, version))
+                    out.append((family, version))
+        return out
+
+    # -- jobs --------------------------------------------------------------------------
+    async def _maybe_start_job(self, ts: int) -> None:
+        if self.current is not None or not self.queue:
+            return
+        ready = [j for j in self.queue if j.not_before <= ts]
+        if not ready:
+            return
+        job = ready[0]
+        self.queue.remove(job)
+        self.current = job
+        if self.hold_clock:
+            await self._run_job(job, ts)
+        else:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_job, job, ts)
+
+    def _job_cmd(self, job: Job, ts: int) -> list[str]:
+        champ = self.registry.champion(job.family)
+        cmd = [sys.executable, "-m", "qtraderd.learn", "job", "--family", job.family,
+               "--state-dir", str(self.state_dir), "--models-dir", str(self.models_dir),
+               "--now", str(ts), "--notional-fraction", str(self._notional_fraction())]
+        if self.config_path is not None:
+            cmd += ["--config", str(self.config_path)]
+        if champ and champ != job.version:
+            cmd += ["--champion", champ]
+        if job.version:
+            cmd += ["--evaluate", job.version]
+        return cmd
+
+    def _notional_fraction(self) -> float:
+        syms = self.cfg.feed.symbols
+        quote = quote_of(syms[0]) if syms else "BTC"
+        bal = per_quote(self.cfg.account.balances, quote, 0.0)
+        margin = per_quote(self.cfg.sizing.margin, quote, 0.0)
+        return margin * self.cfg.sizing.leverage / bal if bal > 0 else 0.05
+
+    async def _run_job(self, job: Job, ts: int) -> None:
+        started = _now()
+        t0 = trio.current_time()
+        log.info("retrain started: %s (attempt %d; %s)", job.family, job.attempt,
+                 "; ".join(job.reasons))
+        status, result, detail = "failed", None, ""
+        try:
+            with trio.fail_after(self.lc.job_timeout_s):
+                proc = await trio.run_process(
+                    self._job_cmd(job, ts), capture_stdout=True, check=False,
+                    preexec_fn=_nice)  # stderr: the job's progress goes to our log
+            lines = proc.stdout.decode(errors="replace").strip().splitlines()
+            result = json.loads(lines[-1]) if lines else None
+            if proc.returncode == 0 and result and result.get("ok"):
+                status = "trained"
+            else:
+                detail = (result or {}).get("error") or f"exit code {proc.returncode}"
+        except trio.TooSlowError:
+            detail = f"timed out after {self.lc.job_timeout_s:.0f} s"
+        except (OSError, ValueError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+        wall = trio.current_time() - t0
+        decision: dict[str, Any] = {}
+        if status == "trained" and result is not None:
+            self.jobs_done += 1
+            self.triggers.note_job_done(job.family, self.clock.now_ms())
+            try:
+                decision = await self._decide(job, result, self.clock.now_ms())
+                status = decision["action"]
+            except (ArtifactError, KeyError, ValueError) as exc:
+                status, detail = "failed", f"could not apply the result: {exc}"
+        if status == "failed":
+            self.jobs_failed += 1
+            log.error("retrain failed: %s (attempt %d): %s; the current model keeps serving",
+                      job.family, job.attempt, detail)
+            if job.attempt < MAX_ATTEMPTS:
+                backoff = self.lc.retry_backoff_s * 2 ** (job.attempt - 1)
+                self.queue.append(Job(job.family, job.reasons, job.priority,
+                                      job.evaluation_id, job.attempt + 1,
+                                      self.clock.now_ms() + int(backoff * 1000), job.version))
+        self._record(Record("retrain_jobs", {
+            "evaluation_id": job.evaluation_id, "family": job.family,
+            "reason": "; ".join(job.reasons), "priority": job.priority,
+            "attempt": job.attempt, "started_at": started, "clock_ts": ts,
+            "finished_at": _now(), "wall_s": round(wall, 3), "status": status,
+            "version": (result or {}).get("version"),
+            "decision": json.dumps(decision, default=str) if decision else None,
+            "detail": detail or decision.get("reason", "")}))
+        self.current = None
+
+    async def _decide(self, job: Job, result: dict[str, Any], ts: int) -> dict[str, Any]:
+        family, version = job.family, result["version"]
+        meta = ModelMeta.from_json(Path(result["meta_path"]).read_text())
+        g = result.get("gate") or {}
+        challenger = gate.GateScores(**g["challenger"])
+        cmp = gate.Comparison(**g["comparison"]) if g.get("comparison") else None
+        has_champion = self.registry.champion(family) is not None
+        d = gate.decide(cmp if has_champion else None, challenger, self.lc)
+        action, reason = d.action, d.reason
+        meta_metrics = {**meta.metrics, "gate_decision": action, "gate_reason": reason}
+        meta = ModelMeta(**{**meta.__dict__, "metrics": meta_metrics})
+        if not self.registry.knows(family, version):
+            self._record(*self.registry.register(meta, Path(result["path"]), "candidate",
+                                                 "; ".join(job.reasons), ts))
+        self._seen_files.add((family, version))
+        applied = action
+        if action in ("deploy", "canary") and self.lc.mode == "ADVISORY":
+            applied = "advised-" + action
+        elif action == "deploy" and not self.lc.auto_deploy:
+            applied = "awaiting-promote"
+        log.info("gate decision: %s %s -> %s (%s)%s", family, version, action, reason,
+                 "" if applied == action else f"; {applied}")
+        if applied == "deploy":
+            await self.deploy(family, version, f"gate: {reason}", ts)
+        elif applied == "canary":
+            self._record(*self.registry.set_status(family, version, "canary", reason, ts))
+            champ = self.registry.champion(family)
+            if champ:
+                self.watches[f"canary:{family}"] = Watch("canary", family, version, champ, ts)
+            self.shadow.setdefault(family, []).append(version)
+            await self._push_models()
+        elif applied in ("keep", "reject"):
+            self._record(*self.registry.set_status(
+                family, version, "rejected" if applied == "reject" else "retired", reason, ts))
+        out = {"family": family, "version": version, "action": action, "applied": applied,
+               "reason": reason, "clock": iso(ts)}
+        self.decisions = [*self.decisions, out][-50:]
+        return out
+
+    # -- deploy, canary, rollback --------------------------------------------------------
+    async def deploy(self, family: str, version: str, reason: str, ts: int,
+                     watch: bool = True) -> None:
+        previous = self.registry.champion(family)
+        self._record(*self.registry.set_status(family, version, "champion", reason, ts))
+        self.triggers.note_deploy(family, ts)
+        self.shadow[family] = [v for v in self.shadow.get(family, []) if v != version]
+        self.watches.pop(f"canary:{family}", None)
+        if previous and previous != version and watch:
+            self.shadow[family].append(previous)
+            self.watches[f"rollback:{family}"] = Watch("rollback", family, version, previous,
+                                                       ts)
+        await self._push_models()
+        log.info("model deployed: %s %s (was %s): %s", family, version, previous or "none",
+                 reason)
+
+    async def _check_watches(self, ts: int) -> None:
+        for key, w in list(self.watches.items()):
+            need = self.lc.canary_outcomes if w.kind == "canary" else self.lc.rollback_outcomes
+            pairs = w.complete()
+            if len(pairs) < need:
+                continue
+            del self.watches[key]
+            subject_v, other_v = self._live_values(pairs)
+            change = 100.0 * (subject_v / other_v - 1.0) if other_v > 0 else 0.0
+            fam = w.family
+            self.shadow[fam] = [v for v in self.shadow.get(fam, []) if v != w.other
+                                and v != w.subject]
+            if w.kind == "canary":
+                if change >= self.lc.canary_threshold_pct:
+                    await self.deploy(fam, w.subject, f"canary won live: {change:+.2f} % over "
+                                      f"{len(pairs)} outcomes", ts)
+                else:
+                    self._record(*self.registry.set_status(
+                        fam, w.subject, "retired", f"canary lost live: {change:+.2f} %", ts))
+                    log.info("canary retired: %s %s (%+.2f %% over %d outcomes)", fam,
+                             w.subject, change, len(pairs))
+                    await self._push_models()
+            elif change < -self.lc.rollback_margin_pct:
+                await self.rollback(fam, f"automatic: {change:+.2f} % vs the previous "
+                                    f"champion over its first {len(pairs)} outcomes", ts,
+                                    to=w.other)
+            else:
+                log.info("rollback guard passed: %s %s (%+.2f %% vs %s over %d outcomes)",
+                         fam, w.subject, change, w.other, len(pairs))
+                await self._push_models()
+
+    def _live_values(self, pairs: list[tuple[Scored, Scored]]) -> tuple[float, float]:
+        w = self._notional_fraction()
+        values = []
+        for side in (0, 1):
+            rows = [p[side] for p in pairs]
+            r = gate.scored_returns(rows, self.cfg)
+            values.append(gate.equity_value(r, w))
+        return values[0], values[1]
+
+    async def rollback(self, family: str, reason: str, ts: int, to: str | None = None) -> str:
+        current = self.registry.champion(family)
+        if to is None:
+            to = self._previous_champion(family, current)
+        if to is None:
+            raise ValueError(f"{family} has no previous champion to roll back to")
+        self.watches.pop(f"rollback:{family}", None)
+        if current:
+            self._record(*self.registry.set_status(family, current, "retired",
+                                                   f"rolled back: {reason}", ts))
+        self._record(*self.registry.set_status(family, to, "champion",
+                                               f"rollback: {reason}", ts))
+        self.shadow[family] = [v for v in self.shadow.get(family, []) if v not in (to,
+                                                                                   current)]
+        await self._push_models()
+        log.warning("model rolled back: %s %s -> %s (%s)", family, current, to, reason)
+        return to
+
+    def _previous_champion(self, family: str, current: str | None) -> str | None:
+        for w in self.watches.values():
+            if w.kind == "rollback" and w.family == family:
+                return w.other
+        retired = [e for e in self.registry.entries.values() if e.family == family
+                   and e.version != current and e.status == "retired"]
+        retired.sort(key=lambda e: (e.row.get("created_at") or "", e.version))
+        return retired[-1].version if retired else None
+
+    async def _push_models(self) -> None:
+        """Tell the predictor what to serve and shadow, and wait until it has staged it."""
+        serving = {f: v for f in families(self.models_dir)
+                   if (v := self.registry.champion(f)) is not None}
+        shadow = [[f, v] for f, vs in sorted(self.shadow.items()) for v in vs]
+        reply_tx, reply_rx = trio.open_memory_channel[Any](1)
+        await self.predictor.send(Command("set_models", {"serving": serving, "shadow": shadow},
+                                          reply_tx))
+        with trio.move_on_after(120):
+            result = await reply_rx.receive()
+            for err in result.get("errors", []):
+                log.error("predictor refused a model: %s", err)
+
+    # -- commands (ctl) ----------------------------------------------------------------
+    async def _command_loop(self) -> None:
+        async for cmd in self.commands:
+            try:
+                result: Any = await self.command(cmd.name, cmd.args)
+            except (KeyError, ValueError, ArtifactError) as exc:
+                result = {"error": str(exc).strip("'\"")}
+            answer(cmd, result)
+
+    async def command(self, name: str, args: dict[str, Any]) -> Any:
+        ts = self.clock.now_ms()
+        if name == "models":
+            return {"registry": self.registry.rows(), "shadow": self.shadow,
+                    "watches": [f"{w.kind} {w.family} {w.subject} vs {w.other}: "
+                                f"{len(w.complete())} outcomes" for w in self.watches.values()]}
+        if name == "promote":
+            family, version = str(args.get("model", "")), str(args.get("version", ""))
+            if not self.registry.knows(family, version):
+                if version not in list_versions(self.models_dir, family):
+                    raise ValueError(f"no model {family}/{version} in {self.models_dir}")
+                meta = ModelMeta.from_json((self.models_dir / family / f"{version}.json")
+                                           .read_text())
+                self._record(*self.registry.register(meta, self.models_dir / family /
+                                                     f"{version}.onnx", "candidate",
+                                                     "ctl promote", ts))
+            await self.deploy(family, version, "ctl promote (gate bypassed)", ts)
+            return {"family": family, "champion": version}
+        if name == "rollback":
+            family = str(args.get("model", ""))
+            to = await self.rollback(family, "ctl rollback", ts)
+            return {"family": family, "champion": to}
+        if name == "retrain":
+            fams = [args["model"]] if args.get("model") else self.families
+            unknown = [f for f in fams if f not in self.families]
+            if unknown:
+                raise ValueError(f"unknown model family {unknown[0]!r} "
+                                 f"(known: {', '.join(self.families)})")
+            for f in fams:
+                if self.current is None or self.current.family != f:
+                    self.queue.append(Job(f, ["manual: ctl retrain"], 0))
+            self.queue.sort(key=lambda j: (j.priority, j.not_before))
+            return {"queued": fams}
+        if name == "learning":
+            return self.status_report()
+        raise ValueError(f"learner has no command {name!r}")
+
+    def status_report(self) -> dict[str, Any]:
+        nxt = self.next_eval
+        return {
+            "mode": self.lc.mode, "enabled": self.lc.enabled, "auto_deploy": self.lc.auto_deploy,
+            "clock": iso(self.clock.now_ms()), "next_evaluation": iso(nxt),
+            "evaluations": self.evaluations, "last_evaluation": self.last_eval,
+            "current_job": self.current.family if self.current else None,
+            "queue": [f"{j.family} (attempt {j.attempt}, {', '.join(j.reasons)})"
+                      for j in self.queue],
+            "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed,
+            "last_deploys": {f: iso(t) for f, t in sorted(self.triggers.last_deploy.items())},
+            "next_time_retrain": {f: iso(t + int(self.lc.retrain_interval_hours * HOUR_MS))
+                                  for f, t in sorted(self.triggers.last_deploy.items())},
+            "recent_decisions": self.decisions[-10:],
+            "triggers": self.triggers.status(),
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {"evaluations": self.evaluations, "jobs_done": self.jobs_done,
+                "jobs_failed": self.jobs_failed,
+                "current_job": self.current.family if self.current else "",
+                "queued": len(self.queue)}
+
+    def _record(self, *recs: Record) -> None:
+        for rec in recs:
+            try:
+                self.records.send_nowait(rec)
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                log.warning("learner record dropped (recorder busy): %s", rec.table)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _nice() -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+
+def retrain_banner(cfg: Config) -> str:
+    lc = cfg.learning
+    if not lc.enabled:
+        return "Retraining Orchestrator: DISABLED"
+    hours = lc.retrain_interval_hours
+    every = f"{hours / 24:g} days" if hours >= 24 and math.isclose(hours % 24, 0) else \
+        f"{hours:g} hours"
+    return (f"Retraining Orchestrator: ENABLED (retrains every {every}; mode {lc.mode}, "
+            f"auto-deploy {'on' if lc.auto_deploy else 'off'}, families "
+            f"{', '.join(lc.families)})")
