@@ -46,7 +46,7 @@ from qtraderd.rl import restore
 from qtraderd.store.db import connect
 from qtraderd.supervisor import Supervisor
 from qtraderd.venues.paper import PaperBroker, quote_of
-from qtraderd.venues.replay import ReplaySource, stored_symbols
+from qtraderd.venues.replay import ReplaySource, stored_span, stored_symbols
 
 log = logging.getLogger("qtraderd")
 
@@ -229,7 +229,8 @@ class Daemon:
                 cfg, self.config_path, self.state_dir, self.models_dir, self.clock, registry,
                 learn_rx, size_tx, pcmd_tx, records_tx.clone(), lcmd_rx,
                 hold_clock=cfg.learning.replay_holds_clock and cfg.feed.source == "replay",
-                run_id=self.run_id)
+                run_id=self.run_id,
+                data_start=stored_span(conn, symbols, cfg.feed.interval)[0])
         agent = restore(cfg.rl, cfg.seed, self.state_dir) if cfg.rl.enabled else None
         if agent is not None:
             log.info("RL sizer: Q-learning over %d stored states (epsilon %g, multipliers %s)",

@@ -159,19 +159,25 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(trained, tmp_path):
 
 @pytest.mark.slow
 def test_the_demo_from_a_fresh_directory(tmp_path):
-    """What `make run` does: bundled candles, initial training in a subprocess, replay."""
+    """What `make run` does: bundled candles, initial training in a subprocess, replay
+    with the learning loop: retrains, gate decisions and a hot swap."""
+    demo = REPO / "examples" / "demo.toml"
     t0 = time.monotonic()
-    out = qt("run", cwd=tmp_path, timeout=300)
+    out = qt("run", "--config", demo, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert time.monotonic() - t0 < 300
     assert "importing the 4 bundled files" in out.stderr
     assert "training the initial models" in out.stderr
+    assert "Retraining Orchestrator: ENABLED (retrains every 3 days" in out.stderr
+    assert "retrain started" in out.stderr and "gate decision" in out.stderr
+    assert "model deployed" in out.stderr  # the networks join: a hot swap mid-replay
     assert "replay finished" in out.stderr
     for needle in ("qtraderd run summary", "trading window (out-of-sample)", "win rate %",
-                   "net PnL", "max DD %", "Sharpe", "Per symbol", "ETHBTC", "XMRBTC"):
+                   "net PnL", "max DD %", "Sharpe", "Per symbol", "ETHBTC", "XMRBTC",
+                   "Learning loop", "Champion changes"):
         assert needle in out.stdout
     assert (tmp_path / "state" / "qtraderd.db").exists()
     assert list((tmp_path / "models").glob("*/champion"))
     # a second run reuses the store and the models
-    again = qt("run", cwd=tmp_path, timeout=300)
+    again = qt("run", cwd=tmp_path, timeout=300, env_extra={"QT_LEARNING_ENABLED": "false"})
     assert again.returncode == 0 and "training the initial models" not in again.stderr

@@ -92,7 +92,7 @@ class LearnerActor(StepActor):
                  predictor: trio.MemorySendChannel[Command],
                  records: trio.MemorySendChannel[Record],
                  commands: trio.MemoryReceiveChannel[Command], hold_clock: bool,
-                 run_id: int = 0) -> None:
+                 run_id: int = 0, data_start: int | None = None) -> None:
         super().__init__(inbox, outbox)
         self.cfg = cfg
         self.lc = cfg.learning
@@ -113,6 +113,7 @@ class LearnerActor(StepActor):
         self.watches: dict[str, Watch] = {}
         self.shadow: dict[str, list[str]] = {}  # family -> versions in shadow
         self.first_ts: int | None = None
+        self.data_start = data_start  # first stored bar: how much history jobs can use
         self.next_eval: int | None = None
         self.last_eval: dict[str, Any] = {}
         self.evaluations = 0
@@ -179,8 +180,10 @@ class LearnerActor(StepActor):
 
     # -- evaluation --------------------------------------------------------------------
     def _data_ready(self, ts: int) -> bool:
+        """Is there a full training + evaluation window of history before `ts`?"""
         need = (self.lc.train_window_days + self.lc.eval_window_days) * DAY_MS
-        return self.first_ts is not None and ts - self.first_ts >= need
+        start = self.data_start if self.data_start is not None else self.first_ts
+        return start is not None and ts - start >= need
 
     async def evaluate(self, ts: int, manual: list[Trigger] | None = None) -> None:
         triggers, detail = self.triggers.evaluate(ts, self.families)
@@ -269,11 +272,14 @@ class LearnerActor(StepActor):
         log.info("retrain started: %s (attempt %d; %s)", job.family, job.attempt,
                  "; ".join(job.reasons))
         status, result, detail = "failed", None, ""
+        # Jobs compete with the event loop for the two cores: OpenMP threads that spin
+        # while waiting steal cycles from bars; passive waiting gives them back.
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         try:
             with trio.fail_after(self.lc.job_timeout_s):
                 proc = await trio.run_process(
                     self._job_cmd(job, ts), capture_stdout=True, check=False,
-                    preexec_fn=_nice)  # stderr: the job's progress goes to our log
+                    preexec_fn=_nice, env=env)  # stderr: the job's progress goes to our log
             lines = proc.stdout.decode(errors="replace").strip().splitlines()
             result = json.loads(lines[-1]) if lines else None
             if proc.returncode == 0 and result and result.get("ok"):

@@ -232,3 +232,100 @@ def test_banner_speaks_the_seeds_language():
         "Retraining Orchestrator: DISABLED"
     assert json.dumps(load(env={"QT_AI_RETRAINING_AUTO_DEPLOY": "0"}).learning.auto_deploy) \
         == "false"
+
+
+# ---------------------------------------------------------------- real job subprocesses
+
+DAY = 86_400_000
+
+
+def late_clock(trained) -> int:
+    """A clock time with a full 10 + 2 day window of stored history behind it."""
+    conn = connect(trained["state"], readonly=True)
+    last = conn.execute("SELECT max(open_time) FROM bars").fetchone()[0]
+    conn.close()
+    return last - DAY
+
+
+async def test_a_real_job_trains_scores_and_records_its_decision(harness, trained):
+    h = harness
+    now = late_clock(trained)
+    h.learner.clock.advance(now)
+    await h.learner._run_job(Job("lightgbm", ["time: test"], 4), now)
+    await trio.testing.wait_all_tasks_blocked()
+    jobs = [r.row for r in h.records if r.table == "retrain_jobs"]
+    assert len(jobs) == 1 and jobs[0]["status"] in ("deploy", "canary", "keep", "reject")
+    version = jobs[0]["version"]
+    assert h.learner.registry.knows("lightgbm", version)  # registered with its verdict
+    decision = json.loads(jobs[0]["decision"])
+    assert decision["action"] == jobs[0]["status"] and decision["reason"]
+    # named after the daemon's clock (data time), so a replay names it the same way
+    assert version.startswith(__import__("qtraderd.clock", fromlist=["iso"]).iso(now)[:10]
+                              .replace("-", ""))
+    assert h.learner.jobs_done == 1 and h.learner.current is None
+
+
+async def test_a_job_that_times_out_is_killed_recorded_and_retried(trained, tmp_path,
+                                                                  nursery, autojump_clock,
+                                                                  caplog):
+    models = tmp_path / "models"
+    shutil.copytree(trained["models"], models)
+    h = await make(nursery, RegistryView(models), trained["state"], models,
+                   job_timeout_s=30.0, retry_backoff_s=60.0)
+    now = late_clock(trained)
+    h.learner.clock.advance(now)
+    # The autojump clock skips to the deadline as soon as everything waits on the child.
+    await h.learner._run_job(Job("xgboost", ["time: test"], 4), now)
+    await trio.testing.wait_all_tasks_blocked()
+    jobs = [r.row for r in h.records if r.table == "retrain_jobs"]
+    assert jobs[0]["status"] == "failed" and "timed out after 30 s" in jobs[0]["detail"]
+    assert "retrain failed: xgboost" in caplog.text
+    retry = h.learner.queue[0]
+    assert retry.family == "xgboost" and retry.attempt == 2
+    assert retry.not_before == now + 60_000  # backoff in clock time
+    assert read_champion(models, "xgboost") == read_champion(trained["models"], "xgboost")
+
+
+async def test_a_useless_model_dropped_in_by_hand_is_never_deployed(trained, tmp_path,
+                                                                    nursery):
+    """An operator's ONNX file goes through the same gate; shuffled labels never pass."""
+    import numpy as np
+
+    from qtraderd.learn import dataset, export, trees
+
+    models = tmp_path / "models"
+    shutil.copytree(trained["models"], models)
+    cfg = with_changes(load(env={}), train={"n_estimators": 25, "max_depth": 3})
+    conn = connect(trained["state"], readonly=True)
+    ds = dataset.build(conn, cfg)
+    conn.close()
+    rng = np.random.default_rng(7)
+    shuffled = dataset.Dataset(**{**ds.__dict__, "rows": dataset.Split(
+        ds.rows.X, rng.permutation(ds.rows.y), *[getattr(ds.rows, f) for f in
+                                                 ("ts", "sym", "label_end", "ret_long",
+                                                  "ret_short")])})
+    model = trees.train("xgboost", shuffled, cfg)
+    exp = export.export(model, ds.valid.X)
+    champ = read_champion(models, "xgboost")
+    base = ModelMeta.from_json(meta_path(models, "xgboost", champ).read_text())
+    useless = ModelMeta(**{**base.__dict__, "version": "dropped-useless",
+                           "sha256": sha256_bytes(exp.onnx_bytes),
+                           "probe_inputs": exp.probe_inputs,
+                           "probe_outputs": exp.probe_outputs})
+    write_artifact(models, useless, exp.onnx_bytes)
+
+    h = await make(nursery, RegistryView(models), trained["state"], models)
+    now = late_clock(trained)
+    h.learner.clock.advance(now)
+    h.learner.first_ts = now
+    h.learner.data_start = now - 20 * DAY
+    await h.learner.evaluate(now)
+    job = next(j for j in h.learner.queue if j.version == "dropped-useless")
+    h.learner.queue = [job]
+    await h.learner._maybe_start_job(now)
+    await trio.testing.wait_all_tasks_blocked()
+    row = next(r.row for r in h.records if r.table == "retrain_jobs")
+    assert row["version"] == "dropped-useless" and row["status"] == "reject", row
+    assert h.statuses("xgboost")["dropped-useless"] == "rejected"
+    assert read_champion(models, "xgboost") == champ
+    assert not any(p["serving"].get("xgboost") == "dropped-useless" for p in h.pushed)

@@ -1,0 +1,121 @@
+"""The learning loop inside the real daemon: evaluations on the data clock, real jobs,
+decisions recorded, ctl answering while a job holds the clock, deterministic replays."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+import trio
+
+from qtraderd import ctl
+from qtraderd.clock import iso
+from qtraderd.config import load, with_changes
+from qtraderd.daemon import Daemon
+
+DAY = 86_400_000
+
+
+def world(trained, root: Path) -> dict:
+    shutil.copytree(trained["state"], root / "state")
+    shutil.copytree(trained["models"], root / "models")
+    conn = sqlite3.connect(root / "state" / "qtraderd.db")
+    first, last = conn.execute("SELECT min(open_time), max(open_time) FROM bars").fetchone()
+    conn.close()
+    sock = Path(tempfile.mkdtemp(prefix="qtl", dir="/tmp")) / "s.sock"
+    return {"state": root / "state", "models": root / "models", "sock": sock,
+            "first": first, "last": last}
+
+
+def learning_daemon(w: dict, days: float = 2.5, **over) -> Daemon:
+    start = w["first"] + 11 * DAY  # after the initial models' training data
+    cfg = with_changes(
+        load(env={}),
+        feed={"start": iso(start - DAY).replace(" ", "T"),
+              "end": iso(start + int(days * DAY)).replace(" ", "T"), **over.pop("feed", {})},
+        learning={"families": ("xgboost", "lightgbm"), "train_window_days": 4.0,
+                  "eval_window_days": 1.0, "retrain_interval_hours": 24.0,
+                  "min_retrain_gap_hours": 12.0, **over.pop("learning", {})},
+        rl={"enabled": False}, **over)
+    return Daemon(cfg, w["state"], w["models"], socket_path=w["sock"], progress_every_s=0)
+
+
+def rows(db: Path, sql: str, *args):
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+async def test_learner_evaluates_hourly_on_the_data_clock_and_records_jobs(trained, tmp_path):
+    w = world(trained, tmp_path)
+    d = learning_daemon(w)
+    assert await d.run() == 0
+    db = w["state"] / "qtraderd.db"
+    evals = [r[0] for r in rows(db, "SELECT clock_ts FROM learner_evaluations WHERE run_id=? "
+                                    "ORDER BY id", d.run_id)]
+    hours = (d.feed.last_ts - evals[0]) / 3_600_000
+    assert abs(len(evals) - (hours + 1)) <= 1  # one evaluation per hour of data time
+    assert all(b - a == 3_600_000 for a, b in zip(evals, evals[1:], strict=False))
+    jobs = rows(db, "SELECT family, status, version, decision FROM retrain_jobs WHERE "
+                    "run_id=? ORDER BY id", d.run_id)
+    assert {f for f, *_ in jobs} == {"xgboost", "lightgbm"}
+    assert all(s in ("deploy", "canary", "keep", "reject") for _, s, *_ in jobs), jobs
+    registered = {(f, v) for f, v in rows(db, "SELECT family, version FROM models")}
+    assert all((f, v) in registered for f, _, v, _ in jobs)  # every challenger is on record
+    history = rows(db, "SELECT family, version, status FROM model_history")
+    assert len(history) >= len(jobs)
+
+
+async def test_ctl_answers_while_a_job_holds_the_clock(trained, tmp_path):
+    w = world(trained, tmp_path)
+    d = learning_daemon(w, days=1.5, feed={"exit_at_end": False})
+
+    async def ask(cmd, **args):
+        return await trio.to_thread.run_sync(ctl.request, w["sock"], cmd, args)
+
+    async with trio.open_nursery() as n:
+        await n.start(d.run)
+        with trio.fail_after(120):
+            while d.learner.current is None:  # wait for a job to be holding the data
+                await trio.sleep(0.02)
+        held_at = d.feed.seq
+        learning = (await ask("learning"))["result"]
+        assert learning["current_job"] in ("xgboost", "lightgbm")
+        assert {"with_outcome", "without_outcome", "awaiting_outcome_in_memory"} <= set(
+            learning["samples"])
+        assert {"last_evaluation", "next_evaluation", "queue", "versions"} <= set(learning)
+        models = (await ask("models"))["result"]
+        assert {r["family"] for r in models["served"]} == {"xgboost", "lightgbm"}
+        assert d.feed.seq <= held_at + 2  # the data waited for the job
+        rl = await ask("rl")
+        assert rl["ok"] and rl["result"]["enabled"] is False
+        assert (await ask("retrain", model="xgboost"))["result"]["queued"] == ["xgboost"]
+        bad = await ask("promote", model="xgboost", version="nope")
+        assert not bad["ok"] and "no model xgboost/nope" in bad["error"]
+        with trio.fail_after(300):
+            while not d.feed.done:
+                await trio.sleep(0.05)
+        d.request_stop("test over")
+    assert d.exit_code == 0
+
+
+@pytest.mark.slow
+async def test_replays_with_the_learner_are_identical(trained, tmp_path):
+    """Jobs hold the clock: models change at the same bar, so orders and fills agree."""
+    results = []
+    for i in range(2):
+        w = world(trained, tmp_path / f"r{i}")
+        d = learning_daemon(w, days=3.0)
+        assert await d.run() == 0
+        db = w["state"] / "qtraderd.db"
+        results.append((
+            rows(db, "SELECT id, ts, symbol, side, qty, risk_action FROM orders ORDER BY id"),
+            rows(db, "SELECT seq, order_id, price, fee FROM fills ORDER BY seq, order_id"),
+            rows(db, "SELECT family, status, version FROM retrain_jobs ORDER BY id"),
+        ))
+    assert results[0][2] and results[0] == results[1]
