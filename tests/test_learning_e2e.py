@@ -3,6 +3,7 @@ decisions recorded, ctl answering while a job holds the clock, deterministic rep
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sqlite3
 import tempfile
@@ -60,7 +61,7 @@ async def test_learner_evaluates_hourly_on_the_data_clock_and_records_jobs(train
                                     "ORDER BY id", d.run_id)]
     hours = (d.feed.last_ts - evals[0]) / 3_600_000
     assert abs(len(evals) - (hours + 1)) <= 1  # one evaluation per hour of data time
-    assert all(b - a == 3_600_000 for a, b in zip(evals, evals[1:], strict=False))
+    assert all(b - a == 3_600_000 for a, b in itertools.pairwise(evals))
     jobs = rows(db, "SELECT family, status, version, decision FROM retrain_jobs WHERE "
                     "run_id=? ORDER BY id", d.run_id)
     assert {f for f, *_ in jobs} == {"xgboost", "lightgbm"}
