@@ -25,19 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = next((p for p in (REPO.parent / "shared" / "data" / "ohlcv",
-                            Path("/work/shared/data/ohlcv")) if p.is_dir()),
-              REPO.parent / "shared" / "data" / "ohlcv")
-PAIRS = ["ADABTC", "DASHBTC", "ETCBTC", "ETHBTC", "LTCBTC", "NXTBTC", "TRXBTC", "XLMBTC",
-         "XMRBTC", "ZECBTC"]
+from _common import PAIRS, SHARED, run
 
 DAEMON_CHILD = textwrap.dedent("""
     import json, resource, sys, time
@@ -118,10 +112,6 @@ TIGHT_CHILD = textwrap.dedent("""
     sys.stdout.write(json.dumps({"bars": n, "predictions": preds, "wall_s": wall,
                                  "load_s": t_load}))
 """)
-
-
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, cwd=REPO, **kw)
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""The `qtraderd` command line: run, import, train, ctl, report.
+"""The `qtraderd` command line: run, import, train, ctl, report, walkforward.
 
 Exit codes: 0 ok; 1 a command failed at run time; 2 bad input (config, files, state dir);
 3 the daemon gave up after too many actor restarts (systemd restarts it).
@@ -82,7 +82,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dirs(p, models=False)
     p.add_argument("--run", type=int, default=None, help="run id (default: the latest)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    p = sub.add_parser(
+        "walkforward", help="does continuous learning pay? replay with and without it",
+        description="Replay the stored candles in data time with the real learner and "
+        "compare, net of costs over the same out-of-sample test period: continuous learning "
+        "(retrain every --retrain-hours on a --train-days sliding window), the same initial "
+        "models never retrained, equal-weight buy-and-hold, and seeded random entries. The "
+        "test period starts --train-days + learning.eval_window_days after the first stored "
+        "bar. Writes OUT/walkforward.md, walkforward.json and PNGs; works in OUT/work.")
+    p.add_argument("--config", type=Path, default=None, help="TOML config file")
+    _add_dirs(p, models=False)
+    p.add_argument("--out", type=Path, default=Path("walkforward"),
+                   help="report directory (default: ./walkforward)")
+    p.add_argument("--train-days", type=_positive, default=10.0,
+                   help="initial training history and the learner's sliding window (10)")
+    p.add_argument("--test-days", type=_positive, default=None,
+                   help="length of the test period (default: to the end of the data)")
+    p.add_argument("--retrain-hours", type=_positive, default=24.0,
+                   help="retrain interval, also the report's window length (24)")
+    p.add_argument("--symbols", default=None, help="comma-separated (default: all stored)")
+    p.add_argument("--seed", type=_seed, default=None, help="seed (default: config seed)")
     return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit() or int(text) > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"expected an integer 0 .. 2**32-1, got {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return ctl.main(argv[1:], prog="qtraderd ctl")
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "import": cmd_import, "train": cmd_train,
-               "report": cmd_report}[args.command]
+               "report": cmd_report, "walkforward": cmd_walkforward}[args.command]
     return handler(args)
 
 
@@ -264,6 +301,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render(summary))
     return EXIT_OK
+
+
+# -------------------------------------------------------------------------- walkforward
+
+
+def cmd_walkforward(args: argparse.Namespace) -> int:
+    from qtraderd.walkforward import main as walkforward_main
+
+    return walkforward_main(args)
 
 
 if __name__ == "__main__":

@@ -279,7 +279,8 @@ class LearnerActor(StepActor):
             with trio.fail_after(self.lc.job_timeout_s):
                 proc = await trio.run_process(
                     self._job_cmd(job, ts), capture_stdout=True, check=False,
-                    preexec_fn=_nice, env=env)  # stderr: the job's progress goes to our log
+                    preexec_fn=_nice, env=env,  # stderr: the job's progress goes to our log
+                    deliver_cancel=_kill)  # a cancelled job has nothing worth saving
             lines = proc.stdout.decode(errors="replace").strip().splitlines()
             result = json.loads(lines[-1]) if lines else None
             if proc.returncode == 0 and result and result.get("ok"):
@@ -533,6 +534,10 @@ class LearnerActor(StepActor):
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+async def _kill(proc: trio.Process) -> None:
+    proc.kill()
 
 
 def _nice() -> None:  # pragma: no cover - runs in the child

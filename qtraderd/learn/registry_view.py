@@ -75,7 +75,8 @@ class RegistryView:
             "features": json.dumps(meta.features),
             "metrics": json.dumps(meta.metrics, sort_keys=True, default=str),
             "params": json.dumps(meta.params, sort_keys=True, default=str),
-            "status": status,
+            "status": status, "data_sha256": meta.data_sha256,
+            "code_version": meta.code_version, "input_kind": meta.input_kind,
         }
         self.entries[(meta.family, meta.version)] = Entry(meta.family, meta.version, status,
                                                           row)

@@ -30,12 +30,13 @@ def register(conn: sqlite3.Connection, meta: ModelMeta, path: Path, status: str,
     with Transaction(conn):
         conn.execute(
             "INSERT OR IGNORE INTO models (family, version, path, sha256, created_at, "
-            "train_start, train_end, data_end, n_train, features, metrics, params, status) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "train_start, train_end, data_end, n_train, features, metrics, params, status, "
+            "data_sha256, code_version, input_kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (meta.family, meta.version, str(path), meta.sha256, meta.created_at or _now(),
              meta.train_start, meta.train_end, meta.data_end, meta.n_train,
-             json.dumps(meta.features), json.dumps(meta.metrics, sort_keys=True),
-             json.dumps(meta.params, sort_keys=True), status),
+             json.dumps(meta.features), json.dumps(meta.metrics, sort_keys=True, default=str),
+             json.dumps(meta.params, sort_keys=True, default=str), status, meta.data_sha256,
+             meta.code_version, meta.input_kind),
         )
         conn.execute(
             "INSERT INTO model_history (at, clock_ts, family, version, status, reason) "

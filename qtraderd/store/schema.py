@@ -225,6 +225,9 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE predictions ADD COLUMN weights TEXT;
     ALTER TABLE predictions ADD COLUMN role TEXT NOT NULL DEFAULT 'serving';
+    ALTER TABLE models ADD COLUMN data_sha256 TEXT;
+    ALTER TABLE models ADD COLUMN code_version TEXT;
+    ALTER TABLE models ADD COLUMN input_kind TEXT;
     CREATE TABLE learner_evaluations (
         id INTEGER PRIMARY KEY,
         run_id INTEGER,

@@ -182,6 +182,7 @@ def _torch_metrics(ds: dataset.Dataset, data: nets_train.WindowData, cfg: Config
     return metrics.evaluate(proba, ds.valid, cfg)
 
 
+@pytest.mark.slow
 def test_real_candles_auc_below_leakage_threshold(
     make_store: Callable[..., Path], all_btc_rows: dict[str, list]
 ) -> None:
