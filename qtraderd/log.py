@@ -21,3 +21,6 @@ def setup(level: str = "INFO") -> None:
     handler.setFormatter(logging.Formatter(FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(level)
+    # watchfiles says "N changes detected" at INFO for every file event: our own
+    # "serving model" / "model rejected" lines are the ones that matter.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)

@@ -285,7 +285,10 @@ def train_initial(plan: Plan, toml: Path) -> list[dict[str, Any]]:
     except subprocess.TimeoutExpired as exc:
         raise WalkforwardError(f"initial training timed out after {timeout:.0f} s", 1) from exc
     lines = done.stdout.strip().splitlines()
-    result = json.loads(lines[-1]) if lines else {}
+    try:
+        result = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        result = {"error": f"unreadable result {lines[-1][:200]!r}"}
     if done.returncode != 0 or not result.get("ok"):
         raise WalkforwardError(f"initial training failed (exit {done.returncode}): "
                                f"{result.get('error', 'see the lines above')}", 1)

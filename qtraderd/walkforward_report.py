@@ -267,6 +267,31 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def hit_change_summary(hits: list[dict[str, Any]]) -> str:
+    """Mean before->after change where the serving version changed vs where it did not.
+
+    Why both: a performance-triggered retrain fires after a bad stretch, so hit rates tend
+    to recover afterwards whether or not a new model serves (regression to the mean). The
+    jobs that left the same model serving measure that drift; only the difference between
+    the two numbers can be credited to retraining.
+    """
+    groups: dict[bool, list[float]] = {True: [], False: []}
+    for h in hits:
+        if h["hit_before_pct"] is None or h["hit_after_pct"] is None:
+            continue
+        changed = h["served_after"] != h["served_before"]
+        groups[changed].append(h["hit_after_pct"] - h["hit_before_pct"])
+
+    def mean(xs: list[float]) -> str:
+        return f"{np.mean(xs):+.1f} pp over {len(xs)} jobs" if xs else "no jobs"
+
+    return (f"Mean change where the serving version changed: {mean(groups[True])}; where "
+            f"the same model served on both sides: {mean(groups[False])}. Retrains "
+            "triggered by a low hit rate start after a bad stretch, so the second number "
+            "is what the rates do by themselves; only the difference can be credited to "
+            "retraining.")
+
+
 def _beat(a: float, b: float) -> str:
     return "did" if a > b else "did not"
 
@@ -434,6 +459,7 @@ def write_report(plan: Plan, runs: dict[str, int], walls: dict[str, float],
         "without any retrain: N outcomes span only about N / symbols bars, and "
         "neighbouring outcomes overlap.",
         _table(hit_rows),
+        hit_change_summary(hits),
         "## Daemon run summaries (as `qtraderd report` prints them)",
         f"### {ARMS['continuous']}", "```\n" + m["summary_continuous"].rstrip() + "\n```",
         f"### {ARMS['frozen']}", "```\n" + m["summary_frozen"].rstrip() + "\n```",

@@ -151,7 +151,8 @@ def test_report_markdown_and_pngs(wf: dict) -> None:
     assert re.search(r"Continuous learning did (not )?beat never retrained", md)
     for needle in ("continuous learning", "never retrained", "buy-and-hold",
                    "random entries", "## Per window", "## Model versions over time",
-                   "## Hit rate before and after each retrain", "qtraderd run summary"):
+                   "## Hit rate before and after each retrain", "qtraderd run summary",
+                   "Mean change where the serving version changed"):
         assert needle in md, needle
     for name in ("equity.png", "windows.png", "versions.png"):
         data = (out / name).read_bytes()
@@ -268,7 +269,23 @@ def test_the_whole_walkforward_is_deterministic(wf: dict, tmp_path: Path) -> Non
     """The learner's jobs hold the replay clock: a second run decides the same at the same
     bars, so every number but the wall times repeats."""
     again = _walkforward(wf["state"].parent, tmp_path / "again")
-    for key in ("arms", "windows", "hit_rates", "random_trades"):
+    for key in ("arms", "windows", "random_trades"):
         assert again["doc"][key] == wf["doc"][key], key
+
+    def named(doc: dict) -> list[dict]:
+        """The initial models are named after the wall clock (`qtraderd train`): compare
+        them by role; the learner's challengers are named after data time."""
+        initial = {m["version"]: f"initial {m['family']}" for m in doc["initial_models"]}
+        return [{k: initial.get(v, v) for k, v in h.items()} for h in doc["hit_rates"]]
+
+    assert named(again["doc"]) == named(wf["doc"])
     strip = [{k: v for k, v in j.items() if k != "wall_s"} for j in again["doc"]["jobs"]]
     assert strip == [{k: v for k, v in j.items() if k != "wall_s"} for j in wf["doc"]["jobs"]]
+
+
+def test_help_names_every_option() -> None:
+    done = qt("walkforward", "--help")
+    assert done.returncode == 0
+    for opt in ("--config", "--state-dir", "--out", "--train-days", "--test-days",
+                "--retrain-hours", "--symbols", "--seed"):
+        assert opt in done.stdout, opt
