@@ -542,11 +542,13 @@ def measure_training(args: argparse.Namespace, work: Path, state: Path, models: 
                      sock: Path, train_state: Path, symbols: list[str]) -> dict[str, Any]:
     """Measurement 1: the replay loop child, three quiet replays, then the training job."""
     stop, out_file = work / "stop", work / "loop.json"
+    stop.unlink(missing_ok=True)
     cfg = work / "big.toml"
     cfg.write_text("[train]\ntrain_fraction = 0.95\n")
-    loop = subprocess.Popen([sys.executable, __file__, "--child", "loop", str(state),
-                             str(models), str(work), str(sock), str(stop), str(out_file)],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    with open(work / "loop.log", "w") as log:  # the daemon's warnings (symbol paused, ...)
+        loop = subprocess.Popen([sys.executable, __file__, "--child", "loop", str(state),
+                                 str(models), str(work), str(sock), str(stop), str(out_file)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
     assert loop.stdout is not None
     for _ in range(BASELINE_RUNS):
         line = loop.stdout.readline()
@@ -711,8 +713,8 @@ def render(raw: dict[str, Any], t_all: float) -> int:
     fam_sum = sum(m["train_seconds"] + m["export_seconds"] for m in res["models"])
     print(f"   total     {wall:6.1f} s wall (target <= 120){target(wall <= 120, 'training')}; "
           f"{fam_sum:.1f} s in the families, {wall - fam_sum:.1f} s start-up, dataset, "
-          f"windows, metrics and registry; {train['cpu_s']:.0f} s CPU, peak RSS "
-          f"{train['peak_mb']:.0f} MB")
+          f"windows, metrics and registry; {train['cpu_s']:.0f} s CPU (user+sys: "
+          f"{train['cpu_s'] / wall:.2f} cores on average), peak RSS {train['peak_mb']:.0f} MB")
     quiet = loop_figures(train["runs"], train["lags"], None)
     busy = loop_figures(train["runs"], train["lags"], (train["t0"], train["t1"]))
     ms = [1e3 * v for v in busy["lag"]]
@@ -738,7 +740,10 @@ def render(raw: dict[str, Any], t_all: float) -> int:
 
 
 def swap_report(swap: dict[str, Any], target: Any) -> None:
-    base = [swap["baseline"]["latency"], swap["baseline2"]["latency"]]
+    def latency(run: dict[str, Any]) -> dict[int, float]:  # JSON made the keys strings
+        return {int(k): v for k, v in run["latency"].items()}
+
+    base = [latency(swap["baseline"]), latency(swap["baseline2"])]
     print(f"2. hot swap under full-speed replay ({swap['baseline']['steps']:,} steps of 10 "
           f"bars; new versions at steps {', '.join(map(str, SWAP_AT))})")
     for name, label, start in (("pointer", "write_artifact + write_champion -> watcher",
@@ -775,8 +780,9 @@ def swap_report(swap: dict[str, Any], target: Any) -> None:
               f"; {r['swap_count']} swaps applied")
         steps = sorted({s for at in SWAP_AT
                         for s in range(at - ARTIFACT_LEAD, at + SWAP_AFTER)})
-        with_swap = [1e3 * r["latency"][str(s)] for s in steps if str(s) in r["latency"]]
-        without = [1e3 * b[str(s)] for b in base for s in steps if str(s) in b]
+        lat = latency(r)
+        with_swap = [1e3 * lat[s] for s in steps if s in lat]
+        without = [1e3 * b[s] for b in base for s in steps if s in b]
         p_with, p_without = pct(with_swap, 99), pct(without, 99)
         ratio = p_with / p_without
         print(f"     per-step latency p99 over the {len(with_swap):,} steps around the swaps: "

@@ -6,7 +6,7 @@
 2. Trains XGBoost + LightGBM (learner subprocess) on the shared 1m series (Nov 2017), so
    every 5m bar of January 2018 is out of sample and the daemon runs inference on all of
    them. Model quality is irrelevant here; only the work per bar matters.
-3. In a child process: runs the full daemon (feed, execution, monitor, predictor with
+3. In a child process: runs the full daemon, learning off (feed, execution, monitor, predictor with
    features/labels/regimes/ONNX ensemble, sizer, risk, recorder writing every row to
    SQLite) over the data, twice, reporting wall time, bars/s, RSS after each replay and
    the peak RSS (VmHWM).
@@ -54,7 +54,9 @@ DAEMON_CHILD = textwrap.dedent("""
 
     out = {"import_s": t_imported - t_start, "runs": []}
     for i in range(2):
-        d = Daemon(load(env={}), state, models, socket_path=sock, progress_every_s=0)
+        # the trading core alone: retraining beside a replay is benchmarks/learning.py
+        cfg = with_changes(load(env={}), learning={"enabled": False})
+        d = Daemon(cfg, state, models, socket_path=sock, progress_every_s=0)
         t0 = time.perf_counter()
         code = trio.run(d.run)
         wall = time.perf_counter() - t0

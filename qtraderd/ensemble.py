@@ -100,6 +100,9 @@ class EnsembleManager:
         self.collapse_hit_rate = collapse_hit_rate
         self.min_outcomes = int(min_outcomes)
         self._stats: dict[str, dict[str, _Stats]] = {}
+        # _explain results by (regime, models) until the next outcome or model change:
+        # outcomes arrive in bursts between bars, weights are read for every bar.
+        self._explained: dict[tuple[str, tuple[str, ...]], dict[str, dict[str, Any]]] = {}
         for m in models:
             self.add_model(m)
 
@@ -110,9 +113,11 @@ class EnsembleManager:
     def add_model(self, name: str) -> None:
         """Add a model, or reset it: a new version's past is not the old version's."""
         self._stats[name] = {ALL: _Stats()}
+        self._explained.clear()
 
     def remove_model(self, name: str) -> None:
         self._stats.pop(name, None)
+        self._explained.clear()
 
     def observe(self, model: str, regime: str, probs: Sequence[float], label: int) -> None:
         """Record the settled outcome `label` (0 none / 1 long / 2 short) of a prediction."""
@@ -126,6 +131,7 @@ class EnsembleManager:
             side = LABEL_SHORT if p[LABEL_SHORT] > p[LABEL_LONG] else LABEL_LONG
             hit = 1.0 if side == label else 0.0
         per = self._stats[model]
+        self._explained.clear()
         for key in (ALL, regime):
             st = per.get(key)
             if st is None:
@@ -148,7 +154,15 @@ class EnsembleManager:
         return "none", None
 
     def _explain(self, models: Sequence[str], regime: str) -> dict[str, dict[str, Any]]:
-        """Weight of each of `models` in `regime`, with where the number came from."""
+        """Weight of each of `models` in `regime`, with where the number came from
+        (cached until the stats change; callers must not modify the result)."""
+        key = (regime, tuple(models))
+        cached = self._explained.get(key)
+        if cached is None:
+            cached = self._explained[key] = self._compute(key[1], regime)
+        return cached
+
+    def _compute(self, models: Sequence[str], regime: str) -> dict[str, dict[str, Any]]:
         info: dict[str, dict[str, Any]] = {}
         for m in models:
             src, st = self._source(m, regime)
