@@ -1,4 +1,5 @@
-"""The `qtraderd` command line: run, import, train, ctl, report, walkforward.
+"""The `qtraderd` command line: run, import, train, ctl, report, walkforward,
+verify.
 
 Exit codes: 0 ok; 1 a command failed at run time; 2 bad input (config, files, state dir);
 3 the daemon gave up after too many actor restarts (systemd restarts it).
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dirs(p)
     p.add_argument("--no-train", action="store_true",
                    help="do not train initial models when none exist (predict nothing)")
+    p.add_argument("--plugins-dir", type=Path, default=None, metavar="DIR",
+                   help="plugin files, watched and hot-reloaded (default: [plugins] dir, "
+                        "./plugins)")
 
     p = sub.add_parser("import", help="load candle files (CSV, Binance klines) into the store",
                        description="Load candles into the store. Accepts CSV with a header "
@@ -78,10 +82,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="the end-of-run summary of a past or running run",
                        description="Summary from SQLite: trades, win rate, net PnL after "
-                       "costs, max drawdown, Sharpe, per-symbol rows.")
+                       "costs, max drawdown, Sharpe, per-symbol rows. With --out DIR also "
+                       "writes DIR/report.html: one self-contained page (plots embedded) "
+                       "with equity, drawdown, PnL per symbol, model versions with their "
+                       "live hit rates, and every retrain, deploy and rollback. Reads the "
+                       "store read-only, so it works while the daemon runs.")
     _add_dirs(p, models=False)
     p.add_argument("--run", type=int, default=None, help="run id (default: the latest)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="also write DIR/report.html (created if missing)")
+
+    p = sub.add_parser(
+        "verify", help="check that the running daemon trades and learns (pass/fail table)",
+        description="Check the running daemon (via its control socket) and its store: bars "
+        "arriving, predictions, orders and fills, training samples getting outcomes, "
+        "trigger evaluations within the last hour of clock time, the last retrain result, "
+        "served models equal to the registry's champions, plugins healthy. Prints a "
+        "pass/fail/skip table; exit code 1 if any check fails.")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="the store (default: the daemon's, else ./state)")
+    p.add_argument("--socket", type=Path, default=None,
+                   help="control socket (default: as `qtraderd ctl` finds it)")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="model artifacts (default: the daemon's, else ./models)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--offline", action="store_true",
+                   help="check only the store (no daemon needed)")
+    p.add_argument("--wait", type=float, default=2.0, metavar="S",
+                   help="seconds between the two looks at the daemon's progress (2)")
 
     p = sub.add_parser(
         "walkforward", help="does continuous learning pay? replay with and without it",
@@ -130,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         return ctl.main(argv[1:], prog="qtraderd ctl")
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "import": cmd_import, "train": cmd_train,
-               "report": cmd_report, "walkforward": cmd_walkforward}[args.command]
+               "report": cmd_report, "walkforward": cmd_walkforward,
+               "verify": cmd_verify}[args.command]
     return handler(args)
 
 
 def _error(msg: str, code: int = EXIT_USAGE) -> int:
-    print(f"qtraderd: error: {msg}", file=sys.stderr)
+    from qtraderd.log import prefix  # "<3>" under journald, like every logged line
+
+    print(f"{prefix()}qtraderd: error: {msg}", file=sys.stderr)
     return code
 
 
@@ -242,9 +274,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from qtraderd import config as config_mod
     from qtraderd import log as logsetup
+    from qtraderd import secrets
     from qtraderd.daemon import Daemon, DaemonError, unwrap
     from qtraderd.models.artifacts import families, list_versions
     from qtraderd.report import render, summarize
+    from qtraderd.service import Notifier
     from qtraderd.store.db import StoreError, connect
 
     try:
@@ -252,17 +286,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as exc:
         return _error(str(exc))
     logsetup.setup(cfg.runtime.log_level)
+    try:  # once, before anything touches the state dir; values are masked in logs from here
+        credentials = secrets.load()
+        secrets.require(cfg.mode, credentials)
+    except secrets.CredentialsError as exc:
+        return _error(str(exc))
+    log.info(secrets.describe(credentials, cfg.mode))
     try:
         if cfg.feed.source == "replay":
             ensure_candles(args.state_dir, cfg.feed.interval)
         has_models = any(list_versions(args.models_dir, f) for f in families(args.models_dir))
         if not has_models and not args.no_train:
+            # Under systemd this is still start-up (READY=1 comes from the daemon): ask for
+            # the time training may take instead of a TimeoutStartSec sized for it.
+            notifier = Notifier.from_env()
+            notifier.status("training the initial models")
+            notifier.extend_timeout(cfg.train.timeout_s + 60)
             code = train_subprocess(args.state_dir, args.models_dir, args.config,
                                     cfg.train.timeout_s)
             if code != 0:
                 return _error(f"initial training failed (exit {code}); see the lines above, "
                               "or start with --no-train to run without models", EXIT_FAILED)
-        daemon = Daemon(cfg, args.state_dir, args.models_dir, config_path=args.config)
+        # In the journal a progress line a second is noise (86,400 a day); systemd's STATUS
+        # (`systemctl status`) carries the live one instead.
+        daemon = Daemon(cfg, args.state_dir, args.models_dir, config_path=args.config,
+                        progress_every_s=60.0 if logsetup.journal_stream() else 1.0,
+                        credentials=credentials,
+                        plugins_dir=args.plugins_dir or Path(cfg.plugins.dir))
         try:
             code = trio.run(daemon.run)
         except BaseExceptionGroup as group:
@@ -291,16 +341,42 @@ def cmd_report(args: argparse.Namespace) -> int:
     from qtraderd.report import ReportError, render, summarize
     from qtraderd.store.db import StoreError, connect
 
+    data = None
     try:
         conn = connect(args.state_dir, readonly=True)
-        summary = summarize(conn, args.run)
+        if args.out is None:
+            summary = summarize(conn, args.run)
+        else:  # one snapshot for the printed summary and the page
+            from qtraderd.report_html import collect, prepare_out, write_report
+
+            data = collect(conn, args.run)
+            summary = data["summary"]
+            prepare_out(args.out)  # a bad --out fails before anything is printed
     except (StoreError, ReportError) as exc:
         return _error(str(exc))
+    except sqlite3.Error as exc:
+        return _error(f"cannot read store {args.state_dir}: {exc}", EXIT_FAILED)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         sys.stdout.write(render(summary))
+    if data is not None:
+        try:
+            path = write_report(args.out, data, args.state_dir)
+        except ReportError as exc:
+            return _error(str(exc))
+        # with --json, stdout stays pure JSON
+        print(f"HTML report: {path}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- verify
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from qtraderd.verify import main as verify_main
+
+    return verify_main(args)
 
 
 # -------------------------------------------------------------------------- walkforward

@@ -130,6 +130,19 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """The control socket (`qtraderd ctl`). Its location is not a key: it is
+    $RUNTIME_DIRECTORY/qtraderd.sock under systemd, else <state-dir>/qtraderd.sock."""
+
+    group: str = _spec("", help="group allowed to use the socket (mode 0660); empty: only "
+                       "the daemon's user and root (mode 0600)")
+    max_request_bytes: int = _spec(65536, lo=256, hi=16 * 1024 * 1024)
+    request_timeout_s: float = _spec(45.0, positive=True, hi=3600.0,
+                                     help="deadline to receive, run and answer one request")
+    max_connections: int = _spec(16, lo=1, hi=1024)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     flush_rows: int = _spec(20_000, lo=1, hi=10_000_000)
     flush_ms: float = _spec(250.0, positive=True)
@@ -210,6 +223,26 @@ class RLConfig:
 
 
 @dataclass(frozen=True)
+class PluginsConfig:
+    """Plugins (plugins/README.md): `.py` files in `dir`, hot-reloaded when they change."""
+
+    enabled: bool = _spec(True, help="load and watch the plugins directory")
+    dir: str = _spec("plugins", help="plugins directory; relative paths are relative to the "
+                     "working directory (`run --plugins-dir` overrides)")
+    max_errors: int = _spec(5, lo=0, hi=1_000_000,
+                            help="errors in a row before a plugin is disabled (0: never)")
+    notify_queue: int = _spec(256, lo=1, hi=1_000_000,
+                              help="events waiting for the notifiers; more are dropped")
+    notify_timeout_s: float = _spec(5.0, positive=True, hi=600.0,
+                                    help="deadline of one notifier call")
+    settle_ms: float = _spec(200.0, lo=0.0, hi=60_000.0,
+                             help="a changed file is loaded once its size and mtime held "
+                                  "still this long")
+    settings: dict[str, dict[str, Any]] = _spec(
+        default_factory=dict, help="per-plugin tables, [plugins.settings.NAME]")
+
+
+@dataclass(frozen=True)
 class Config:
     mode: str = _spec("paper", choices=("paper", "live"))
     seed: int = _spec(42, lo=0, hi=2**32 - 1)
@@ -222,10 +255,12 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
     portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -267,6 +302,8 @@ def _describe(f: Any) -> str:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     if f.name == "speed":
         return '"max" or a number > 0'
+    if f.name == "settings":
+        return "a table of tables, [plugins.settings.NAME] (JSON in the environment)"
     if "dict" in str(t):
         return "a number or a table of QUOTE = number"
     if "tuple[float" in str(t):
@@ -327,6 +364,8 @@ def _coerce(key: str, f: Any, raw: Any, from_env: bool) -> Any:
         if not isinstance(raw, list | tuple) or not all(isinstance(x, str) and x for x in raw):
             raise bad()
         return tuple(raw)
+    if f.name == "settings":
+        return _plugin_settings(raw, from_env, bad)
     if t.startswith("dict"):
         if from_env and isinstance(raw, str):
             raw = _parse_env_table(raw)
@@ -365,6 +404,30 @@ def _coerce(key: str, f: Any, raw: Any, from_env: bool) -> Any:
     if meta.get("hi") is not None and value > meta["hi"]:
         raise bad()
     return value
+
+
+def _plugin_settings(raw: Any, from_env: bool, bad: Any) -> dict[str, dict[str, Any]]:
+    """[plugins.settings.NAME] tables: plain TOML values (no dates: the effective config is
+    stored as JSON), passed to each plugin's setup as they are."""
+    if from_env and isinstance(raw, str):
+        import json
+
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raise bad() from None
+
+    def plain(v: Any) -> bool:
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and plain(x) for k, x in v.items())
+        if isinstance(v, list):
+            return all(plain(x) for x in v)
+        return isinstance(v, str | int | float | bool)
+
+    if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and plain(v) for k, v in raw.items()):
+        raise bad()
+    return {k: dict(v) for k, v in raw.items()}
 
 
 def _number(raw: Any, from_env: bool) -> float | None:
@@ -532,6 +595,39 @@ def with_changes(cfg: Config, **sections: dict[str, Any]) -> Config:
     return out
 
 
+# What a running daemon applies when it re-reads its config file (SIGHUP, `qtraderd ctl
+# reload`; qtraderd/reload.py): a section name covers every key in it, or one
+# "section.key". Every other key needs a restart because it shaped what was built at
+# start: the feed and its symbols, the store, channels, paper accounts, costs (shared by
+# broker, sizer and risk), the label barriers (sizing.take_profit_pct / stop_loss_pct and
+# labels.*, which outcomes and training must agree on), which model families the learner
+# keeps, the RL action space. A section that is applied live needs an actor (or the
+# daemon) to adopt it in `reconfigure`; add it here when it does.
+LIVE_KEYS: frozenset[str] = frozenset({
+    "risk", "portfolio", "monitor", "train",
+    "sizing.margin", "sizing.leverage", "sizing.min_confidence", "sizing.min_edge_pct",
+    "sizing.allow_short",
+    "learning.mode", "learning.auto_deploy", "learning.eval_every_hours",
+    "learning.retrain_interval_hours", "learning.min_winrate", "learning.min_outcomes",
+    "learning.drift_psi", "learning.drift_ks_p", "learning.drift_min_features",
+    "learning.regime_sustain_hours", "learning.min_retrain_gap_hours",
+    "learning.min_improvement_pct", "learning.canary_threshold_pct", "learning.significance",
+    "learning.canary_outcomes", "learning.rollback_outcomes", "learning.rollback_margin_pct",
+    "learning.train_window_days", "learning.eval_window_days", "learning.job_timeout_s",
+    "learning.retry_backoff_s", "learning.nets_epochs",
+    "rl.epsilon", "rl.alpha", "rl.gamma",
+    "runtime.log_level", "runtime.restart_intensity", "runtime.restart_period_s",
+    "runtime.restart_backoff_s", "runtime.restart_backoff_max_s", "runtime.shutdown_timeout_s",
+    # PluginHost.reconfigure: a plugin whose settings table changed is reloaded
+    "plugins.max_errors", "plugins.notify_timeout_s", "plugins.settle_ms", "plugins.settings",
+})
+
+
+def validate(cfg: Config) -> None:
+    """The checks across keys that `load` runs; raises ConfigError."""
+    _cross_check(cfg)
+
+
 INTERVAL_MS = {
     "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
     "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "1d": 86_400_000,
@@ -539,10 +635,12 @@ INTERVAL_MS = {
 
 __all__ = [
     "INTERVAL_MS",
+    "LIVE_KEYS",
     "Config",
     "ConfigError",
     "load",
     "per_quote",
+    "validate",
     "with_changes",
 ]
 

@@ -43,6 +43,7 @@ class ControlAPI:
             "models": self.models,
             "learning": self.learning,
             "rl": self.rl,
+            "plugins": self.plugins,
         }
         for name in RISK_COMMANDS:
             h[name] = self._ask(self.commands, name, "risk")
@@ -67,6 +68,9 @@ class ControlAPI:
             rows.append({"module": module, "status": status, "detail": detail})
 
         add("config", "ok", f"mode {d.cfg.mode}, source {d.cfg.feed.source}")
+        creds = d.credentials  # where they came from; the values never leave secrets.Secret
+        add("credentials", "loaded" if creds else "none",
+            creds.source if creds else f"none ({d.cfg.mode} mode)")
         add("clock", "ok", f"{type(d.clock).__name__} at {iso(d.clock.now_ms())}")
         add("store", "ok", f"{d.state_dir / 'qtraderd.db'} (WAL), run {d.run_id}")
         for name, st in sup.items():
@@ -89,6 +93,8 @@ class ControlAPI:
         paused = d.risk.portfolio.paused()
         add("portfolio", "ok" if not paused else "paused symbols",
             ", ".join(f"{s} ({r})" for s, r in paused.items()) or "no pauses")
+        add("plugins", "ok" if d.plugins is not None else "disabled",
+            d.plugins.summary() if d.plugins is not None else "[plugins] enabled = false")
         add("control", "ok", str(d.socket_path))
         return rows
 
@@ -154,6 +160,12 @@ class ControlAPI:
 
     async def rl(self, args: dict[str, Any]) -> Any:
         return self.d.sizer.rl_status()
+
+    async def plugins(self, args: dict[str, Any]) -> Any:
+        """Every plugin file seen: version, state, hooks, calls, errors, last error."""
+        if self.d.plugins is None:
+            raise ControlError("plugins are disabled ([plugins] enabled = false)")
+        return self.d.plugins.status()
 
     def _learner_command(self, name: str) -> Handler:
         async def handler(args: dict[str, Any]) -> Any:

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ EXIT_UNREACHABLE = 3
 
 DEFAULT_STATE_DIR = Path("state")
 SOCKET_NAME = "qtraderd.sock"
+# systemd's RuntimeDirectory= sets $RUNTIME_DIRECTORY (colon-separated if several) for the
+# service; an operator's shell does not have it, so ctl also looks where the unit puts it.
+RUNTIME_DIR_ENV = "RUNTIME_DIRECTORY"
+SYSTEMD_SOCKET = Path("/run/qtraderd") / SOCKET_NAME
 MAX_REPLY_BYTES = 64 * 1024 * 1024  # a reply bigger than this is a daemon bug, not data
 
 # (usage, one-line description) — shown by --help; keep in sync with parse_command.
@@ -51,9 +56,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "learning": ("learning", "samples with/without outcomes, versions, plan, last/next "
                  "retrain"),
     "rl": ("rl", "the Q-learning sizer's table: states, best actions, visits"),
+    "reload": ("reload", "re-read the config file (like SIGHUP): what applied live, what "
+               "needs a restart; a bad file is refused and the old config stays"),
+    "plugins": ("plugins", "plugins: version, state (active/rejected/disabled/removed), "
+                "hooks, calls, errors, last error"),
 }
 _NO_ARG_COMMANDS = {"status", "modules", "positions", "pnl", "models", "resume", "flatten",
-                    "learning", "rl"}
+                    "learning", "rl", "plugins", "reload"}
 _SYMBOL_COMMANDS = {"pause", "resume-symbol"}
 
 
@@ -84,11 +93,14 @@ def request(socket_path: Path, cmd: str, args: dict[str, Any] | None = None,
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise CtlError(f"no daemon listening on {path} (is qtraderd running? "
-                           "see --state-dir/--socket)") from exc
+                           "see --state-dir/--socket; under systemd the socket is "
+                           f"{SYSTEMD_SOCKET})") from exc
         except PermissionError as exc:
             raise CtlError(f"permission denied connecting to {path} (run as the user "
                            "qtraderd runs as, or root)") from exc
-        sock.sendall(payload)
+        # A daemon that hangs up before reading (a refused peer) left its reason to read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(payload)
         raw = _read_line(sock, path)
     except TimeoutError as exc:
         raise CtlError(f"timed out after {timeout_s:g}s waiting for the daemon at {path}"
@@ -204,8 +216,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
-                       help=f"daemon state directory (default ./{DEFAULT_STATE_DIR}); "
-                            f"the socket is DIR/{SOCKET_NAME}")
+                       help=f"daemon state directory; the socket is DIR/{SOCKET_NAME} "
+                            f"(default: $RUNTIME_DIRECTORY/{SOCKET_NAME}, else "
+                            f"./{DEFAULT_STATE_DIR}/{SOCKET_NAME}, else {SYSTEMD_SOCKET})")
     where.add_argument("--socket", type=Path, default=None, metavar="PATH",
                        help="control socket path (instead of --state-dir)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -216,11 +229,35 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def socket_path_for(state_dir: Path | None = None, socket_path: Path | None = None) -> Path:
-    """Where the daemon's socket lives: explicit path, else <state-dir>/qtraderd.sock."""
+def runtime_dir(env: Mapping[str, str] | None = None) -> Path | None:
+    """systemd's runtime directory for the service (the first, if several), or None."""
+    first = (os.environ if env is None else env).get(RUNTIME_DIR_ENV, "").split(":")[0]
+    return Path(first) if first else None
+
+
+def daemon_socket_path(state_dir: Path, env: Mapping[str, str] | None = None) -> Path:
+    """Where the daemon binds its socket: the runtime directory under systemd (tmpfs,
+    private to the service, removed when it stops), else next to the store."""
+    rt = runtime_dir(env)
+    return (rt if rt is not None else Path(state_dir)) / SOCKET_NAME
+
+
+def socket_path_for(state_dir: Path | None = None, socket_path: Path | None = None,
+                    env: Mapping[str, str] | None = None) -> Path:
+    """Where a client looks for the daemon, first match wins: --socket; --state-dir's
+    socket; $RUNTIME_DIRECTORY's; ./state's if it exists; systemd's /run/qtraderd one if it
+    exists; else ./state's (so the error message names the conventional place)."""
     if socket_path is not None:
         return socket_path
-    return (state_dir if state_dir is not None else DEFAULT_STATE_DIR) / SOCKET_NAME
+    if state_dir is not None:
+        return state_dir / SOCKET_NAME
+    rt = runtime_dir(env)
+    if rt is not None:
+        return rt / SOCKET_NAME
+    local = DEFAULT_STATE_DIR / SOCKET_NAME
+    if not local.exists() and SYSTEMD_SOCKET.exists():
+        return SYSTEMD_SOCKET
+    return local
 
 
 def main(argv: list[str] | None = None, *, prog: str = "qtraderd ctl") -> int:

@@ -9,6 +9,7 @@ stop the feed, let in-flight steps drain, flush, exit 0 — or cancel outright a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import Any
 import trio
 
 from qtraderd import __version__
-from qtraderd.actors.control import ControlServer
+from qtraderd.actors.control import ControlError, ControlServer
 from qtraderd.actors.execution import ExecutionActor
 from qtraderd.actors.feed import FeedActor
 from qtraderd.actors.learner import LearnerActor, retrain_banner
@@ -38,11 +39,16 @@ from qtraderd.clock import LiveClock, ReplayClock, iso
 from qtraderd.config import INTERVAL_MS, Config
 from qtraderd.control_api import ControlAPI
 from qtraderd.costs import CostModel
+from qtraderd.ctl import daemon_socket_path
 from qtraderd.labels import Barriers
 from qtraderd.learn.registry_view import RegistryView
 from qtraderd.messages import Command, Record, Step
 from qtraderd.models.onnx_model import LoadedModel, load_champions
+from qtraderd.plugins.host import PluginHost
+from qtraderd.reload import ReloadRejected, config_line, reload_config, write_job_config
 from qtraderd.rl import restore
+from qtraderd.secrets import Credentials
+from qtraderd.service import Service
 from qtraderd.store.db import connect
 from qtraderd.supervisor import Supervisor
 from qtraderd.venues.paper import PaperBroker, quote_of
@@ -50,7 +56,6 @@ from qtraderd.venues.replay import ReplaySource, stored_span, stored_symbols
 
 log = logging.getLogger("qtraderd")
 
-SOCKET_NAME = "qtraderd.sock"
 EXIT_OK, EXIT_ESCALATED = 0, 3
 
 
@@ -100,21 +105,27 @@ class Daemon:
     socket_path: Path | None = None
     progress_every_s: float = 1.0
     models: dict[str, LoadedModel] | None = None  # preloaded (tests); else from models_dir
-    config_path: Path | None = None  # passed on to learner jobs
+    config_path: Path | None = None  # re-read on reload (SIGHUP, `ctl reload`)
+    credentials: Credentials | None = None  # secrets.load() at start; never in cfg or logs
+    plugins_dir: Path | None = None  # `run` passes [plugins] dir; None: no plugin files
     run_id: int = 0
     started_wall: float = field(default_factory=time.monotonic)
+    service: Service = field(default_factory=Service)  # sd_notify; no-op outside systemd
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
         self.models_dir = Path(self.models_dir)
         if self.socket_path is None:
-            self.socket_path = self.state_dir / SOCKET_NAME
+            self.socket_path = daemon_socket_path(self.state_dir)
         self.supervisor: Supervisor | None = None
         self.feed: FeedActor | None = None
         self.stopping = False
         self.exit_code = EXIT_OK
         self.channels: dict[str, trio.MemorySendChannel[Any]] = {}
+        self.plugins: PluginHost | None = None
         self.quotes: set[str] = set()
+        # Learner jobs read the config in force from here, never the operator's file.
+        self.job_config: Path | None = None
 
     # -- assembly ------------------------------------------------------------------------
     def _open_store(self) -> sqlite3.Connection:
@@ -157,6 +168,9 @@ class Daemon:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> int:
         limit_malloc_arenas()
         cfg = self.cfg
+        if cfg.mode == "live" and self.credentials is None:
+            raise DaemonError('mode = "live" needs exchange credentials; none were loaded '
+                              "(see README, Secrets)")
         conn = self._open_store()
         try:
             symbols = self._symbols(conn)
@@ -172,6 +186,7 @@ class Daemon:
                      cfg.feed.source, len(symbols), ",".join(symbols), cfg.feed.interval,
                      "max" if math.isinf(cfg.feed.speed) else f"{cfg.feed.speed:g}x",
                      ",".join(f"{f}/{m.version}" for f, m in self.models.items()) or "none")
+            log.info("%s", config_line(cfg, self.config_path))
             log.info(retrain_banner(cfg))
             await self._run_chain(conn, symbols, interval_ms, task_status)
         finally:
@@ -214,32 +229,39 @@ class Daemon:
             self.broker, feed_rx, mon_tx, back_rx, rec_tx,
             self.clock if isinstance(self.clock, ReplayClock) else None)
         self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
+        if cfg.plugins.enabled:  # loaded now, in name order: every run starts the same way
+            self.plugins = PluginHost(cfg.plugins, self.plugins_dir)
+            self.plugins.load_all()
         learning = cfg.learning.enabled
         self.predictor = PredictorActor(barriers, self.models or {}, pred_rx,
                                         learn_tx if learning else size_tx,
                                         models_dir=self.models_dir, commands=pcmd_rx)
         self.learner: LearnerActor | None = None
         if learning:
+            if self.config_path is not None:
+                self.job_config = write_job_config(cfg, self.state_dir)
             ro = connect(self.state_dir, readonly=True)
             try:
                 registry = RegistryView.load(ro, self.models_dir)
             finally:
                 ro.close()
             self.learner = LearnerActor(
-                cfg, self.config_path, self.state_dir, self.models_dir, self.clock, registry,
+                cfg, self.job_config, self.state_dir, self.models_dir, self.clock, registry,
                 learn_rx, size_tx, pcmd_tx, records_tx.clone(), lcmd_rx,
                 hold_clock=cfg.learning.replay_holds_clock and cfg.feed.source == "replay",
                 run_id=self.run_id,
-                data_start=stored_span(conn, symbols, cfg.feed.interval)[0])
+                data_start=stored_span(conn, symbols, cfg.feed.interval)[0],
+                events=self.plugins.emit if self.plugins is not None else None)
         agent = restore(cfg.rl, cfg.seed, self.state_dir) if cfg.rl.enabled else None
         if agent is not None:
             log.info("RL sizer: Q-learning over %d stored states (epsilon %g, multipliers %s)",
                      agent.status()["states_visited"], cfg.rl.epsilon,
                      ", ".join(f"{m:g}" for m in cfg.rl.multipliers))
         self.sizer = SizerActor(cfg.sizing, cfg.monitor, costs, size_rx, risk_tx, agent=agent,
-                                records=records_tx.clone())
+                                records=records_tx.clone(), plugins=self.plugins)
         self.risk = RiskActor(cfg.risk, cfg.portfolio, costs, self.clock, interval_ms, risk_rx,
-                              back_tx, cmd_rx, records=records_tx.clone())
+                              back_tx, cmd_rx, records=records_tx.clone(),
+                              plugins=self.plugins)
         self.recorder = RecorderActor(self.state_dir, self.run_id, rec_rx, records_rx,
                                       cfg.store.flush_rows, cfg.store.flush_ms)
         actors = [self.feed, self.execution, self.monitor, self.predictor, self.sizer,
@@ -252,22 +274,35 @@ class Daemon:
             backoff_max_s=cfg.runtime.restart_backoff_max_s, on_event=self._actor_event)
         self.api = ControlAPI(self, cmd_tx, lcmd_tx)
         assert self.socket_path is not None
-        # promote / rollback load models before answering: allow them more than a status
-        server = ControlServer(self.socket_path, self.api.handlers(), request_timeout_s=45.0)
+        cc = cfg.control  # the default timeout leaves promote / rollback time to load models
+        server = ControlServer(self.socket_path, {**self.api.handlers(),
+                                                  "reload": self._ctl_reload},
+                               group=cc.group or None, max_request_bytes=cc.max_request_bytes,
+                               request_timeout_s=cc.request_timeout_s,
+                               max_connections=cc.max_connections)
         async with trio.open_nursery() as services:
             try:
                 await services.start(server.serve)
             except RuntimeError as exc:  # socket taken by another daemon, path unusable
                 raise DaemonError(str(exc)) from exc
             services.start_soon(self._signals)
+            if self.plugins is not None:
+                await services.start(self.plugins.run)
+            services.start_soon(self._hangups)
+            services.start_soon(self.service.run, self.supervisor, self.progress_line)
             if self.progress_every_s > 0:
                 services.start_soon(self._progress)
             task_status.started(self)
             await self.supervisor.run(actors)
+            if self.plugins is not None:  # the last trades' events still reach notifiers
+                await self.plugins.notifications.drain(cfg.runtime.shutdown_timeout_s / 2)
             services.cancel_scope.cancel()
         if self.supervisor.escalation is not None:
             log.error("daemon exiting: %s", self.supervisor.escalation)
             self.exit_code = EXIT_ESCALATED
+        if not self.stopping:
+            self.service.stopping("exiting: " + (str(self.supervisor.escalation or "")
+                                                 or "replay finished"))
         self._log_progress(final=True)
 
     def request_stop(self, why: str = "stop requested") -> None:
@@ -276,6 +311,7 @@ class Daemon:
             return
         self.stopping = True
         log.info("stopping: %s", why)
+        self.service.stopping(why)
         if self.feed is not None:
             self.feed.stop()
 
@@ -290,26 +326,43 @@ class Daemon:
         if self.supervisor is not None:
             self.supervisor.cancel()
 
+    async def _hangups(self) -> None:
+        """SIGHUP (`systemctl reload`): re-read the config file; a bad one is only logged."""
+        with trio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                with contextlib.suppress(ReloadRejected):
+                    reload_config(self)
+
+    async def _ctl_reload(self, args: dict[str, Any]) -> Any:
+        try:
+            return reload_config(self)
+        except ReloadRejected as exc:
+            raise ControlError(f"config reload rejected: {exc}") from exc
+
     async def _progress(self) -> None:
         while True:
             await trio.sleep(self.progress_every_s)
             self._log_progress()
 
-    def _log_progress(self, final: bool = False) -> None:
+    def progress_line(self, final: bool = False) -> str:
+        """One line on what the daemon is doing: the progress log and systemd's STATUS."""
         if self.feed is None:
-            return
+            return "starting"
         elapsed = max(1e-9, time.monotonic() - self.started_wall)
         equity = " ".join(f"{a.quote} {a.equity:,.6g}" for a in self.execution.accounts
                           if a.quote in self.quotes)
         learner = self.learner
         job = f" | learner: retraining {learner.current.family}" if (
             learner is not None and learner.current is not None and not final) else ""
-        log.info("%s: %s bars (%s bars/s) | data time %s | trades %d | open %d | "
-                 "equity %s | risk %s%s",
-                 "replay finished" if final and self.feed.done else "progress",
-                 f"{self.feed.bars:,}", f"{self.feed.bars / elapsed:,.0f}",
-                 iso(self.feed.last_ts), self.execution.trades,
-                 len(self.broker.positions), equity or "-", self.risk.state, job)
+        return (f"{'replay finished' if final and self.feed.done else 'progress'}: "
+                f"{self.feed.bars:,} bars ({self.feed.bars / elapsed:,.0f} bars/s) | data time "
+                f"{iso(self.feed.last_ts)} | trades {self.execution.trades} | open "
+                f"{len(self.broker.positions)} | equity {equity or '-'} | risk "
+                f"{self.risk.state}{job}")
+
+    def _log_progress(self, final: bool = False) -> None:
+        if self.feed is not None:
+            log.info("%s", self.progress_line(final))
 
     def _finish(self, conn: sqlite3.Connection) -> None:
         if not self.run_id:
@@ -329,12 +382,18 @@ class Daemon:
             "run_id": self.run_id,
             "mode": self.cfg.mode,
             "source": self.cfg.feed.source,
+            "credentials": self.credentials.source if self.credentials else "none",
+            "state_dir": str(self.state_dir.resolve()),
+            "models_dir": str(self.models_dir.resolve()),
             "clock": iso(self.clock.now_ms()),
+            "clock_ms": self.clock.now_ms(),
             "bars": feed.bars if feed else 0,
             "steps": feed.seq if feed else 0,
             "bars_per_s": round((feed.bars if feed else 0) / elapsed, 1),
             "risk_state": self.risk.state,
             "stopping": self.stopping,
+            "config": str(self.config_path) if self.config_path else "defaults (no --config)",
+            "systemd": self.service.summary(),
             "actors": self.supervisor.status() if self.supervisor else {},
             "queues": {name: f"{st.current_buffer_used}/{st.max_buffer_size}"
                        for name, st in ((n, ch.statistics()) for n, ch in self.channels.items())},

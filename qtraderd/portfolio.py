@@ -36,6 +36,12 @@ class Portfolio:
         self.interval_ms = interval_ms
         self.symbols: dict[str, SymbolStats] = {}
 
+    def reconfigure(self, cfg: PortfolioConfig) -> None:
+        """New limits from a config reload; each symbol keeps its last trades' window."""
+        self.cfg = cfg
+        for st in self.symbols.values():
+            st.recent = deque(st.recent, maxlen=max(1, cfg.expectancy_trades))
+
     def _get(self, symbol: str) -> SymbolStats:
         st = self.symbols.get(symbol)
         if st is None:

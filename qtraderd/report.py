@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,22 +36,52 @@ def latest_run(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
+def equity_series(conn: sqlite3.Connection, run_id: int, quote: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(ts, equity) of one quote account, every recorded step, in order.
+
+    Shared by the summary's statistics and the HTML report's plots, so a curve and the
+    numbers printed next to it can never come from different rows.
+    """
+    rows = conn.execute("SELECT ts, equity FROM equity WHERE run_id=? AND quote=? ORDER BY seq",
+                        (run_id, quote)).fetchall()
+    arr = np.array(rows, dtype=float).reshape(-1, 2)
+    return arr[:, 0].astype(np.int64), arr[:, 1]
+
+
+def drawdown(eq: np.ndarray) -> np.ndarray:
+    """Fall from the running peak at every step, as a fraction (0 at a new high)."""
+    if not len(eq):
+        return np.zeros(0)
+    peak = np.maximum.accumulate(eq)
+    if not np.all(peak > 0):
+        return np.zeros(len(eq))
+    return 1.0 - eq / peak
+
+
 def _equity_stats(conn: sqlite3.Connection, run_id: int, quote: str, interval_ms: int
                   ) -> dict[str, Any]:
-    eq = np.array([r[0] for r in conn.execute(
-        "SELECT equity FROM equity WHERE run_id=? AND quote=? ORDER BY seq",
-        (run_id, quote))], dtype=float)
+    eq = equity_series(conn, run_id, quote)[1]
     if len(eq) < 2:
         return {"end_equity": float(eq[-1]) if len(eq) else None, "max_drawdown_pct": 0.0,
                 "sharpe": None}
-    peak = np.maximum.accumulate(eq)
-    dd = float(np.max(1.0 - eq / peak)) if np.all(peak > 0) else 0.0
+    dd = float(np.max(drawdown(eq)))
     rets = np.diff(eq) / eq[:-1]
     sd = float(np.std(rets))
     sharpe = None
     if sd > 0:
         sharpe = float(np.mean(rets) / sd * math.sqrt(YEAR_MS / interval_ms))
     return {"end_equity": float(eq[-1]), "max_drawdown_pct": 100.0 * dd, "sharpe": sharpe}
+
+
+def history_window(first_ts: int | None, last_ts: int | None) -> tuple[int, int]:
+    """The data-time span whose `model_history` rows belong to a run.
+
+    `model_history` is not scoped to a run (the registry outlives runs), so a run's
+    registry events are the ones stamped with a clock time inside its data span (plus a
+    day: a job finishing after the last bar is still this run's).
+    """
+    return first_ts or 0, (last_ts or 0) + 86_400_000
 
 
 def summarize(conn: sqlite3.Connection, run_id: int | None = None) -> dict[str, Any]:
@@ -140,7 +170,7 @@ def summarize(conn: sqlite3.Connection, run_id: int | None = None) -> dict[str, 
              for ts, f, v, st, why in conn.execute(
                  "SELECT clock_ts, family, version, status, reason FROM model_history "
                  "WHERE status='champion' AND clock_ts BETWEEN ? AND ? ORDER BY id",
-                 (run[10] or 0, (run[11] or 0) + 86_400_000)).fetchall()]
+                 history_window(run[10], run[11])).fetchall()]
     return {
         "run": {"id": run[0], "status": run[8], "mode": run[3], "source": run[4],
                 "symbols": len(symbols), "interval": interval, "bars": run[9],
@@ -176,9 +206,19 @@ def _r(x: Any, nd: int = 2) -> Any:
     return round(x, nd) if isinstance(x, float) else x
 
 
-def render(s: dict[str, Any]) -> str:
+class Section(NamedTuple):
+    """One block of the summary: `kind` is "kv" (body: dict), "table" (body: list of row
+    dicts) or "text" (body: str). The text report and the HTML report render the same
+    sections, so the numbers they show are the same by construction."""
+
+    kind: str
+    title: str | None
+    body: Any
+
+
+def sections(s: dict[str, Any]) -> list[Section]:
     run = s["run"]
-    parts = [format_kv({
+    out = [Section("kv", "qtraderd run summary", {
         "run": f"{run['id']} ({run['status']}, {run['mode']} {run['source']})",
         "data": f"{run['data']}, {run['bars']:,} bars, {run['symbols']} symbols, "
                 f"{run['interval']}",
@@ -186,47 +226,60 @@ def render(s: dict[str, Any]) -> str:
         f"breakeven win rate of TP/SL {run['barriers']} after costs":
             f"{run['breakeven_win_rate_pct']:.1f} %",
         "risk halts / actor restarts": f"{run['risk_halts']} / {run['actor_restarts']}",
-    }, title="qtraderd run summary")]
-    parts.append("Returns are per trade on the margin committed; a win is any trade that "
-                 "made money after costs (trailing stops lock in wins smaller than the "
-                 "take-profit, so the win rate alone does not show the edge).")
+    })]
+    out.append(Section("text", None,
+                       "Returns are per trade on the margin committed; a win is any trade "
+                       "that made money after costs (trailing stops lock in wins smaller than "
+                       "the take-profit, so the win rate alone does not show the edge)."))
     if s["accounts"]:
-        parts.append(format_table([
+        out.append(Section("table", "Totals (net of fees and slippage)", [
             {"quote": a["quote"], "trades": a["trades"], "win rate %": _r(a["win_rate_pct"], 1),
              "net PnL": a["net_pnl"], "return %": _r(a["return_pct"], 3),
              "avg trade %": _r(a["avg_trade_pct"], 3), "avg win %": _r(a["avg_win_pct"], 2),
              "avg loss %": _r(a["avg_loss_pct"], 2), "fees": a["fees"],
              "max DD %": _r(a["max_drawdown_pct"], 3), "Sharpe": _r(a["sharpe"], 2)}
-            for a in s["accounts"]], title="Totals (net of fees and slippage)"))
+            for a in s["accounts"]]))
     else:
-        parts.append("Totals: no trades.")
-    parts.append(format_table([
+        out.append(Section("text", None, "Totals: no trades."))
+    out.append(Section("table", "Per symbol", [
         {"symbol": r["symbol"], "trades": r["trades"], "long/short": f"{r['long']}/{r['short']}",
          "win rate %": _r(r["win_rate_pct"], 1), "net PnL": r["net_pnl"],
          "avg trade %": _r(r["avg_trade_pct"], 3), "buy&hold %": _r(r["buy_hold_pct"], 2)}
-        for r in s["symbols"]], title="Per symbol"))
+        for r in s["symbols"]]))
     if s["models"]:
-        parts.append(format_table([
+        out.append(Section("table", "Models served", [
             {"model": m["model"], "version": m["version"],
              "valid AUC long": _r(m["valid_auc_long"], 3),
-             "valid AUC short": _r(m["valid_auc_short"], 3)} for m in s["models"]],
-            title="Models served"))
+             "valid AUC short": _r(m["valid_auc_short"], 3)} for m in s["models"]]))
     lr = s.get("learning") or {}
     if lr.get("jobs"):
-        parts.append(format_table(
+        out.append(Section(
+            "table", f"Learning loop ({lr['evaluations']} trigger evaluations; gate decisions "
+                     "per family)",
             [{"family": j["family"], "retrains": j["jobs"], "deployed": j["deploy"],
               "canary": j["canary"], "kept champion": j["keep"], "rejected": j["reject"],
-              "failed": j["failed"], "avg job s": j["avg_job_s"]} for j in lr["jobs"]],
-            title=f"Learning loop ({lr['evaluations']} trigger evaluations; gate decisions "
-                  "per family)"))
+              "failed": j["failed"], "avg job s": j["avg_job_s"]} for j in lr["jobs"]]))
         if lr["champion_changes"]:
-            parts.append(format_table(
+            out.append(Section(
+                "table", "Champion changes (hot swaps between two bars)",
                 [{"data time": c["at"], "model": c["family"], "new champion": c["version"],
-                  "why": c["reason"][:70]} for c in lr["champion_changes"]],
-                title="Champion changes (hot swaps between two bars)"))
+                  "why": c["reason"][:70]} for c in lr["champion_changes"]]))
     if s["exit_reasons"]:
-        parts.append("Exits: " + ", ".join(f"{k} {v}" for k, v in s["exit_reasons"].items()))
+        out.append(Section("text", None, "Exits: " + ", ".join(
+            f"{k} {v}" for k, v in s["exit_reasons"].items())))
     if s["denied_orders"]:
-        parts.append("Denied by risk: " + ", ".join(
-            f"{k} {v}" for k, v in s["denied_orders"].items()))
+        out.append(Section("text", None, "Denied by risk: " + ", ".join(
+            f"{k} {v}" for k, v in s["denied_orders"].items())))
+    return out
+
+
+def render(s: dict[str, Any]) -> str:
+    parts = []
+    for sec in sections(s):
+        if sec.kind == "kv":
+            parts.append(format_kv(sec.body, title=sec.title))
+        elif sec.kind == "table":
+            parts.append(format_table(sec.body, title=sec.title))
+        else:
+            parts.append(sec.body)
     return "\n\n".join(parts) + "\n"

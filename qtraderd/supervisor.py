@@ -19,11 +19,14 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from qtraderd.messages import Command, Step, replace
+
+if TYPE_CHECKING:
+    from qtraderd.config import Config
 
 log = logging.getLogger("qtraderd.supervisor")
 
@@ -35,12 +38,41 @@ class Actor:
 
     def __init__(self) -> None:
         self.processed = 0  # messages handled: the liveness signal for status and watchdog
+        # Trio time until which this actor may hold up the chain on purpose (a learner job
+        # that holds the replay clock); the watchdog does not call that a wedge.
+        self.busy_until: float | None = None
 
     async def run(self) -> None:
         raise NotImplementedError
 
     def status(self) -> dict[str, Any]:
         return {}
+
+    def inboxes(self) -> list[trio.MemoryReceiveChannel[Any]]:
+        """The channels this actor reads (every actor keeps them as attributes)."""
+        return [v for v in vars(self).values() if isinstance(v, trio.MemoryReceiveChannel)]
+
+    def backlog(self) -> int:
+        """Messages waiting that this actor could take now: buffered, or blocked senders.
+
+        The watchdog's notion of work (qtraderd.service): an actor with a backlog whose
+        `processed` does not move is wedged; an idle one with nothing waiting is healthy.
+        In the lockstep chain a step held forever by one actor shows up as the next bar
+        waiting at execution, whose count then stops.
+        """
+        total = 0
+        for ch in self.inboxes():
+            st = ch.statistics()
+            total += st.current_buffer_used + st.tasks_waiting_send
+        return total
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Adopt the live settings of a reloaded config (see config.LIVE_KEYS).
+
+        Called by the daemon between two event-loop checkpoints, so no step is ever
+        handled half with the old and half with the new settings. Only keys classified
+        as live differ from what the actor was built with; the rest stay as they were.
+        """
 
 
 class StepActor(Actor):
@@ -135,6 +167,9 @@ class Supervisor:
         self.handles: dict[str, ActorHandle] = {}
         self.escalation: Escalation | None = None
         self._scope: trio.CancelScope | None = None
+        # Set once every actor's task has entered its run(): the daemon is "up" (READY=1).
+        self.started = trio.Event()
+        self._entered = 0
 
     async def run(self, actors: list[Actor]) -> None:
         """Run every actor until all have finished, or until an escalation stops them."""
@@ -151,6 +186,9 @@ class Supervisor:
 
     async def _supervise(self, handle: ActorHandle) -> None:
         name = handle.actor.name
+        self._entered += 1
+        if self._entered == len(self.handles):
+            self.started.set()
         while True:
             handle.state = "running"
             try:

@@ -33,7 +33,7 @@ def qt(*args, cwd=None, env_extra=None, timeout=120):
     (["train"], ["--state-dir", "--models-dir", "--config"]),
     (["ctl"], ["--state-dir", "--socket", "--json", "status", "halt", "flatten",
                "resume-symbol"]),
-    (["report"], ["--state-dir", "--run", "--json"]),
+    (["report"], ["--state-dir", "--run", "--json", "--out", "report.html"]),
 ])
 def test_every_subcommand_has_a_true_help(sub, needles):
     out = qt(*sub, "--help")

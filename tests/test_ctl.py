@@ -19,7 +19,17 @@ import pytest
 import trio
 
 from qtraderd.actors.control import ControlError, ControlServer
-from qtraderd.ctl import COMMANDS, CtlError, UsageError, main, parse_command, request
+from qtraderd.ctl import (
+    COMMANDS,
+    CtlError,
+    UsageError,
+    daemon_socket_path,
+    main,
+    parse_command,
+    request,
+    socket_path_for,
+)
+from tests.as_user import NOBODY, needs_root, run_as
 
 
 @pytest.fixture
@@ -211,3 +221,90 @@ async def test_malformed_reply_is_ctl_error(state_dir: Path, wire: bytes) -> Non
         with pytest.raises(CtlError, match=r"malformed reply|without a reply"):
             await trio.to_thread.run_sync(request, path, "status")
     listener.close()
+
+
+# ---------------------------------------------------------------- finding the socket
+
+
+def test_daemon_binds_in_the_runtime_directory_under_systemd(tmp_path: Path) -> None:
+    assert daemon_socket_path(tmp_path, env={}) == tmp_path / "qtraderd.sock"
+    env = {"RUNTIME_DIRECTORY": "/run/qtraderd:/run/other"}  # several: the first one
+    assert daemon_socket_path(tmp_path, env=env) == Path("/run/qtraderd/qtraderd.sock")
+
+
+def test_client_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = {"RUNTIME_DIRECTORY": str(tmp_path / "rt")}
+    assert socket_path_for(tmp_path, Path("/x.sock"), env=rt) == Path("/x.sock")
+    assert socket_path_for(tmp_path, None, env=rt) == tmp_path / "qtraderd.sock"
+    assert socket_path_for(None, None, env=rt) == tmp_path / "rt" / "qtraderd.sock"
+    # No hint at all: ./state's socket if there is one, else systemd's if that exists.
+    monkeypatch.chdir(tmp_path)
+    systemd = tmp_path / "run" / "qtraderd.sock"
+    monkeypatch.setattr("qtraderd.ctl.SYSTEMD_SOCKET", systemd)
+    assert socket_path_for(env={}) == Path("state/qtraderd.sock")
+    systemd.parent.mkdir()
+    systemd.touch()
+    assert socket_path_for(env={}) == systemd
+    Path("state").mkdir()
+    Path("state/qtraderd.sock").touch()
+    assert socket_path_for(env={}) == Path("state/qtraderd.sock")
+
+
+async def test_ctl_finds_the_socket_through_runtime_directory(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(state_dir))
+    async with daemon(state_dir / "qtraderd.sock", Recorder()):
+        assert await run_main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == STATUS
+
+
+# ---------------------------------------------------------------- every failure is non-zero
+
+
+def test_timeout_exits_3(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = state_dir / "mute.sock"
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(str(path))
+    mute.listen(1)
+    try:
+        assert main(["--socket", str(path), "--timeout", "0.2", "status"]) == 3
+    finally:
+        mute.close()
+    assert "timed out after 0.2s" in capsys.readouterr().err
+
+
+def _ctl_as_nobody(argv: list[str]) -> dict[str, Any]:
+    def client() -> dict[str, Any]:
+        import contextlib
+        import io
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(argv)
+        return {"code": code, "err": err.getvalue()}
+
+    return run_as(NOBODY, NOBODY, [], client)
+
+
+@needs_root
+async def test_refused_peer_exits_nonzero(state_dir: Path) -> None:
+    state_dir.chmod(0o755)
+    path = state_dir / "qtraderd.sock"
+    # A 0666 socket: the kernel lets nobody connect, the daemon's peer check says no.
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(path, Recorder().handlers(), mode=0o666).serve)
+        got = await trio.to_thread.run_sync(_ctl_as_nobody, ["--socket", str(path), "status"])
+        nursery.cancel_scope.cancel()
+    assert got == {"code": 1, "err": "error: permission denied\n"}
+
+
+@needs_root
+async def test_user_without_access_to_the_socket_exits_3(state_dir: Path) -> None:
+    state_dir.chmod(0o755)
+    path = state_dir / "qtraderd.sock"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ControlServer(path, Recorder().handlers()).serve)  # 0600
+        got = await trio.to_thread.run_sync(_ctl_as_nobody, ["--socket", str(path), "status"])
+        nursery.cancel_scope.cancel()
+    assert got["code"] == 3 and "permission denied connecting to" in got["err"]

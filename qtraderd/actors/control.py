@@ -11,7 +11,14 @@ Protocol: each request is one UTF-8 JSON object on one line, `{"cmd": "status", 
 Why the defensive limits: the daemon trades real money; a stuck or hostile client must never
 be able to block the event loop, exhaust memory, or pile up tasks. Hence bounded request
 size, per-request deadlines (reading, running the handler, writing the reply), a cap on
-concurrent connections, and peer-uid checks on top of the socket file's mode.
+concurrent connections, and peer-credential checks on top of the socket file's mode.
+
+Who may connect: the file is 0600 (only the daemon's user; root bypasses modes anyway), or
+0660 and owned by `[control] group` when one is configured, so an operators' group can use
+`qtraderd ctl` without sharing the daemon's account. The kernel enforces the file mode at
+connect(); the server then checks the peer's credentials (SO_PEERCRED) itself as well, so a
+socket file whose mode was loosened by hand, or one reached through a copied descriptor,
+still lets in only our uid, root, and members of the configured group.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import contextlib
 import dataclasses
 import enum
 import errno
+import grp
 import json
 import logging
 import os
@@ -127,18 +135,55 @@ def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int] | Non
     return pid, uid, gid
 
 
+def resolve_group(group: str | int) -> int:
+    """A group name or numeric id -> gid; RuntimeError naming the group if it is unknown."""
+    if isinstance(group, int) or (isinstance(group, str) and group.isdigit()):
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise RuntimeError(f"control socket group {group!r} does not exist "
+                           "(check [control] group)") from None
+
+
+def peer_in_group(pid: int, gid: int, group_gid: int) -> bool | None:
+    """Is the connecting process a member of `group_gid`? None if that cannot be told.
+
+    The primary gid comes with SO_PEERCRED; supplementary groups are read from
+    /proc/<pid>/status, i.e. the process's actual credentials. The group database is not
+    consulted: inside a user namespace (systemd's PrivateUsers=) unmapped peers all look
+    like "nobody", and with ProtectProc=invisible other users' /proc entries are hidden —
+    then the answer is None and the caller decides from the socket file's mode.
+    """
+    if gid == group_gid:
+        return True
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return str(group_gid) in line.split()[1:]
+    except OSError:
+        pass
+    return None
+
+
 class ControlServer:
     """Serves `handlers` ({cmd: async fn(args) -> JSON-able result}) on a Unix socket."""
 
-    def __init__(self, path: Path, handlers: dict[str, Handler], *, mode: int = 0o600,
+    def __init__(self, path: Path, handlers: dict[str, Handler], *, mode: int | None = None,
                  max_request_bytes: int = 65536, request_timeout_s: float = 5.0,
-                 max_connections: int = 16, allowed_uids: set[int] | None = None) -> None:
+                 max_connections: int = 16, allowed_uids: set[int] | None = None,
+                 group: str | int | None = None) -> None:
+        """`mode` defaults to 0600, or 0660 with a `group` (name or gid) owning the file."""
         if max_request_bytes <= 0 or request_timeout_s <= 0 or max_connections <= 0:
             raise ValueError("max_request_bytes, request_timeout_s and max_connections "
                              "must be positive")
         self.path = Path(path)
         self.handlers = dict(handlers)
-        self.mode = mode
+        self.group = None if group in (None, "") else group
+        self.gid: int | None = None  # resolved when binding, so a bad name fails at start
+        self.mode = mode if mode is not None else (0o600 if self.group is None else 0o660)
+        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self.max_request_bytes = max_request_bytes
         self.request_timeout_s = request_timeout_s
         self.max_connections = max_connections
@@ -182,6 +227,8 @@ class ControlServer:
         if not self.path.parent.is_dir():
             raise RuntimeError(f"directory for the control socket does not exist: "
                                f"{self.path.parent}")
+        if self.group is not None:
+            self.gid = resolve_group(self.group)
         await self._check_existing()
         # Bound synchronously on purpose: trio's async bind() of an AF_UNIX path runs in a
         # worker thread, during which a MockClock with autojump (tests, replay harnesses)
@@ -195,6 +242,14 @@ class ControlServer:
             # chmod before listen(): nobody can connect until listen(), so there is no
             # window in which the umask-derived mode is exposed.
             os.chmod(self.path, self.mode)
+            if self.gid is not None:
+                try:
+                    os.chown(self.path, -1, self.gid)
+                except PermissionError as exc:
+                    raise RuntimeError(
+                        f"cannot give the control socket {self.path} to group "
+                        f"{self.group!r}: {exc.strerror}; the daemon's user must be a member "
+                        "of that group (or run as root)") from exc
             st = os.stat(self.path)
             raw.listen(min(self.max_connections * 2, socket.SOMAXCONN))
         except BaseException:
@@ -222,8 +277,10 @@ class ControlServer:
                     ) -> None:
         """Bind, report started, serve until cancelled; the socket file is removed on exit."""
         sock, ident = await self._bind()
+        self._ident = ident
         listener = trio.SocketListener(sock)
-        log.info("control socket listening on %s (mode %o)", self.path, self.mode)
+        log.info("control socket listening on %s (mode %o%s)", self.path, self.mode,
+                 "" if self.gid is None else f", group {self.group}")
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
@@ -271,10 +328,10 @@ class ControlServer:
         try:
             async with stream:
                 creds = peer_credentials(stream.socket)
-                if creds is not None and creds[1] not in self.allowed_uids:
+                if creds is not None and not self.peer_allowed(*creds):
                     self.stats["denied"] += 1
-                    log.warning("control connection refused: pid %d uid %d not allowed",
-                                creds[0], creds[1])
+                    log.warning("control connection refused: pid %d uid %d gid %d not "
+                                "allowed", *creds)
                     await self._send(stream, self._error("permission denied"))
                     return
                 await self._serve_lines(stream)
@@ -282,6 +339,30 @@ class ControlServer:
             pass  # the client hung up mid-reply; nothing to tell it
         finally:
             self.stats["active"] -= 1
+
+    def peer_allowed(self, pid: int, uid: int, gid: int) -> bool:
+        """Our uid and root always; members of the configured group too, if there is one."""
+        if uid in self.allowed_uids:
+            return True
+        if self.gid is None:
+            return False
+        member = peer_in_group(pid, gid, self.gid)
+        if member is None:  # the peer's groups are hidden from us: trust the kernel's check
+            return self._file_admits_only_group()
+        return member
+
+    def _file_admits_only_group(self) -> bool:
+        """Is our socket file still ours, owned by the group and closed to others?
+
+        Then connect() itself proved the peer is the owner, root or a group member (it
+        needs write permission on the file); if the mode was loosened, nothing is proved.
+        """
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return False
+        return ((st.st_dev, st.st_ino) == self._ident and st.st_gid == self.gid
+                and not st.st_mode & 0o007)
 
     async def _serve_lines(self, stream: trio.SocketStream) -> None:
         reader = _LineReader(stream, self.max_request_bytes)

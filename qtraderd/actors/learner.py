@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,8 +93,12 @@ class LearnerActor(StepActor):
                  predictor: trio.MemorySendChannel[Command],
                  records: trio.MemorySendChannel[Record],
                  commands: trio.MemoryReceiveChannel[Command], hold_clock: bool,
-                 run_id: int = 0, data_start: int | None = None) -> None:
+                 run_id: int = 0, data_start: int | None = None,
+                 events: Callable[[str, int, dict[str, Any]], None] | None = None) -> None:
+        """`events(kind, ts, data)`: told about deploys and rollbacks (the plugin host's
+        notifier queue; it never blocks)."""
         super().__init__(inbox, outbox)
+        self.events = events
         self.cfg = cfg
         self.lc = cfg.learning
         self.config_path = config_path
@@ -144,6 +149,13 @@ class LearnerActor(StepActor):
                 await self.outbox.aclose()
             finally:
                 nursery.cancel_scope.cancel()
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Modes, trigger and gate thresholds, windows; `families` and `enabled` need a
+        restart. Jobs read the daemon's snapshot of the config in force, not the file."""
+        self.cfg = cfg
+        self.lc = cfg.learning
+        self.triggers.cfg = cfg.learning
 
     def handle(self, step: Step) -> Step:  # pragma: no cover - run() is overridden
         raise NotImplementedError
@@ -241,7 +253,12 @@ class LearnerActor(StepActor):
         self.queue.remove(job)
         self.current = job
         if self.hold_clock:
-            await self._run_job(job, ts)
+            # The whole chain waits for this job by design: tell the watchdog how long.
+            self.busy_until = trio.current_time() + self.lc.job_timeout_s + 180.0
+            try:
+                await self._run_job(job, ts)
+            finally:
+                self.busy_until = None
         else:
             assert self._nursery is not None
             self._nursery.start_soon(self._run_job, job, ts)
@@ -374,6 +391,9 @@ class LearnerActor(StepActor):
         await self._push_models()
         log.info("model deployed: %s %s (was %s): %s", family, version, previous or "none",
                  reason)
+        if self.events is not None:
+            self.events("model_deployed", ts, {"family": family, "version": version,
+                                               "previous": previous or "", "reason": reason})
 
     async def _check_watches(self, ts: int) -> None:
         for key, w in list(self.watches.items()):
@@ -431,6 +451,9 @@ class LearnerActor(StepActor):
                                                                                    current)]
         await self._push_models()
         log.warning("model rolled back: %s %s -> %s (%s)", family, current, to, reason)
+        if self.events is not None:
+            self.events("model_rolled_back", ts, {"family": family, "from": current or "",
+                                                  "to": to, "reason": reason})
         return to
 
     def _previous_champion(self, family: str, current: str | None) -> str | None:

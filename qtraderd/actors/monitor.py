@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from qtraderd.config import MonitorConfig
+from qtraderd.config import Config, MonitorConfig
 from qtraderd.messages import Amend, OrderIntent, Step, replace
 from qtraderd.supervisor import StepActor
 
@@ -32,6 +32,11 @@ class MonitorActor(StepActor):
         self.callback = cfg.trailing_callback_pct / 100.0
         self.trail_moves = 0
         self.time_stops = 0
+
+    def reconfigure(self, cfg: Config) -> None:
+        self.cfg = cfg.monitor
+        self.activation = cfg.monitor.trailing_activation_pct / 100.0
+        self.callback = cfg.monitor.trailing_callback_pct / 100.0
 
     def handle(self, step: Step) -> Step:
         if not step.positions:

@@ -26,16 +26,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trio
-import watchfiles
 
 from qtraderd.clock import iso
+from qtraderd.dirwatch import watch_in_thread
 from qtraderd.ensemble import EnsembleManager
 from qtraderd.features import FeatureState
 from qtraderd.labels import Barriers, Labeler
@@ -187,38 +186,25 @@ class PredictorActor(StepActor):
             answer(cmd, result)
 
     async def _watch(self) -> None:
-        """Watch the models directory from a worker thread (watchfiles' Rust watcher).
+        """Watch the models directory (qtraderd.dirwatch: a worker thread).
 
-        The synchronous `watchfiles.watch` runs in a Trio worker thread and does the slow
-        part (loading and checking a new model) there too; only the finished model set is
-        handed to the event loop. (`watchfiles.awatch` goes through anyio's thread bridge,
-        which cost ~10 % of replay throughput here.)
+        The slow part — loading and checking a new model — runs in the watcher's thread
+        (`reload_from_disk`); only the finished model set is handed to the event loop,
+        where it is staged and swapped in before the next step.
         """
         assert self.models_dir is not None
-        models_dir = self.models_dir
-        models_dir.mkdir(parents=True, exist_ok=True)
-        stop = threading.Event()
-        token = trio.lowlevel.current_trio_token()
+        self.models_dir.mkdir(parents=True, exist_ok=True)
 
         def stage(models: ModelSet | None) -> None:
             self.watch_events += 1
             if models is not None:
                 self._staged = models
 
-        def worker() -> None:
-            for _changes in watchfiles.watch(
-                    models_dir, watch_filter=_not_temp, debounce=50, step=50,
-                    stop_event=stop, raise_interrupt=False, rust_timeout=0):
-                staged = self.reload_from_disk()
-                try:
-                    trio.from_thread.run_sync(stage, staged, trio_token=token)
-                except trio.RunFinishedError:
-                    return
-
-        try:
-            await trio.to_thread.run_sync(worker, abandon_on_cancel=True)
-        finally:
-            stop.set()
+        # step 20 ms: a deploy's pointer rename is one atomic event, nothing to wait for;
+        # the swap delay is this step plus the load (benchmarks/learning.py measures it)
+        await watch_in_thread(self.models_dir, watch_filter=_not_temp,
+                              process=lambda _changes: self.reload_from_disk(), deliver=stage,
+                              step_ms=20)
 
     # -- one step ----------------------------------------------------------------------
     def handle(self, step: Step) -> Step:

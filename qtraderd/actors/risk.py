@@ -11,6 +11,12 @@ Every entry passes through the limits in a fixed order — state, pause, open po
 leverage, open positions, then notional, symbol and total exposure and free margin, which
 reduce the size — and every decision carries a reason code that is recorded with the
 order. Per-symbol statistics and pauses live in portfolio.Portfolio.
+
+Plugins (qtraderd.plugins): an entry that passed every built-in limit is put to the risk
+rules last, in NAME order; a denial is recorded like a built-in one, with the reason code
+"plugin:NAME:code". Exits never go to plugins. The finished step's events (entries filled,
+trades closed, risk and symbol state changes) are queued for the notifier plugins, and
+events caused by commands as soon as they happen — never blocking.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 import trio
 
 from qtraderd.clock import Clock
-from qtraderd.config import PortfolioConfig, RiskConfig, per_quote
+from qtraderd.config import Config, PortfolioConfig, RiskConfig, per_quote
 from qtraderd.costs import CostModel
 from qtraderd.messages import (
     AccountView,
@@ -34,6 +40,7 @@ from qtraderd.messages import (
     Step,
     replace,
 )
+from qtraderd.plugins.host import PluginHost
 from qtraderd.portfolio import Portfolio
 from qtraderd.supervisor import StepActor, answer
 from qtraderd.venues.paper import quote_of
@@ -62,8 +69,10 @@ class RiskActor(StepActor):
                  clock: Clock, interval_ms: int, inbox: trio.MemoryReceiveChannel[Step],
                  outbox: trio.MemorySendChannel[Step],
                  commands: trio.MemoryReceiveChannel[Command],
-                 records: trio.MemorySendChannel[Record] | None = None) -> None:
+                 records: trio.MemorySendChannel[Record] | None = None,
+                 plugins: PluginHost | None = None) -> None:
         super().__init__(inbox, outbox)
+        self.plugins = plugins  # risk rules and event notifications; None = no plugins
         self.records = records  # events caused by commands are written at once
         self._in_command = False
         self.cfg = cfg
@@ -99,6 +108,12 @@ class RiskActor(StepActor):
             except (KeyError, ValueError) as exc:
                 result = {"error": str(exc)}
             answer(cmd, result)
+
+    def reconfigure(self, cfg: Config) -> None:
+        """New limits apply from the next step's evaluation (a loosened limit can lift a
+        DAILY_LOSS halt there; a drawdown or manual halt still needs `ctl resume`)."""
+        self.cfg = cfg.risk
+        self.portfolio.reconfigure(cfg.portfolio)
 
     # -- commands (from the control socket) ---------------------------------------------
     def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -165,6 +180,8 @@ class RiskActor(StepActor):
                         side=-pos.side, qty=pos.qty, ref_price=pos.mark_price,
                         purpose="exit", reason="flatten"))
         decisions = self._decide(intents, step) if intents else []
+        if self.plugins is not None:
+            self.plugins.step_events(step, events)
         return replace(step, intents=tuple(intents), decisions=tuple(decisions),
                        risk_state=self.state, risk_events=(*step.risk_events, *events))
 
@@ -227,6 +244,8 @@ class RiskActor(StepActor):
                 self.records.send_nowait(Record("risk_events", {
                     "ts": ev.ts, "state": ev.state, "prev_state": ev.prev_state,
                     "reason": ev.reason, "detail": ev.detail, "symbol": ev.symbol}))
+                if self.plugins is not None:
+                    self.plugins.emit_risk_event(ev)
                 return
             except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
@@ -288,6 +307,13 @@ class RiskActor(StepActor):
                 out.append(RiskDecision(it.id, it.symbol, "deny", reason, 0.0))
                 self.denied += 1
                 continue
+            if self.plugins is not None:
+                code = self.plugins.check_order(it, qty, acct, step, self.state)
+                if code is not None:
+                    out.append(RiskDecision(it.id, it.symbol, "deny", code, 0.0))
+                    self.denied += 1
+                    continue
+                self.plugins.note_entry(it.symbol, step.close_ts)
             action = "allow" if reason == "OK" else "reduce"
             if action == "reduce":
                 self.reduced += 1
@@ -303,6 +329,10 @@ class RiskActor(StepActor):
             "reason": self.reason,
             "denied": self.denied,
             "reduced": self.reduced,
+            # the limits in force (a config reload may have changed them)
+            "daily_loss_limit_pct": self.cfg.daily_loss_pct,
+            "drawdown_limit_pct": self.cfg.max_drawdown_pct,
+            "max_open_positions": self.cfg.max_open_positions,
             "paused_symbols": self.portfolio.paused(),
             "accounts": {q: {"drawdown_pct": round(100 * a.drawdown, 3),
                              "daily_loss_pct": round(100 * a.daily_loss, 3)}

@@ -23,6 +23,12 @@ follows through later steps of the same chain (no second input, so no race):
   where entries pay and loses more where they do not.
 Every update goes to the recorder (rl_q upsert + rl_updates row) without ever blocking
 the bar path: a full records channel drops the rows with a warning.
+
+Plugins (qtraderd.plugins): an entry that passed the rule is shown to the signal filters
+before the agent sizes it. A veto records the signal with action "veto" and reason
+"plugin:NAME:why" and makes no order; a scale multiplies the quantity by a factor in
+[0, 1] (the signal's reason names the filter). Filters can only shrink an entry, and risk
+still applies every limit after them.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ from typing import Any
 
 import trio
 
-from qtraderd.config import MonitorConfig, SizingConfig, per_quote
+from qtraderd.config import Config, MonitorConfig, SizingConfig, per_quote
 from qtraderd.costs import CostModel
 from qtraderd.features import FEATURE_NAMES
 from qtraderd.messages import OrderIntent, Prediction, Record, Signal, Step, Trade, replace
+from qtraderd.plugins.host import PluginHost
 from qtraderd.rl import QAgent, state_key
 from qtraderd.supervisor import StepActor
 from qtraderd.venues.paper import quote_of
@@ -63,10 +70,14 @@ class SizerActor(StepActor):
     def __init__(self, sizing: SizingConfig, monitor: MonitorConfig, costs: CostModel,
                  inbox: trio.MemoryReceiveChannel[Step],
                  outbox: trio.MemorySendChannel[Step], *, agent: QAgent | None = None,
-                 records: trio.MemorySendChannel[Record] | None = None) -> None:
+                 records: trio.MemorySendChannel[Record] | None = None,
+                 plugins: PluginHost | None = None) -> None:
         """`agent`: a preloaded Q agent (see rl.restore); None or disabled = the rule alone.
-        `records`: where Q updates are written (the recorder's records channel)."""
+        `records`: where Q updates are written (the recorder's records channel).
+        `plugins`: the daemon's plugin host (signal filters); None = no plugins."""
         super().__init__(inbox, outbox)
+        self.plugins = plugins
+        self.vetoed = 0
         self.agent = agent if agent is not None and agent.enabled else None
         self.records = records
         self._pending: dict[str, _Entry] = {}  # emitted, waiting for the fill
@@ -85,6 +96,17 @@ class SizerActor(StepActor):
         self.entries = 0
         self.skipped = 0
 
+    def reconfigure(self, cfg: Config) -> None:
+        """Entry thresholds, sizes and ATR settings; the agent's exploration and learning
+        rates (its action space, rl.multipliers, needs a restart)."""
+        self.cfg = cfg.sizing
+        self.monitor = cfg.monitor
+        self.tp = cfg.sizing.take_profit_pct / 100.0
+        self.sl = cfg.sizing.stop_loss_pct / 100.0
+        self.min_edge = cfg.sizing.min_edge_pct / 100.0
+        if self.agent is not None:
+            self.agent.cfg = cfg.rl
+
     def _barriers(self, atr_frac: float) -> tuple[float, float]:
         if not self.monitor.atr_dynamic or not atr_frac > 0:
             return self.tp, self.sl
@@ -101,6 +123,8 @@ class SizerActor(StepActor):
     def handle(self, step: Step) -> Step:
         if self.agent is not None:
             self._follow(step)  # every step, before anything may return early
+        if self.plugins is not None:
+            self.plugins.observe_samples(step.samples)  # regime ages, every step
         ensemble = step.predictions  # the predictor sends the ensemble here
         if not ensemble:
             return step
@@ -125,6 +149,15 @@ class SizerActor(StepActor):
                 action, reason = "skip", "no_margin_for_quote"
             else:
                 action, reason = "enter", "signal"
+            scale = 1.0
+            if action == "enter" and self.plugins is not None and self.plugins.filters:
+                scale, why = self.plugins.filter_signal(p, side, prob, edge, sample, price,
+                                                        step)
+                if scale <= 0.0:
+                    action, reason = "veto", why
+                    self.vetoed += 1
+                elif why:
+                    reason = why
             signals.append(Signal(p.symbol, p.ts, side, prob, edge, sample.regime, action,
                                   reason))
             if action != "enter":
@@ -132,7 +165,7 @@ class SizerActor(StepActor):
                 continue
             tp, sl = self._barriers(sample.features[_I_ATR])
             intent_id = f"{step.seq}-{p.symbol}-E"
-            qty = margin * self.cfg.leverage / price
+            qty = margin * self.cfg.leverage / price * scale
             mult, key = 1.0, ""
             if self.agent is not None:
                 key = self._state(p.symbol, sample.regime, prob)
@@ -222,6 +255,8 @@ class SizerActor(StepActor):
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"entries": self.entries, "skipped_signals": self.skipped}
+        if self.plugins is not None and (self.vetoed or self.plugins.filters):
+            out["plugin_vetoes"] = self.vetoed
         if self.agent is not None:
             out.update(rl_updates=self.agent.updates, rl_pending=len(self._pending),
                        rl_open=len(self._open))

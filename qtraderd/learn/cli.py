@@ -93,13 +93,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def setup_logging() -> None:
-    """Readable progress on stderr, unless the embedding program configured logging."""
+    """Readable progress on stderr, unless the embedding program configured logging.
+
+    A job inherits the daemon's stderr (the journal, under systemd), so it uses the
+    daemon's format (qtraderd.log: `<N>` priorities under journald, timestamps elsewhere).
+    Only our own lines at INFO: the ML libraries' loggers stay at WARNING.
+    """
     if log.handlers or logging.getLogger().handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    from qtraderd import log as logsetup
+
+    logsetup.setup(logging.WARNING)
+    logging.getLogger("qtraderd").setLevel(logging.INFO)
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -120,7 +125,9 @@ def train_main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from qtraderd.log import prefix
+
+        print(f"{prefix()}error: {exc}", file=sys.stderr)
         emit({"ok": False, "error": str(exc)})
         return 2
     except Exception as exc:  # still one JSON answer for whoever started the job

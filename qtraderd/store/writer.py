@@ -17,6 +17,7 @@ Protocol (stdin/stdout, binary):
 
 from __future__ import annotations
 
+import logging
 import signal
 import struct
 import sys
@@ -93,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     # batch and closes our stdin, and EOF is our exit. Dying first would lose that batch.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Nothing is logged on success; a crash's traceback reaches the daemon's stderr (the
+    # journal under systemd) in the daemon's format.
+    from qtraderd import log as logsetup
+
+    logsetup.setup(logging.WARNING)
     if len(args) != 2:
         print("usage: python -m qtraderd.store.writer STATE_DIR RUN_ID", file=sys.stderr)
         return 2

@@ -19,7 +19,8 @@ import pytest
 import trio
 import trio.testing
 
-from qtraderd.actors.control import ControlError, ControlServer
+from qtraderd.actors.control import ControlError, ControlServer, peer_in_group
+from tests.as_user import NOBODY, needs_root, run_as
 
 
 @pytest.fixture
@@ -326,3 +327,143 @@ async def test_peer_with_other_uid_is_refused(sock_path: Path) -> None:
         assert await c.ask({"cmd": "status"}) == {"ok": False, "error": "permission denied"}
         await c.assert_closed()
     assert server.stats["denied"] == 1 and server.stats["requests"] == 0
+
+
+# ---------------------------------------------------------------- who may connect
+# Real peers under other credentials: a forked child drops to another uid/gid (root only).
+
+
+def _ask_as(path: Path, uid: int, gid: int, groups: list[int]) -> dict[str, Any]:
+    """Connect as uid:gid(+groups), ask for status; the reply or the connect error."""
+    def client() -> dict[str, Any]:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        try:
+            s.connect(str(path))
+        except PermissionError:
+            return {"connect": "EACCES"}
+        with suppress(BrokenPipeError):  # a refused peer may be hung up on before it sends
+            s.sendall(b'{"cmd": "status"}\n')
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        s.close()
+        return {"reply": json.loads(buf.partition(b"\n")[0])}
+
+    return run_as(uid, gid, groups, client)
+
+
+async def _ask_as_async(path: Path, uid: int, gid: int, groups: list[int]) -> dict[str, Any]:
+    return await trio.to_thread.run_sync(_ask_as, path, uid, gid, groups)
+
+
+@pytest.fixture
+def open_dir(sock_path: Path) -> Path:
+    """Let other users reach the socket's directory (mkdtemp makes it 0700)."""
+    sock_path.parent.chmod(0o755)
+    return sock_path
+
+
+@needs_root
+async def test_other_uid_cannot_even_connect_to_a_0600_socket(open_dir: Path) -> None:
+    async with running(ControlServer(open_dir, HANDLERS)) as server:
+        assert stat.S_IMODE(os.stat(open_dir).st_mode) == 0o600
+        assert await _ask_as_async(open_dir, NOBODY, NOBODY, []) == {"connect": "EACCES"}
+        # ...while our own uid gets in.
+        c = await Client.open(open_dir)
+        assert (await c.ask({"cmd": "status"}))["ok"] is True
+    assert server.stats["requests"] == 1
+
+
+@needs_root
+async def test_other_uid_is_refused_by_peer_credentials_even_if_the_mode_allows(
+        open_dir: Path) -> None:
+    """A socket file loosened by hand (0666) still only serves allowed peers."""
+    async with running(ControlServer(open_dir, HANDLERS, mode=0o666)) as server:
+        got = await _ask_as_async(open_dir, NOBODY, NOBODY, [])
+        assert got == {"reply": {"ok": False, "error": "permission denied"}}
+    assert server.stats["denied"] == 1 and server.stats["requests"] == 0
+
+
+@needs_root
+async def test_group_socket_is_0660_owned_by_the_group_and_admits_members(
+        open_dir: Path) -> None:
+    old = os.umask(0o077)  # a strict umask must not make the socket unusable for the group
+    try:
+        async with running(ControlServer(open_dir, HANDLERS, group="nogroup")) as server:
+            st = os.stat(open_dir)
+            assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == NOBODY
+            # primary group nogroup: allowed by the file mode and by the peer check
+            ok = await _ask_as_async(open_dir, NOBODY, NOBODY, [])
+            assert ok["reply"]["ok"] is True
+            # nogroup only as a supplementary group: allowed too (/proc/<pid>/status)
+            ok = await _ask_as_async(open_dir, 4242, 4242, [NOBODY])
+            assert ok["reply"]["ok"] is True
+            # not a member: the kernel refuses the connect
+            assert await _ask_as_async(open_dir, 4242, 4242, []) == {"connect": "EACCES"}
+        assert server.stats["requests"] == 2 and server.stats["denied"] == 0
+    finally:
+        os.umask(old)
+
+
+@needs_root
+async def test_group_peer_check_refuses_non_members_behind_a_loose_mode(open_dir: Path) -> None:
+    server = ControlServer(open_dir, HANDLERS, group=str(NOBODY), mode=0o666)
+    async with running(server):
+        got = await _ask_as_async(open_dir, 4242, 4242, [4343])
+        assert got == {"reply": {"ok": False, "error": "permission denied"}}
+        assert (await _ask_as_async(open_dir, 4242, 4242, [4343, NOBODY]))["reply"]["ok"]
+    assert server.stats["denied"] == 1
+
+
+async def test_unknown_group_fails_at_start(sock_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="group 'no-such-group-qt' does not exist"):
+        await ControlServer(sock_path, HANDLERS, group="no-such-group-qt").serve()
+    assert not sock_path.exists()
+
+
+def test_peer_in_group_reads_the_process_groups() -> None:
+    me = os.getpid()
+    gid = os.getgid()
+    assert peer_in_group(me, gid, gid) is True  # primary group
+    for g in (g for g in os.getgroups() if g != gid):
+        assert peer_in_group(me, -1, g) is True  # supplementary, from /proc
+    outsider = max([gid, *os.getgroups()]) + 1000
+    assert peer_in_group(me, gid, outsider) is False
+    # A process whose /proc entry is hidden or gone: cannot tell.
+    assert peer_in_group(2**22 + 12345, gid, outsider) is None
+
+
+@needs_root
+@pytest.mark.parametrize(("mode", "admitted"), [(None, True), (0o666, False)])
+async def test_hidden_peer_groups_fall_back_to_the_kernels_check(
+        open_dir: Path, monkeypatch: pytest.MonkeyPatch, mode: int | None,
+        admitted: bool) -> None:
+    """Under PrivateUsers=/ProtectProc=invisible the peer's groups cannot be read: a
+    0660 group socket admits whoever connect() let in; a loosened one admits nobody."""
+    monkeypatch.setattr("qtraderd.actors.control.peer_in_group", lambda *a: None)
+    server = ControlServer(open_dir, HANDLERS, group="nogroup", mode=mode)
+    async with running(server):
+        got = await _ask_as_async(open_dir, 4242, 4242, [NOBODY])
+    assert got["reply"]["ok"] is admitted
+    assert server.stats["denied"] == (0 if admitted else 1)
+
+
+async def test_slow_trickling_client_is_cut_off_at_the_request_deadline(
+        sock_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The deadline covers the whole request: a byte a second does not keep it alive."""
+    async with running(ControlServer(sock_path, HANDLERS, request_timeout_s=5.0)) as server:
+        c = await Client.open(sock_path)
+        t0 = trio.current_time()
+        with suppress(trio.BrokenResourceError):
+            for byte in b'{"cmd": "status"}':
+                await c.send(bytes([byte]))
+                await trio.sleep(1.0)
+        reply = await c.reply()
+        assert reply == {"ok": False, "error": "timed out waiting for a complete request"}
+        assert 5.0 <= trio.current_time() - t0 < 6.5
+        await c.assert_closed()
+    assert server.stats["requests"] == 0

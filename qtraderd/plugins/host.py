@@ -1,0 +1,466 @@
+"""The plugin host: the registry of loaded plugins, the only way actors call them.
+
+Where plugins live at run time: actors share nothing but messages, so the registry is an
+object owned by the daemon and handed to the sizer and risk actors at construction, like
+the cost model. The actors call it synchronously inside `handle` (filters, risk rules,
+events); the registry changes only in the host's own reload task. Everything runs on the
+one Trio event loop, and neither `handle` nor a registry update awaits in the middle, so
+a plugin is never swapped halfway through a hook call — no locks needed. The watcher
+thread (qtraderd.dirwatch) only hands batches of changed paths to that task, and a
+plugin's file is imported in a worker thread but installed on the loop.
+
+Order and determinism: filters and rules run sorted by NAME; the chain-derived state
+kept here (regime run lengths for `SignalView.bars_in_regime`, approved entries per
+symbol and UTC day for `AccountState.entries_today`) is updated from the actors' calls in
+chain order. A replay with the same plugins therefore decides the same way every time.
+
+Errors: a hook that raises, returns nonsense or (notifiers) times out counts as an error
+of its plugin — logged once per burst ("plugin error: ..."), counted, and after
+`max_errors` in a row the plugin is disabled ("plugin disabled: ...") until its file
+changes (or is touched). Filters and rules fail open: an error is "no opinion", and the
+built-in limits still apply. Nothing a plugin does can take an actor down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+import watchfiles
+
+from qtraderd.config import Config, PluginsConfig
+from qtraderd.dirwatch import watch_in_thread
+from qtraderd.messages import AccountView, OrderIntent, Prediction, RiskEvent, Sample, Step
+from qtraderd.plugins import views
+from qtraderd.plugins.api import RiskVerdict, Verdict
+from qtraderd.plugins.loader import (
+    LoadedPlugin,
+    PluginRejected,
+    file_digest,
+    forget,
+    is_plugin_file,
+    load_plugin,
+)
+from qtraderd.plugins.notify import Notifications
+
+log = logging.getLogger("qtraderd.plugins")
+
+ACTIVE, REJECTED, DISABLED, REMOVED = "active", "rejected", "disabled", "removed"
+DAY_MS = 86_400_000
+SETTLE_ROUNDS = 25  # a file still changing after this many settle periods is loaded anyway
+
+
+@dataclass
+class PluginState:
+    """One plugin file and what happened to it (what `ctl plugins` shows)."""
+
+    path: Path
+    name: str
+    state: str
+    plugin: LoadedPlugin | None = None
+    calls: int = 0
+    errors: int = 0
+    consecutive: int = 0
+    last_error: str = ""
+    note: str = ""  # e.g. why the latest version of the file was rejected
+    sha256: str = ""  # of the last file seen (loaded or rejected)
+    hooks: tuple[str, ...] = field(default_factory=tuple)
+    blocked_by: Path | None = None  # rejected because that file's plugin has our NAME
+
+    @property
+    def version(self) -> str:
+        return self.plugin.version if self.plugin is not None else ""
+
+    def row(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version or "-", "state": self.state,
+                "hooks": ",".join(self.hooks) or "-", "calls": self.calls,
+                "errors": self.errors, "last_error": self.note or self.last_error or "",
+                "file": self.path.name}
+
+
+class PluginHost:
+    def __init__(self, cfg: PluginsConfig, directory: Path | None) -> None:
+        """`directory`: the plugins folder (None: no plugins; the daemon's tests)."""
+        self.cfg = cfg
+        self.directory = Path(directory) if directory is not None else None
+        self.states: dict[Path, PluginState] = {}
+        self.filters: list[PluginState] = []
+        self.rules: list[PluginState] = []
+        self.notifiers: list[PluginState] = []
+        self.notifications = Notifications(self, cfg.notify_queue, cfg.notify_timeout_s)
+        self.watching = False
+        self._dirty: set[Path] = set()
+        self._forced: set[Path] = set()  # reload even if the bytes did not change
+        self._wake = trio.Event()
+        self._regimes: dict[str, tuple[str, int]] = {}
+        self._entries: dict[str, int] = {}
+        self._entries_day = -1
+        self.reloads = 0
+
+    # -- the registry ------------------------------------------------------------------
+    def _settings(self, name: str) -> Mapping[str, Any]:
+        return self.cfg.settings.get(name, {})
+
+    def load_all(self) -> None:
+        """Start-up: load every plugin file in name order, synchronously (deterministic)."""
+        if self.directory is None:
+            return
+        if not self.directory.is_dir():
+            log.warning("plugins: directory %s does not exist: no plugins (create it and "
+                        "restart to use plugins)", self.directory)
+            return
+        paths = sorted(p for p in self.directory.iterdir() if is_plugin_file(p))
+        for path in paths:
+            self.install(path, self._load(path))
+        log.info("plugins: %d active from %s (%s)", len(self.active()), self.directory,
+                 ", ".join(f"{s.name} {s.version}" for s in self.active()) or "none")
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A config reload: limits apply at once; a plugin whose settings table changed is
+        reloaded, so its setup sees the new table. (`dir` and `notify_queue` need a
+        restart.)"""
+        old = self.cfg.settings
+        self.cfg = cfg.plugins
+        self.notifications.timeout_s = cfg.plugins.notify_timeout_s
+        changed = {st.path for st in self.states.values() if st.state != REMOVED
+                   and old.get(st.name) != self.cfg.settings.get(st.name)}
+        if changed:
+            self._forced |= changed
+            self._changed(changed)
+
+    def _load(self, path: Path) -> LoadedPlugin | PluginRejected:
+        try:
+            return load_plugin(path, self._settings)
+        except PluginRejected as exc:
+            return exc
+
+    def active(self) -> list[PluginState]:
+        return sorted((s for s in self.states.values() if s.state == ACTIVE),
+                      key=lambda s: s.name)
+
+    def install(self, path: Path, result: LoadedPlugin | PluginRejected) -> None:
+        """Put a load result into effect (on the event loop, between two messages)."""
+        st = self.states.get(path)
+        if isinstance(result, PluginRejected):
+            self._rejected(path, st, result.name or path.stem, result.reason, result.sha256)
+            return
+        clash = next((s for s in self.states.values() if s.name == result.name
+                      and s.path != path and s.state in (ACTIVE, DISABLED)), None)
+        if clash is not None:
+            _teardown(result)
+            forget(result)
+            self._rejected(path, st, result.name,
+                           f"NAME {result.name!r} is already used by {clash.path.name}",
+                           result.sha256, blocked_by=clash.path)
+            return
+        previous = st.plugin if st is not None and st.state in (ACTIVE, DISABLED) else None
+        if st is not None:
+            _retire(st)
+        self.states[path] = PluginState(path, result.name, ACTIVE, result,
+                                        sha256=result.sha256, hooks=tuple(result.hooks))
+        self._rebuild()
+        log.info("plugin loaded: %s %s (%s): hooks %s%s", result.name, result.version, path,
+                 ", ".join(result.hooks), f" (replaces {previous.version})"
+                 if previous is not None else "")
+
+    def _rejected(self, path: Path, st: PluginState | None, name: str, reason: str,
+                  digest: str, blocked_by: Path | None = None) -> None:
+        """Record a refusal. `digest` is of the refused bytes: the file may already have
+        changed again, and that newer version must not be mistaken for this one."""
+        keeps = st is not None and st.plugin is not None and st.state == ACTIVE
+        log.error("plugin rejected: %s (%s): %s%s", name, path, reason,
+                  f"; version {st.version} keeps running" if keeps and st else "")
+        if st is not None and st.plugin is not None and st.state in (ACTIVE, DISABLED):
+            st.note = f"file rejected: {reason}"
+            st.sha256 = digest
+            return
+        self.states[path] = PluginState(path, name, REJECTED, None, last_error=reason,
+                                        sha256=digest, blocked_by=blocked_by)
+        self._rebuild()
+
+    def remove(self, path: Path) -> None:
+        st = self.states.get(path)
+        if st is None or st.state == REMOVED:
+            return
+        _retire(st)
+        log.info("plugin removed: %s %s (%s)", st.name, st.version or "-", path)
+        st.state, st.note, st.sha256 = REMOVED, "", ""
+        self._rebuild()
+        # a file refused only because this one held its NAME gets another chance (a
+        # rename whose "added" event came before its "deleted" one, say)
+        waiting = {s.path for s in self.states.values()
+                   if s.state == REJECTED and s.blocked_by == path}
+        if waiting:
+            self._forced |= waiting
+            self._changed(waiting)
+
+    def disable(self, st: PluginState, why: str) -> None:
+        if st.state != ACTIVE:
+            return
+        log.error("plugin disabled: %s %s (%s): %s; fix the file (or touch it) to reload it",
+                  st.name, st.version, st.path, why)
+        _retire(st)
+        st.state = DISABLED
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        active = self.active()
+        self.filters = [s for s in active if "filter_signal" in s.hooks]
+        self.rules = [s for s in active if "check_order" in s.hooks]
+        self.notifiers = [s for s in active if "notify" in s.hooks]
+
+    # -- errors ------------------------------------------------------------------------
+    def failed(self, st: PluginState, hook: str, error: str,
+               exc: BaseException | None = None) -> None:
+        """Count an error; log the first of a burst; disable after max_errors in a row."""
+        st.errors += 1
+        st.consecutive += 1
+        st.last_error = f"{hook}: {error}"
+        if st.consecutive == 1:
+            log.error("plugin error: %s %s (%s) in %s: %s (further errors in a row are "
+                      "counted, not logged)", st.name, st.version, st.path.name, hook, error,
+                      exc_info=exc)
+        limit = self.cfg.max_errors
+        if limit and st.consecutive >= limit:
+            self.disable(st, f"{st.consecutive} errors in a row (last: {st.last_error})")
+
+    @staticmethod
+    def succeeded(st: PluginState) -> None:
+        st.consecutive = 0
+
+    # -- hooks: signal filters (sizer) ---------------------------------------------------
+    def observe_samples(self, samples: Iterable[Sample]) -> None:
+        """Every step, in chain order: how long each symbol has been in its regime."""
+        regimes = self._regimes
+        for s in samples:
+            prev = regimes.get(s.symbol)
+            regimes[s.symbol] = (s.regime, prev[1] + 1 if prev and prev[0] == s.regime else 1)
+
+    def filter_signal(self, p: Prediction, side: int, confidence: float, edge: float,
+                      sample: Sample, price: float, step: Step) -> tuple[float, str]:
+        """(factor, reason): 1 and "" to keep; 0 and "plugin:NAME:why" for a veto; a
+        factor in between with the reason of the last filter that scaled."""
+        if not self.filters:
+            return 1.0, ""
+        regime = self._regimes.get(p.symbol)
+        age = regime[1] if regime is not None and regime[0] == sample.regime else 1
+        view = views.signal_view(p, side, confidence, edge, sample, price, step, age)
+        factor, reason = 1.0, ""
+        for st in list(self.filters):
+            if st.state != ACTIVE or st.plugin is None:
+                continue
+            st.calls += 1
+            try:
+                out = st.plugin.hooks["filter_signal"](view)
+            except Exception as exc:
+                self.failed(st, "filter_signal", f"{type(exc).__name__}: {exc}", exc)
+                continue
+            if out is None:
+                self.succeeded(st)
+                continue
+            if not isinstance(out, Verdict) or not 0.0 <= out.factor <= 1.0:
+                self.failed(st, "filter_signal", f"returned {out!r}; expected keep(), "
+                            "veto(reason), scale(factor) or None")
+                continue
+            self.succeeded(st)
+            if out.factor >= 1.0:
+                continue
+            factor *= out.factor
+            reason = f"plugin:{st.name}:{out.reason or 'veto'}"
+            if factor <= 0.0:
+                return 0.0, reason
+        return factor, reason
+
+    # -- hooks: risk rules (risk) --------------------------------------------------------
+    def _roll_day(self, ts: int) -> None:
+        day = ts // DAY_MS
+        if day != self._entries_day:
+            self._entries_day = day
+            self._entries.clear()
+
+    def check_order(self, it: OrderIntent, qty: float, acct: AccountView, step: Step,
+                    risk_state: str) -> str | None:
+        """None to allow, else the denial's reason code "plugin:NAME:code"."""
+        if not self.rules:
+            return None
+        self._roll_day(step.close_ts)
+        order = views.order_view(it, qty)
+        account = views.account_state(acct, step, risk_state, self._entries.get(it.symbol, 0),
+                                       sum(self._entries.values()))
+        for st in list(self.rules):
+            if st.state != ACTIVE or st.plugin is None:
+                continue
+            st.calls += 1
+            try:
+                out = st.plugin.hooks["check_order"](order, account)
+            except Exception as exc:
+                self.failed(st, "check_order", f"{type(exc).__name__}: {exc}", exc)
+                continue
+            if out is None:
+                self.succeeded(st)
+                continue
+            if not isinstance(out, RiskVerdict):
+                self.failed(st, "check_order", f"returned {out!r}; expected allow(), "
+                            "deny(code) or None")
+                continue
+            self.succeeded(st)
+            if not out.allowed:
+                return f"plugin:{st.name}:{out.code or 'deny'}"
+        return None
+
+    def note_entry(self, symbol: str, ts: int) -> None:
+        """Risk approved an entry for `symbol` (counts for `entries_today`)."""
+        self._roll_day(ts)
+        self._entries[symbol] = self._entries.get(symbol, 0) + 1
+
+    # -- events (notifiers) ----------------------------------------------------------------
+    def emit(self, kind: str, ts: int, data: dict[str, Any]) -> None:
+        """Queue an event for the notifiers; never blocks (a full queue drops and counts)."""
+        if self.notifiers:
+            self.notifications.put(kind, ts, data)
+
+    def step_events(self, step: Step, risk_events: Iterable[RiskEvent]) -> None:
+        """The events of one finished risk step: entries filled, trades closed, risk and
+        symbol state changes."""
+        if not self.notifiers:
+            return
+        for f in step.fills:
+            if f.reason == "entry":
+                self.emit("trade_opened", f.ts, views.fill_opened(f))
+        for t in step.closed:
+            self.emit("trade_closed", t.exit_ts, views.trade_closed(t))
+        for e in risk_events:
+            self.emit_risk_event(e)
+
+    def emit_risk_event(self, e: RiskEvent) -> None:
+        kind, data = views.risk_event(e)
+        self.emit(kind, e.ts, data)
+
+    # -- the host's tasks ----------------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Notifier delivery, and (with a directory) the watcher and the reload task."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.notifications.run)
+            if self.directory is not None and self.directory.is_dir():
+                nursery.start_soon(self._reload_loop)
+                nursery.start_soon(self._watch)
+                self.watching = True
+            task_status.started()
+
+    async def _watch(self) -> None:
+        assert self.directory is not None
+        directory = self.directory
+
+        def wanted(_change: watchfiles.Change, path: str) -> bool:
+            return is_plugin_file(path) and Path(path).parent == directory
+
+        def paths(changes: set[tuple[watchfiles.Change, str]]) -> set[Path]:
+            return {Path(p) for _c, p in changes}
+
+        try:
+            await watch_in_thread(directory, watch_filter=wanted, process=paths,
+                                  deliver=self._changed, recursive=False)
+        finally:
+            self.watching = False
+
+    def _changed(self, paths: set[Path]) -> None:
+        self._dirty |= paths
+        self._wake.set()
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self._settle()
+            dirty, self._dirty = self._dirty, set()
+            # removals first: a rename (old name gone, new name added) frees the NAME
+            for path in sorted(dirty, key=lambda p: (p.exists(), p.name)):
+                await self.reload(path)
+
+    async def _settle(self) -> None:
+        """Wait until no watched file changed size or mtime for one settle period: an
+        editor or a copy still writing is given time to finish."""
+        period = self.cfg.settle_ms / 1000.0
+        before = _stamps(self._dirty)
+        for _ in range(SETTLE_ROUNDS):
+            await trio.sleep(period)
+            now = _stamps(self._dirty)
+            if now == before:
+                return
+            before = now
+
+    async def reload(self, path: Path) -> None:
+        """Load, replace or remove the plugin of one file, as it is on disk now."""
+        if not path.exists():
+            self.remove(path)
+            return
+        st = self.states.get(path)
+        forced = path in self._forced
+        self._forced.discard(path)
+        if st is not None and st.state in (ACTIVE, REJECTED) and not forced:
+            try:
+                if file_digest(path) == st.sha256:
+                    return  # same bytes (a touch, or a duplicate event): nothing to do
+            except OSError:
+                return
+        self.reloads += 1
+        result = await trio.to_thread.run_sync(self._load, path)
+        if path.exists():
+            self.install(path, result)
+        elif isinstance(result, LoadedPlugin):  # deleted while it loaded
+            _teardown(result)
+            forget(result)
+
+    # -- status ------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory) if self.directory is not None else "none",
+            "watching": self.watching,
+            "max_errors": self.cfg.max_errors,
+            **self.notifications.status(),
+            "plugins": [s.row() for s in sorted(self.states.values(),
+                                                key=lambda s: (s.name, s.path.name))],
+        }
+
+    def summary(self) -> str:
+        """One line for `ctl modules`."""
+        counts: dict[str, int] = {}
+        for s in self.states.values():
+            counts[s.state] = counts.get(s.state, 0) + 1
+        return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none loaded"
+
+
+def _retire(st: PluginState) -> None:
+    """Tear a running plugin down (once: disabled and removed ones already were)."""
+    if st.plugin is not None and st.state == ACTIVE:
+        _teardown(st.plugin)
+    if st.plugin is not None:
+        forget(st.plugin)
+
+
+def _teardown(plugin: LoadedPlugin) -> None:
+    if plugin.teardown is None:
+        return
+    try:
+        plugin.teardown()
+    except Exception as exc:
+        log.error("plugin error: %s %s (%s) in teardown: %s: %s", plugin.name, plugin.version,
+                  plugin.path.name, type(exc).__name__, exc)
+
+
+def _stamps(paths: Iterable[Path]) -> dict[Path, tuple[int, int] | None]:
+    out: dict[Path, tuple[int, int] | None] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            out[p] = None
+        else:
+            out[p] = (st.st_size, st.st_mtime_ns)
+    return out
+
