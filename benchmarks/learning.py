@@ -143,7 +143,7 @@ def child_count(state: str, config: str, target: str) -> dict[str, Any]:
 def _daemon_config(symbols: list[str]) -> Any:
     from qtraderd.config import load, with_changes
 
-    return with_changes(load(env={}), learning={"enabled": False},
+    return with_changes(load(env={}), learning={"enabled": False}, plugins={"enabled": False},
                         feed={"symbols": tuple(symbols)})
 
 

@@ -55,7 +55,8 @@ DAEMON_CHILD = textwrap.dedent("""
     out = {"import_s": t_imported - t_start, "runs": []}
     for i in range(2):
         # the trading core alone: retraining beside a replay is benchmarks/learning.py
-        cfg = with_changes(load(env={}), learning={"enabled": False})
+        cfg = with_changes(load(env={}), learning={"enabled": False},
+                           plugins={"enabled": False})  # none installed by default
         d = Daemon(cfg, state, models, socket_path=sock, progress_every_s=0)
         t0 = time.perf_counter()
         code = trio.run(d.run)
