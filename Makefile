@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(VENV)/bin/qtraderd run --config examples/demo.toml
+	$(VENV)/bin/qtraderd report --out state/report --json > /dev/null
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -30,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/replay.py
+	$(PY) benchmarks/learning.py
 
 clean:
 	rm -rf $(VENV) state/qtraderd.db* state/*.sock

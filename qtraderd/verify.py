@@ -103,6 +103,14 @@ class Verifier:
         """One control request; raises ctl.CtlError when there is no usable answer."""
         return ctl.request(self.socket_path, cmd, timeout_s=self.timeout_s)
 
+    def ask_or_fail(self, check: str, cmd: str) -> dict[str, Any] | None:
+        """The reply to `cmd`, or None after recording `check` as failed (no answer)."""
+        try:
+            return self.ask(cmd)
+        except ctl.CtlError as exc:
+            self.add(check, FAIL, f"{NOT_RUNNING}: {exc}")
+            return None
+
     def snapshot(self) -> Snapshot:
         status = None
         if not self.offline:
@@ -149,10 +157,8 @@ class Verifier:
         if self.offline:
             self.add("daemon", SKIP, "--offline: store only")
             return None
-        try:
-            reply = self.ask("status")
-        except ctl.CtlError as exc:
-            self.add("daemon", FAIL, f"{NOT_RUNNING}: {exc}")
+        reply = self.ask_or_fail("daemon", "status")
+        if reply is None:
             return None
         if not reply["ok"]:
             self.add("daemon", FAIL, f"status refused: {reply['error']}")
@@ -383,10 +389,8 @@ class Verifier:
             if status is None:
                 self.add("models", FAIL, NOT_RUNNING)
                 return
-            try:
-                reply = self.ask("models")
-            except ctl.CtlError as exc:
-                self.add("models", FAIL, f"{NOT_RUNNING}: {exc}")
+            reply = self.ask_or_fail("models", "models")
+            if reply is None:
                 return
             if not reply["ok"]:
                 self.add("models", FAIL, f"ctl models refused: {reply['error']}")
@@ -413,10 +417,8 @@ class Verifier:
         if status is None:
             self.add("plugins", FAIL, NOT_RUNNING)
             return
-        try:
-            reply = self.ask("plugins")
-        except ctl.CtlError as exc:
-            self.add("plugins", FAIL, f"{NOT_RUNNING}: {exc}")
+        reply = self.ask_or_fail("plugins", "plugins")
+        if reply is None:
             return
         if not reply["ok"]:
             if "unknown command" in reply["error"]:
