@@ -28,6 +28,7 @@ from typing import Any
 from qtraderd import ctl
 from qtraderd.clock import iso
 from qtraderd.config import INTERVAL_MS
+from qtraderd.features import WARMUP_BARS
 from qtraderd.models.artifacts import ArtifactError, families, read_champion
 from qtraderd.models.registry import champions
 from qtraderd.store.db import StoreError, connect
@@ -308,8 +309,11 @@ class Verifier:
         if b.labelled > a.labelled:
             self.add("samples", PASS, f"+{b.labelled - a.labelled:,} outcomes in "
                      f"{self.wait_s:g} s; {detail}")
-        elif total == 0 and run.steps <= horizon:
-            self.add("samples", SKIP, f"too early: outcomes need {horizon} bars after a sample")
+        elif total == 0 and run.steps <= WARMUP_BARS + horizon:
+            # a step holds one bar per symbol: the first sample needs WARMUP_BARS bars of
+            # its symbol, its outcome up to `horizon` more
+            self.add("samples", SKIP, f"too early: a sample needs {WARMUP_BARS} bars of "
+                     f"warm-up and its outcome up to {horizon} more ({run.steps} so far)")
         elif total and run.last_ts is not None and \
                 run.last_ts - newest <= (horizon + 2) * run.interval_ms:
             self.add("samples", PASS, f"outcomes keep up with the bars; {detail}")
