@@ -57,7 +57,8 @@ from qtraderd.windows import WindowState, normalize
 
 log = logging.getLogger("qtraderd.predictor")
 
-Pending = tuple[int, str, list[tuple[str, str, str, float, float]]]  # ts, regime, outputs
+# ts, regime, the step's model outputs and this symbol's row in them (shared, not copied)
+Pending = tuple[int, str, list[ModelOutput], int]
 
 
 class _Symbol:
@@ -265,12 +266,13 @@ class PredictorActor(StepActor):
             pending.popleft()
         if not pending or pending[0][0] != ts:
             return
-        _, regime, preds = pending.popleft()
-        for model, version, role, pl, ps in preds:
-            out.append(Scored(model, version, role, sym, ts, regime, pl, ps, label, rl, rs,
-                              resolved))
-            if role == SERVING:
-                self.ensemble.observe(model, regime, (1.0 - pl - ps, pl, ps), label)
+        _, regime, outputs, i = pending.popleft()
+        for o in outputs:
+            pl, ps = o.p_long[i], o.p_short[i]
+            out.append(Scored(o.model, o.version, o.role, sym, ts, regime, pl, ps, label, rl,
+                              rs, resolved))
+            if o.role == SERVING:
+                self.ensemble.observe(o.model, regime, (1.0 - pl - ps, pl, ps), label)
 
     def _predict(self, ts: int, samples: list[Sample], rows: list[tuple[float, ...]],
                  raws: list[np.ndarray], states: list[_Symbol]
@@ -302,15 +304,12 @@ class PredictorActor(StepActor):
             outputs.append(ModelOutput(m.family, m.version, ts, symbols,
                                        tuple(probs[:, 1].tolist()), tuple(probs[:, 2].tolist()),
                                        role))
-        per_symbol: list[list[tuple[str, str, str, float, float]]] = [[] for _ in samples]
-        for o in outputs:
-            for i in range(len(samples)):
-                per_symbol[i].append((o.model, o.version, o.role, o.p_long[i], o.p_short[i]))
         for i, s in enumerate(samples):
-            states[i].pending.append((ts, s.regime, per_symbol[i]))
+            states[i].pending.append((ts, s.regime, outputs, i))
         if not serving_probs:
             return outputs, []
         version = self._ensemble_version()
+        serving = [o for o in outputs if o.role == SERVING]
         predictions: list[Prediction] = []
         by_regime: dict[str, tuple[dict[str, float], str]] = {}
         for i, s in enumerate(samples):
@@ -319,8 +318,11 @@ class PredictorActor(StepActor):
                 by_regime[s.regime] = (w, json.dumps({f: round(v, 4) for f, v in w.items()},
                                                      separators=(",", ":")))
             w, w_json = by_regime[s.regime]
-            pl = sum(w[f] * float(p[i, 1]) for f, p in serving_probs.items())
-            ps = sum(w[f] * float(p[i, 2]) for f, p in serving_probs.items())
+            pl = ps = 0.0  # the members' Python floats, in member order (no numpy scalars)
+            for o in serving:
+                wf = w[o.model]
+                pl += wf * o.p_long[i]
+                ps += wf * o.p_short[i]
             predictions.append(Prediction(s.symbol, ts, "ensemble", version, pl, ps, w_json))
         self.predictions += len(samples)
         return outputs, predictions
