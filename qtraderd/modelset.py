@@ -20,10 +20,8 @@ from typing import Any
 from qtraderd.clock import iso
 from qtraderd.models.artifacts import (
     ArtifactError,
-    families,
     meta_path,
     onnx_path,
-    read_champion,
 )
 from qtraderd.models.onnx_model import LoadedModel, load_model
 
@@ -88,25 +86,6 @@ def load_spec(models_dir: Path, serving: dict[str, str], shadow: list[tuple[str,
             new_serving[family] = m
     new_shadow = tuple(m for f, v in shadow if (m := get(f, v)) is not None)
     return ModelSet(new_serving, new_shadow), errors
-
-
-def champions_on_disk(models_dir: Path) -> tuple[dict[str, str], list[str]]:
-    """{family: version} from the `champion` pointer files.
-
-    Only pointers count: a model file dropped into the directory is a challenger that has
-    to pass the deploy gate (or `ctl promote`), never served just because it is newest.
-    """
-    out: dict[str, str] = {}
-    errors: list[str] = []
-    for family in families(models_dir):
-        try:
-            version = read_champion(models_dir, family)
-        except ArtifactError as exc:
-            errors.append(f"{family} champion pointer: {exc}")
-            continue
-        if version is not None:
-            out[family] = version
-    return out, errors
 
 
 def file_stamp(models_dir: Path, family: str, version: str) -> tuple[float, float]:

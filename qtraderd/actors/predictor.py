@@ -48,9 +48,9 @@ from qtraderd.messages import (
     Step,
     replace,
 )
-from qtraderd.models.artifacts import is_temp_name
+from qtraderd.models.artifacts import champions_on_disk, is_temp_name
 from qtraderd.models.onnx_model import LoadedModel
-from qtraderd.modelset import SERVING, ModelSet, champions_on_disk, file_stamp, load_spec
+from qtraderd.modelset import SERVING, ModelSet, file_stamp, load_spec
 from qtraderd.regime import RegimeDetector, global_regime
 from qtraderd.supervisor import StepActor, answer
 from qtraderd.windows import WindowState, normalize

@@ -190,3 +190,22 @@ def families(models_dir: Path) -> list[str]:
     if not d.is_dir():
         return []
     return sorted(p.name for p in d.iterdir() if p.is_dir() and not is_temp_name(p.name))
+
+
+def champions_on_disk(models_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """{family: version} from the `champion` pointer files.
+
+    Only pointers count: a model file dropped into the directory is a challenger that has
+    to pass the deploy gate (or `ctl promote`), never served just because it is newest.
+    """
+    out: dict[str, str] = {}
+    errors: list[str] = []
+    for family in families(models_dir):
+        try:
+            version = read_champion(models_dir, family)
+        except ArtifactError as exc:
+            errors.append(f"{family} champion pointer: {exc}")
+            continue
+        if version is not None:
+            out[family] = version
+    return out, errors

@@ -19,9 +19,8 @@ from qtraderd.features import FEATURE_NAMES, FEATURES_VERSION, N_FEATURES
 from qtraderd.models.artifacts import (
     ArtifactError,
     ModelMeta,
-    families,
+    champions_on_disk,
     read_artifact,
-    read_champion,
 )
 from qtraderd.windows import CHANNELS, WINDOW
 
@@ -107,16 +106,9 @@ def _check_probes(model: LoadedModel) -> None:
 
 def load_champions(models_dir: Path) -> tuple[dict[str, LoadedModel], list[str]]:
     """The champion (by its pointer file) of every family, plus errors."""
+    wanted, errors = champions_on_disk(models_dir)
     loaded: dict[str, LoadedModel] = {}
-    errors: list[str] = []
-    for family in families(models_dir):
-        try:
-            version = read_champion(models_dir, family)
-        except ArtifactError as exc:
-            errors.append(f"{family}: bad champion pointer ({exc})")
-            continue
-        if version is None:
-            continue
+    for family, version in wanted.items():
         try:
             loaded[family] = load_model(models_dir, family, version)
         except ArtifactError as exc:
