@@ -172,7 +172,7 @@ class LearnerActor(StepActor):
                 w.add(s)
         for i, sample in enumerate(step.samples):
             if (step.seq + i) % 4 == 0:  # a quarter of the rows is plenty for drift
-                self.triggers.observe_features(sample.features)
+                self.triggers.observe_features(sample.features, ts)
         self.triggers.observe_regime(ts, step.global_regime)
         await self._check_watches(ts)
         assert self.next_eval is not None
@@ -230,7 +230,7 @@ class LearnerActor(StepActor):
                                   5, cur_id, version=version))
         self.queue.sort(key=lambda j: (j.priority, j.not_before))
         if todo:
-            self.triggers.note_retrained()
+            self.triggers.note_retrained(ts)
 
     def _new_files(self) -> list[tuple[str, str]]:
         """Complete artifacts in the models directory the registry has never seen."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from qtraderd.clock import iso
 from qtraderd.config import LearningConfig
 from qtraderd.features import FEATURE_NAMES
 from qtraderd.learn.changes import ADWIN
@@ -80,8 +81,16 @@ class TriggerState:
         perf.adwin.update(1.0 if favoured == s.label else 0.0)
         perf.n += 1
 
-    def observe_features(self, row: tuple[float, ...]) -> None:
+    def observe_features(self, row: tuple[float, ...], ts: int) -> None:
         self._recent.append(row)
+        if self.reference is None and len(self._recent) == self.recent_rows:
+            # no retrain seen yet: the first full window of served bars is the baseline
+            self.set_reference(f"the first {self.recent_rows} feature rows served", ts)
+
+    def set_reference(self, label: str, ts: int) -> None:
+        """The recent rows become what later bars are compared with for drift."""
+        self.reference = np.asarray(self._recent, dtype=np.float64)
+        self.reference_label = f"{label} (up to {iso(ts)})"
 
     def observe_regime(self, ts: int, regime: str) -> None:
         if not regime:
@@ -120,10 +129,13 @@ class TriggerState:
         gap = self.cfg.min_retrain_gap_hours * HOUR_MS
         return {f for f, t in self.last_retrain.items() if ts - t < gap}
 
-    def note_retrained(self) -> None:
-        """A retraining round ran: the regime it saw becomes the new reference."""
+    def note_retrained(self, ts: int) -> None:
+        """A retraining round ran: the regime it saw, and the features of the last bars of
+        its training window, become the new references."""
         self._regime_ref = self.smoothed_regime() or self._regime_ref
         self._regime_since = None
+        if len(self._recent) >= self.recent_rows // 4:
+            self.set_reference("the last feature rows before the retrain", ts)
 
     # -- evaluation --------------------------------------------------------------------
     def evaluate(self, ts: int, families: list[str]) -> tuple[list[Trigger], dict[str, Any]]:

@@ -73,16 +73,36 @@ def test_drift_trigger_compares_recent_features_with_the_training_window():
     rng = np.random.default_rng(1)
     st.reference = rng.normal(size=(5000, N_FEATURES))
     for _ in range(st.recent_rows):
-        st.observe_features(tuple(rng.normal(size=N_FEATURES)))
+        st.observe_features(tuple(rng.normal(size=N_FEATURES)), T0)
     trig, _ = st.evaluate(T0, [])
     assert not any(t.kind == "drift" for t in trig)
     for _ in range(st.recent_rows):
         row = rng.normal(size=N_FEATURES)
         row[:4] = row[:4] * 3 + 2  # four features shift and widen
-        st.observe_features(tuple(row))
+        st.observe_features(tuple(row), T0)
     trig, detail = st.evaluate(T0, [])
     assert any(t.kind == "drift" for t in trig)
     assert len(detail["drift"]) >= 4
+
+
+def test_drift_reference_is_the_first_window_then_each_retrain():
+    st = state(drift_min_features=3, retrain_interval_hours=10_000)
+    rng = np.random.default_rng(2)
+    assert st.reference is None
+    for _ in range(st.recent_rows):
+        st.observe_features(tuple(rng.normal(size=N_FEATURES)), T0)
+    assert st.reference is not None and len(st.reference) == st.recent_rows
+    assert st.reference_label.startswith("the first")
+    for _ in range(st.recent_rows):
+        row = rng.normal(size=N_FEATURES)
+        row[:4] = row[:4] * 3 + 2
+        st.observe_features(tuple(row), T0 + HOUR_MS)
+    trig, _ = st.evaluate(T0 + HOUR_MS, [])
+    assert any(t.kind == "drift" for t in trig)
+    st.note_retrained(T0 + HOUR_MS)  # the retrain saw the shifted bars: no drift against them
+    assert st.reference_label.startswith("the last feature rows before the retrain")
+    trig, _ = st.evaluate(T0 + HOUR_MS, [])
+    assert not any(t.kind == "drift" for t in trig)
 
 
 def test_regime_trigger_needs_the_change_to_last():
@@ -101,7 +121,7 @@ def test_regime_trigger_needs_the_change_to_last():
         st.observe_regime(ts, "trend_up")
     trig, _ = st.evaluate(ts, [])
     assert any(t.kind == "regime" for t in trig)
-    st.note_retrained()  # the new regime becomes the reference
+    st.note_retrained(ts)  # the new regime becomes the reference
     trig, _ = st.evaluate(ts, [])
     assert not any(t.kind == "regime" for t in trig)
 
