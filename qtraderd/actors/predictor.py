@@ -89,6 +89,7 @@ class PredictorActor(StepActor):
         self.ensemble = EnsembleManager([])
         self._staged: ModelSet | None = None
         self._refused: dict[tuple[str, str], tuple[float, float]] = {}
+        self._requested: dict[str, str] = {}  # serving set last asked for by set_models
         self._symbols: dict[str, _Symbol] = {}
         self._last_regime: dict[str, str] = {}
         self._announced_oos: set[tuple[str, str]] = set()
@@ -111,9 +112,7 @@ class PredictorActor(StepActor):
         for family, m in models.serving.items():
             prev = old.serving.get(family)
             if prev is None or prev.version != m.version:
-                if prev is not None:
-                    self.ensemble.remove_model(family)
-                self.ensemble.add_model(family)
+                self.ensemble.add_model(family)  # a new version's record starts afresh
                 log.info("serving model %s/%s%s (abstains on its training data up to %s)",
                          family, m.version, f" (was {prev.version})" if prev else "",
                          iso(m.data_end))
@@ -140,6 +139,11 @@ class PredictorActor(StepActor):
             m = current.serving.get(family)
             if m is not None and m.version == version:
                 continue
+            requested = self._requested.get(family)
+            if requested == version:
+                continue  # a deploy's set_models loads it, with the shadows it asked for
+            if requested is not None:  # the pointer moved on since: a hand edit counts again
+                self._requested.pop(family, None)
             if self._refused.get((family, version)) == file_stamp(self.models_dir, family,
                                                                    version):
                 continue  # already refused this exact file
@@ -175,6 +179,9 @@ class PredictorActor(StepActor):
             if cmd.name == "set_models" and self.models_dir is not None:
                 serving = dict(cmd.args.get("serving", {}))
                 shadow = [tuple(x) for x in cmd.args.get("shadow", [])]
+                # the learner wrote these pointers too: the watcher must not load them
+                # again from the old shadow list and stage that set over this one
+                self._requested = serving
                 current = self._staged or self.models
                 new, errors = await trio.to_thread.run_sync(
                     load_spec, self.models_dir, serving, shadow, current)
@@ -293,7 +300,7 @@ class PredictorActor(StepActor):
                          m.family, m.version, iso(ts))
             if m.input_kind == "window":
                 if x_win is None:
-                    x_win = normalize(np.stack(raws))
+                    x_win = normalize(np.stack(raws), copy=False)
                 probs = m.predict(x_win)
             else:
                 if x_rows is None:

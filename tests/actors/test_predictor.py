@@ -162,3 +162,26 @@ async def test_watcher_refuses_bad_files_and_swaps_good_ones_between_steps(train
             assert p.swaps == 1
             await in_tx.aclose()
     assert "sha256" in caplog.text and "still serving what was loaded before" in caplog.text
+
+
+def test_pointer_written_by_a_deploy_is_left_to_its_set_models(trained, tmp_path):
+    """A deploy writes the pointer and sends set_models (with its shadows): the watcher must
+    not load that version again from the old shadow list and stage it over the command's
+    set; a later hand edit of the pointer is loaded as before."""
+    models_dir = tmp_path / "models"
+    shutil.copytree(trained["models"], models_dir)
+    models, _ = load_champions(models_dir)
+    old = models["lightgbm"].version
+    p = predictor(models, models_dir)
+    _new_version(models_dir, "lightgbm", "deploy-2", old)
+    _new_version(models_dir, "lightgbm", "hand-3", old)
+    write_champion(models_dir, "lightgbm", "deploy-2")
+    p._requested = {"lightgbm": "deploy-2", "xgboost": models["xgboost"].version}
+    assert p.reload_from_disk() is None  # the command's load, not the watcher's
+    write_champion(models_dir, "lightgbm", "hand-3")
+    new = p.reload_from_disk()
+    assert new is not None and new.serving["lightgbm"].version == "hand-3"
+    p.swap(new)
+    write_champion(models_dir, "lightgbm", "deploy-2")  # back by hand: counts again
+    again = p.reload_from_disk()
+    assert again is not None and again.serving["lightgbm"].version == "deploy-2"
