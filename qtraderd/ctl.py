@@ -61,8 +61,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("plugins", "plugins: version, state (active/rejected/disabled/removed), "
                 "hooks, calls, errors, last error"),
 }
-_NO_ARG_COMMANDS = {"status", "modules", "positions", "pnl", "models", "resume", "flatten",
-                    "learning", "rl", "plugins", "reload"}
+_NO_ARG_COMMANDS = {c for c, (usage, _) in COMMANDS.items() if usage == c}
 _SYMBOL_COMMANDS = {"pause", "resume-symbol"}
 
 

@@ -29,7 +29,7 @@ from qtraderd import ctl
 from qtraderd.clock import iso
 from qtraderd.config import INTERVAL_MS
 from qtraderd.features import WARMUP_BARS
-from qtraderd.models.artifacts import ArtifactError, families, read_champion
+from qtraderd.models.artifacts import champions_on_disk
 from qtraderd.models.registry import champions
 from qtraderd.store.db import StoreError, connect
 from qtraderd.tables import format_table
@@ -380,14 +380,10 @@ class Verifier:
         views: dict[str, dict[str, str]] = {"registry": registry}
         models_dir = self.models_dir or Path("models")
         if models_dir.is_dir():
-            pointers: dict[str, str] = {}
-            for family in families(models_dir):
-                try:
-                    version = read_champion(models_dir, family)
-                except ArtifactError as exc:
-                    version = f"<bad pointer: {exc}>"
-                if version:
-                    pointers[family] = version
+            pointers, bad = champions_on_disk(models_dir)
+            if bad:
+                self.add("models", FAIL, "; ".join(bad))
+                return
             views["pointer"] = pointers
         if not self.offline:
             if status is None:
@@ -432,9 +428,7 @@ class Verifier:
             else:
                 self.add("plugins", FAIL, f"ctl plugins refused: {reply['error']}")
             return
-        plugins = reply["result"] or []
-        if isinstance(plugins, dict):  # tolerate {"plugins": [...]}
-            plugins = plugins.get("plugins", [])
+        plugins = reply["result"].get("plugins", [])
         broken = [p for p in plugins if p.get("state") in ("rejected", "disabled")]
         if broken:
             self.add("plugins", FAIL, "; ".join(

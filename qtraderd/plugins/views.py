@@ -6,7 +6,6 @@ apart from the API module so plugins never import the daemon's message types.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -87,6 +86,3 @@ def risk_event(e: RiskEvent) -> tuple[str, dict[str, Any]]:
     return kind, {"state": e.state, "prev_state": e.prev_state, "reason": e.reason,
                   "detail": e.detail, "symbol": e.symbol}
 
-
-def frozen(data: dict[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(data)
