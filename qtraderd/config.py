@@ -8,6 +8,7 @@ logged at start and stored with each run (`Config.to_dict`).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
@@ -279,6 +280,35 @@ def _plain(v: Any) -> Any:
     if isinstance(v, tuple):
         return list(v)
     return v
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return '"max"' if v == math.inf else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON's escapes are a subset of TOML basic strings'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}"
+                               for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def to_toml(cfg: Config, header: str) -> str:
+    """The whole configuration as TOML (every key, `header` as comment lines) that `load`
+    reads back to an equal Config: learner jobs' snapshot, walk-forward arms' configs."""
+    d = cfg.to_dict()
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]", *(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())]
+    return "\n".join(lines) + "\n"
 
 
 def per_quote(table: dict[str, float], quote: str, default: float = 0.0) -> float:

@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtraderd.config import LIVE_KEYS, Config, ConfigError, load, validate
+from qtraderd.config import LIVE_KEYS, Config, ConfigError, load, to_toml, validate
 
 if TYPE_CHECKING:
     from qtraderd.daemon import Daemon
@@ -85,43 +85,12 @@ def merge_live(old: Config, new: Config, keys: list[str]) -> Config:
 # ------------------------------------------------------------------------- snapshot
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return '"max"' if v == float("inf") else repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # JSON's escapes are a subset of TOML basic strings'
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}"
-                               for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-
-def to_toml(cfg: Config) -> str:
-    """The whole configuration as TOML that `config.load` reads back to an equal Config."""
-    top, sections = [], []
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if hasattr(value, "__dataclass_fields__"):
-            body = "\n".join(f"{g.name} = {_toml_value(getattr(value, g.name))}"
-                             for g in fields(value))
-            sections.append(f"[{f.name}]\n{body}\n")
-        else:
-            top.append(f"{f.name} = {_toml_value(value)}")
-    return ("# written by qtraderd: the configuration in force (for learner jobs)\n"
-            + "\n".join(top) + "\n\n" + "\n".join(sections))
-
-
 def write_job_config(cfg: Config, state_dir: Path) -> Path:
     """Atomically (re)write the snapshot learner jobs read; returns its path."""
     path = Path(state_dir) / JOB_CONFIG_NAME
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_toml(cfg), encoding="utf-8")
+    tmp.write_text(to_toml(cfg, "written by qtraderd: the configuration in force (for learner "
+                             "jobs)"), encoding="utf-8")
     os.replace(tmp, path)
     return path
 

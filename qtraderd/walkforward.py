@@ -45,7 +45,7 @@ import numpy as np
 
 from qtraderd import config as config_mod
 from qtraderd.clock import iso
-from qtraderd.config import INTERVAL_MS, Config, per_quote, with_changes
+from qtraderd.config import INTERVAL_MS, Config, per_quote, to_toml, with_changes
 from qtraderd.store.db import StoreError, Transaction, connect, db_path
 from qtraderd.venues.paper import quote_of
 from qtraderd.venues.replay import stored_symbols
@@ -190,28 +190,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 def _iso_full(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
-
-
-def to_toml(cfg: Config, header: str) -> str:
-    """The whole effective config as TOML (every key), so the file alone reproduces a run."""
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return "{" + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + "}"
-
-    d = cfg.to_dict()
-    lines = [f"# {line}" for line in header.splitlines()]
-    lines += [f"{k} = {value(v)}" for k, v in d.items() if not isinstance(v, dict)]
-    for k, v in d.items():
-        if isinstance(v, dict):
-            lines += ["", f"[{k}]", *(f"{kk} = {value(vv)}" for kk, vv in v.items())]
-    return "\n".join(lines) + "\n"
 
 
 @contextlib.contextmanager

@@ -21,9 +21,9 @@ import pytest
 import trio
 
 from qtraderd import ctl
-from qtraderd.config import _SECTION_TYPES, LIVE_KEYS, Config, load, with_changes
+from qtraderd.config import _SECTION_TYPES, LIVE_KEYS, Config, load, to_toml, with_changes
 from qtraderd.daemon import Daemon
-from qtraderd.reload import JOB_CONFIG_NAME, changed_keys, is_live, merge_live, to_toml
+from qtraderd.reload import JOB_CONFIG_NAME, changed_keys, is_live, merge_live
 from qtraderd.service import Service
 from tests.conftest import REPO, make_store
 from tests.notify_listener import Listener, parse
@@ -69,7 +69,7 @@ def test_changes_are_found_per_key_and_only_live_ones_merge():
 def test_the_job_snapshot_reads_back_to_the_same_config(tmp_path, changes):
     cfg = with_changes(load(env={}), **changes)
     p = tmp_path / "c.toml"
-    p.write_text(to_toml(cfg))
+    p.write_text(to_toml(cfg, "snapshot"))
     assert load(p, env={}) == cfg
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qtraderd.config import load
-from qtraderd.walkforward import make_plan, to_toml
+from qtraderd.config import load, to_toml
+from qtraderd.walkforward import make_plan
 from qtraderd.walkforward_report import load_bars, period_grid, random_arm
 from tests.conftest import REPO, make_store
 
