@@ -157,12 +157,9 @@ def predict(model: LoadedModel, ds: dataset_mod.Dataset, cfg: Config,
     """An ONNX model's probabilities on the dataset's validation rows."""
     valid = ds.valid
     if model.input_kind == "window":
-        from qtraderd.learn.nets_train import build_window_data
+        from qtraderd.learn.nets_train import cached_window_data
 
-        data = cache.get("windows")
-        if data is None or cache.get("dataset") is not ds:
-            data = build_window_data(conn, ds, cfg)
-            cache.update(windows=data, dataset=ds)
+        data = cached_window_data(conn, ds, cfg, cache)
         x = data.X[data.is_valid]
     else:
         x = valid.X

@@ -119,6 +119,18 @@ def forecast_points_for(cfg: Config) -> tuple[int, ...]:
     return forecast_points(cfg.labels.horizon_bars)
 
 
+def cached_window_data(conn: sqlite3.Connection, ds: Dataset, cfg: Config,
+                       cache: dict[str, Any]) -> WindowData:
+    """The dataset's windows, built once per job and shared by both networks and the gate."""
+    if cache.get("dataset") is not ds:
+        t0 = time.monotonic()
+        data = build_window_data(conn, ds, cfg)
+        cache.update(windows=data, dataset=ds)
+        log.info("windows: %s x %d x %d (%.0f MB) in %.1f s", f"{len(data.X):,}", WINDOW,
+                 CHANNELS, data.X.nbytes / 2**20, time.monotonic() - t0)
+    return cache["windows"]
+
+
 def build_window_data(conn: sqlite3.Connection, ds: Dataset, cfg: Config) -> WindowData:
     """Windows and targets for the dataset's rows, from the same bars the dataset used."""
     series = load_series(conn, ds.symbols, ds.interval, until_ms=ds.span_end)
@@ -392,14 +404,7 @@ def train_and_export(family: str, ds: Dataset, cfg: Config, conn: sqlite3.Connec
 
     if family not in FAMILIES:
         raise TrainError(f"unknown network family {family!r} (known: {', '.join(FAMILIES)})")
-    cache = {} if cache is None else cache
-    data = cache.get("windows")
-    if data is None or cache.get("dataset") is not ds:
-        t0 = time.monotonic()
-        data = build_window_data(conn, ds, cfg)
-        cache.update(windows=data, dataset=ds)
-        log.info("windows: %s x %d x %d (%.0f MB) in %.1f s", f"{len(data.X):,}", WINDOW,
-                 CHANNELS, data.X.nbytes / 2**20, time.monotonic() - t0)
+    data = cached_window_data(conn, ds, cfg, {} if cache is None else cache)
     t0 = time.monotonic()
     model, losses = fit(family, data, cfg)
     train_s = time.monotonic() - t0
