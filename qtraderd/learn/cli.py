@@ -214,7 +214,7 @@ def build_candidate(family: str, ds: dataset_mod.Dataset, cfg: Config,
     """
     valid = ds.valid
     if family in nets_train.FAMILIES:
-        net = nets_train.train_and_export(family, ds, cfg, conn, cache)
+        net = nets_train.train_and_export(family, ds, cfg, cache)
         exp: Any = net
         proba, train_s, export_s = net.proba_valid, net.train_seconds, net.export_seconds
         input_kind, input_name = "window", nets_train.INPUT_NAME

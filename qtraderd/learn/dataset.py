@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -88,6 +88,9 @@ class Dataset:
     valid_end: int
     data_end: int  # the last bar any label (train or valid) read
     data_sha256: str  # of the bar arrays actually loaded
+    # those bar arrays, kept for the networks' windows (a second read of the store would
+    # have to prove it got the same bars)
+    series: dict[str, Series] = field(default_factory=dict, repr=False)
 
     @property
     def train(self) -> Split:
@@ -263,7 +266,7 @@ def build(conn: sqlite3.Connection, cfg: Config, symbols: Sequence[str] | None =
         train_start=int(rows.ts[tr].min()), train_end=int(rows.ts[tr].max()),
         valid_start=int(rows.ts[va].min()), valid_end=int(rows.ts[va].max()),
         data_end=int(rows.label_end.max()),
-        data_sha256=data_hash(series, interval),
+        data_sha256=data_hash(series, interval), series=series,
     )
 
 

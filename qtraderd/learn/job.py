@@ -107,7 +107,7 @@ def run_job(conn: sqlite3.Connection, cfg: Config, args: argparse.Namespace
     cache: dict[str, Any] = {}
     if args.evaluate:
         challenger = load_model(args.models_dir, args.family, args.evaluate)
-        proba = predict(challenger, ds, cfg, conn, cache)
+        proba = predict(challenger, ds, cfg, cache)
         out: dict[str, Any] = {
             "family": args.family, "version": args.evaluate,
             "path": str(args.models_dir / args.family / f"{args.evaluate}.onnx"),
@@ -139,7 +139,7 @@ def run_job(conn: sqlite3.Connection, cfg: Config, args: argparse.Namespace
             log.warning("champion %s/%s cannot be scored (%s): judged without it",
                         args.family, args.champion, exc)
         else:
-            cp = scores(predict(champion, ds, cfg, conn, cache))
+            cp = scores(predict(champion, ds, cfg, cache))
             cmp = gate.compare(cp.returns, ch.returns, w, seed=seed, block=block)
             result_gate["champion"] = cp.to_dict()
             result_gate["comparison"] = cmp.to_dict()
@@ -153,13 +153,13 @@ def run_job(conn: sqlite3.Connection, cfg: Config, args: argparse.Namespace
 
 
 def predict(model: LoadedModel, ds: dataset_mod.Dataset, cfg: Config,
-            conn: sqlite3.Connection, cache: dict[str, Any]) -> np.ndarray:
+            cache: dict[str, Any]) -> np.ndarray:
     """An ONNX model's probabilities on the dataset's validation rows."""
     valid = ds.valid
     if model.input_kind == "window":
         from qtraderd.learn.nets_train import cached_window_data
 
-        data = cached_window_data(conn, ds, cfg, cache)
+        data = cached_window_data(ds, cfg, cache)
         x = data.X[data.is_valid]
     else:
         x = valid.X

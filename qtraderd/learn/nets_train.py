@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import sys
 import time
 import warnings
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qtraderd.config import Config
-from qtraderd.learn.dataset import Dataset, data_hash, load_series
+from qtraderd.learn.dataset import Dataset
 from qtraderd.learn.export import ExportError, spread_rows
 from qtraderd.learn.trees import TrainError
 from qtraderd.windows import CHANNELS, WINDOW, WINDOW_VERSION, make_windows
@@ -119,23 +118,20 @@ def forecast_points_for(cfg: Config) -> tuple[int, ...]:
     return forecast_points(cfg.labels.horizon_bars)
 
 
-def cached_window_data(conn: sqlite3.Connection, ds: Dataset, cfg: Config,
-                       cache: dict[str, Any]) -> WindowData:
+def cached_window_data(ds: Dataset, cfg: Config, cache: dict[str, Any]) -> WindowData:
     """The dataset's windows, built once per job and shared by both networks and the gate."""
     if cache.get("dataset") is not ds:
         t0 = time.monotonic()
-        data = build_window_data(conn, ds, cfg)
+        data = build_window_data(ds, cfg)
         cache.update(windows=data, dataset=ds)
         log.info("windows: %s x %d x %d (%.0f MB) in %.1f s", f"{len(data.X):,}", WINDOW,
                  CHANNELS, data.X.nbytes / 2**20, time.monotonic() - t0)
     return cache["windows"]
 
 
-def build_window_data(conn: sqlite3.Connection, ds: Dataset, cfg: Config) -> WindowData:
+def build_window_data(ds: Dataset, cfg: Config) -> WindowData:
     """Windows and targets for the dataset's rows, from the same bars the dataset used."""
-    series = load_series(conn, ds.symbols, ds.interval, until_ms=ds.span_end)
-    if data_hash(series, ds.interval) != ds.data_sha256:
-        raise TrainError("the bars changed since the dataset was built (sha256 differs)")
+    series = ds.series
     points = forecast_points_for(cfg)
     if max(points) > ds.barriers.horizon:  # pragma: no cover - forecast_points contract
         raise AssertionError("forecast points beyond the label horizon")
@@ -397,14 +393,14 @@ def check_parity(onnx_bytes: bytes, model: ForecastClassifier, X: np.ndarray,
 # ------------------------------------------------------------------------------ the job
 
 
-def train_and_export(family: str, ds: Dataset, cfg: Config, conn: sqlite3.Connection,
+def train_and_export(family: str, ds: Dataset, cfg: Config,
                      cache: dict[str, Any] | None = None) -> NetResult:
     """Build (or reuse) the window data, train, export, check parity, evaluate via ONNX."""
     import torch
 
     if family not in FAMILIES:
         raise TrainError(f"unknown network family {family!r} (known: {', '.join(FAMILIES)})")
-    data = cached_window_data(conn, ds, cfg, {} if cache is None else cache)
+    data = cached_window_data(ds, cfg, {} if cache is None else cache)
     t0 = time.monotonic()
     model, losses = fit(family, data, cfg)
     train_s = time.monotonic() - t0

@@ -50,7 +50,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, ohlcv_dir: Path) -> dict[str,
     cfg = _cfg()
     ds = dataset.build(conn, cfg)
     cache: dict[str, Any] = {}
-    results = {f: nets_train.train_and_export(f, ds, cfg, conn, cache)
+    results = {f: nets_train.train_and_export(f, ds, cfg, cache)
                for f in nets_train.FAMILIES}
     conn.close()
     return {"state": state, "cfg": cfg, "ds": ds, "data": cache["windows"],
@@ -138,12 +138,7 @@ def test_export_parity_batches_and_probes(family: str, demo: dict[str, Any]) -> 
 @pytest.mark.parametrize("family", nets_train.FAMILIES)
 def test_training_and_bytes_are_deterministic(family: str, demo: dict[str, Any]) -> None:
     ds, cfg = demo["ds"], demo["cfg"]
-    conn = connect(demo["state"])
-    try:
-        again = nets_train.train_and_export(family, ds, cfg, conn,
-                                            {"windows": demo["data"], "dataset": ds})
-    finally:
-        conn.close()
+    again = nets_train.train_and_export(family, ds, cfg, {"windows": demo["data"], "dataset": ds})
     assert again.onnx_bytes == demo["results"][family].onnx_bytes
 
 
@@ -152,20 +147,16 @@ def test_parity_failure_raises(demo: dict[str, Any], monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(nets_train, "ort_outputs",
                         lambda data, X, rows=None, threads=1:
                         tuple(a + 1e-3 for a in real(data, X, rows)))
-    conn = connect(demo["state"])
-    try:
-        with pytest.raises(nets_train.ExportError, match="parity failed"):
-            nets_train.train_and_export("nhits", demo["ds"], demo["cfg"], conn,
-                                        {"windows": demo["data"], "dataset": demo["ds"]})
-    finally:
-        conn.close()
+    with pytest.raises(nets_train.ExportError, match="parity failed"):
+        nets_train.train_and_export("nhits", demo["ds"], demo["cfg"],
+                                    {"windows": demo["data"], "dataset": demo["ds"]})
 
 
 def _load(state: Path, cfg: Config) -> tuple[dataset.Dataset, nets_train.WindowData]:
     conn = connect(state)
     try:
         ds = dataset.build(conn, cfg)
-        return ds, nets_train.build_window_data(conn, ds, cfg)
+        return ds, nets_train.build_window_data(ds, cfg)
     finally:
         conn.close()
 
