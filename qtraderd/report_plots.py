@@ -59,12 +59,12 @@ def _dates(ts: np.ndarray) -> np.ndarray:
     return np.asarray(ts, dtype=float) / 86_400_000.0
 
 
-def _png(fig: Any, *axes: Any, dates: bool = True) -> bytes:
+def _png(fig: Any, *axes: Any) -> bytes:
+    """The figure as PNG bytes, the time axes of `axes` dated and gridded."""
     for ax in axes:
-        if dates:
-            loc = mdates.AutoDateLocator()
-            ax.xaxis.set_major_locator(loc)
-            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+        loc = mdates.AutoDateLocator()
+        ax.xaxis.set_major_locator(loc)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -148,11 +148,7 @@ def pnl_png(per_quote: dict[str, dict[str, Any]]) -> bytes:
         line_ax.set_title("Realised net PnL over time (at each exit)", fontsize=10)
         if d["cumulative"]:
             line_ax.legend(fontsize=7, ncol=2, loc="best")
-        loc = mdates.AutoDateLocator()
-        line_ax.xaxis.set_major_locator(loc)
-        line_ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
-        line_ax.grid(alpha=0.3)
-    return _png(fig, dates=False)
+    return _png(fig, *axes[:len(per_quote), 1])
 
 
 def versions_png(versions: list[dict[str, Any]], jobs: list[dict[str, Any]],

@@ -48,7 +48,7 @@ from qtraderd.clock import iso
 from qtraderd.config import INTERVAL_MS, Config, per_quote, to_toml, with_changes
 from qtraderd.store.db import StoreError, Transaction, connect, db_path
 from qtraderd.venues.paper import quote_of
-from qtraderd.venues.replay import stored_symbols
+from qtraderd.venues.replay import stored_span, stored_symbols
 
 log = logging.getLogger("qtraderd.walkforward")
 
@@ -141,8 +141,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                                        f"(needed by {s})")
         marks = ",".join("?" * len(wanted))
         where = f"interval=? AND symbol IN ({marks})"
-        first, last = conn.execute(f"SELECT min(open_time), max(open_time) FROM bars WHERE "
-                                   f"{where}", (interval, *wanted)).fetchone()
+        first, last, _ = stored_span(conn, list(wanted), interval)
         interval_ms = INTERVAL_MS[interval]
         history = (args.train_days + cfg.learning.eval_window_days) * DAY_MS
         test_start = conn.execute(f"SELECT min(open_time) FROM bars WHERE {where} AND "

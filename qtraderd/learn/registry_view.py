@@ -58,10 +58,6 @@ class RegistryView:
         except Exception:
             return None
 
-    def with_status(self, status: str) -> list[Entry]:
-        return sorted((e for e in self.entries.values() if e.status == status),
-                      key=lambda e: (e.family, e.version))
-
     def knows(self, family: str, version: str) -> bool:
         return (family, version) in self.entries
 
