@@ -93,7 +93,9 @@ class PredictorActor(StepActor):
         self._symbols: dict[str, _Symbol] = {}
         self._last_regime: dict[str, str] = {}
         self._announced_oos: set[tuple[str, str]] = set()
-        self._ens_key: tuple[str, ...] = ()
+        # derived from the served set, once per swap (swap() sets them)
+        self._members: list[tuple[LoadedModel, str]] = []
+        self._windows_needed = False
         self._ens_version = ""
         self.predictions = 0
         self.outcomes = 0
@@ -107,6 +109,10 @@ class PredictorActor(StepActor):
         """Serve a new model set from the next step on (never inside a step)."""
         old = self.models
         self.models = models
+        self._members = models.members()
+        self._windows_needed = models.needs_windows()
+        self._ens_version = ",".join(f"{f}={m.version}"
+                                     for f, m in sorted(models.serving.items()))
         for family in set(old.serving) - set(models.serving):
             self.ensemble.remove_model(family)
         for family, m in models.serving.items():
@@ -220,7 +226,7 @@ class PredictorActor(StepActor):
             staged, self._staged = self._staged, None
             self.swap(staged)
             self.swaps += 1
-        windows_needed = self.models.needs_windows()
+        windows_needed = self._windows_needed
         samples: list[Sample] = []
         outcomes: list[Outcome] = []
         scored: list[Scored] = []
@@ -284,8 +290,8 @@ class PredictorActor(StepActor):
     def _predict(self, ts: int, samples: list[Sample], rows: list[tuple[float, ...]],
                  raws: list[np.ndarray], states: list[_Symbol]
                  ) -> tuple[list[ModelOutput], list[Prediction]]:
-        members = [(m, role) for m, role in self.models.members() if ts > m.data_end]
-        if len(members) < len(self.models.members()):
+        members = [(m, role) for m, role in self._members if ts > m.data_end]
+        if len(members) < len(self._members):
             self.in_sample_skipped += len(samples)
         if not members:
             return [], []
@@ -315,7 +321,7 @@ class PredictorActor(StepActor):
             states[i].pending.append((ts, s.regime, outputs, i))
         if not serving_probs:
             return outputs, []
-        version = self._ensemble_version()
+        version = self._ens_version
         serving = [o for o in outputs if o.role == SERVING]
         predictions: list[Prediction] = []
         by_regime: dict[str, tuple[dict[str, float], str]] = {}
@@ -333,14 +339,6 @@ class PredictorActor(StepActor):
             predictions.append(Prediction(s.symbol, ts, "ensemble", version, pl, ps, w_json))
         self.predictions += len(samples)
         return outputs, predictions
-
-    def _ensemble_version(self) -> str:
-        key = tuple(m.version for m in self.models.serving.values())
-        if key != self._ens_key:
-            self._ens_key = key
-            self._ens_version = ",".join(f"{f}={m.version}"
-                                         for f, m in sorted(self.models.serving.items()))
-        return self._ens_version
 
     def status(self) -> dict[str, Any]:
         return {
