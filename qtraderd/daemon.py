@@ -50,7 +50,7 @@ from qtraderd.rl import restore
 from qtraderd.secrets import Credentials
 from qtraderd.service import Service
 from qtraderd.store.db import connect
-from qtraderd.supervisor import Supervisor
+from qtraderd.supervisor import Supervisor, offer
 from qtraderd.venues.paper import PaperBroker, quote_of
 from qtraderd.venues.replay import ReplaySource, stored_span, stored_symbols
 
@@ -156,12 +156,10 @@ class Daemon:
         return int(cur.lastrowid or 0)
 
     def _actor_event(self, actor: str, event: str, detail: str, restarts: int) -> None:
-        try:
-            self._records.send_nowait(Record("actor_events", {
+        if not offer(self._records, Record("actor_events", {
                 "run_id": self.run_id, "at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "clock_ts": self.clock.now_ms(), "actor": actor, "event": event,
-                "detail": detail, "restarts": restarts}))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                "detail": detail, "restarts": restarts})):
             log.warning("actor event not recorded (recorder busy or gone): %s %s", actor, event)
 
     # -- running -------------------------------------------------------------------------

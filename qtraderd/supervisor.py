@@ -113,6 +113,16 @@ async def pass_on(outbox: trio.MemorySendChannel[Any], msg: Any) -> None:
         await outbox.send(msg)
 
 
+def offer(outbox: trio.MemorySendChannel[Any], msg: Any) -> bool:
+    """Send if there is room now; False when the channel is full or gone. For side records
+    (events, RL updates, learner rows) that must never hold up the bar chain."""
+    try:
+        outbox.send_nowait(msg)
+    except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        return False
+    return True
+
+
 def answer(cmd: Command, result: Any) -> None:
     """Reply to a control command; a requester that gave up is not an error."""
     if cmd.reply is None:

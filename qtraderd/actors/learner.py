@@ -44,7 +44,7 @@ from qtraderd.learn.registry_view import RegistryView
 from qtraderd.learn.triggers import HOUR_MS, Trigger, TriggerState, plan
 from qtraderd.messages import Command, Record, Scored, Step
 from qtraderd.models.artifacts import ArtifactError, ModelMeta, families, list_versions
-from qtraderd.supervisor import StepActor, answer, pass_on
+from qtraderd.supervisor import StepActor, answer, offer, pass_on
 from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.learner")
@@ -549,9 +549,7 @@ class LearnerActor(StepActor):
 
     def _record(self, *recs: Record) -> None:
         for rec in recs:
-            try:
-                self.records.send_nowait(rec)
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            if not offer(self.records, rec):
                 log.warning("learner record dropped (recorder busy): %s", rec.table)
 
 

@@ -45,7 +45,7 @@ from qtraderd.features import FEATURE_NAMES
 from qtraderd.messages import OrderIntent, Prediction, Record, Signal, Step, Trade, replace
 from qtraderd.plugins.host import PluginHost
 from qtraderd.rl import QAgent, state_key
-from qtraderd.supervisor import StepActor
+from qtraderd.supervisor import StepActor, offer
 from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.sizer")
@@ -237,9 +237,7 @@ class SizerActor(StepActor):
         if self.records is None:
             return
         for rec in update.records(step.close_ts, trade.symbol):
-            try:
-                self.records.send_nowait(rec)
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            if not offer(self.records, rec):
                 self.records_dropped += 1
                 log.warning("rl: %s row dropped (recorder busy or gone): %s", rec.table,
                             rec.row)
