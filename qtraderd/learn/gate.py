@@ -58,6 +58,24 @@ _EPS = 1e-15
 _RUIN = 1e-12  # floor of 1 + w*r: a trade cannot lose more than the account
 
 
+def entry_sides(proba: np.ndarray, cfg: Config) -> np.ndarray:
+    """The sizer's entry rule per row: +1 long, -1 short, 0 no trade."""
+    s = cfg.sizing
+    cm = CostModel.from_config(cfg.costs)
+    tp, sl = s.take_profit_pct / 100.0, s.stop_loss_pct / 100.0
+    min_edge = s.min_edge_pct / 100.0
+    p_long, p_short = proba[:, LABEL_LONG], proba[:, LABEL_SHORT]
+    # expected_edge is plain arithmetic, so it takes whole columns at once.
+    edge_long = cm.expected_edge(p_long, tp, sl)  # type: ignore[arg-type]
+    edge_short = cm.expected_edge(p_short, tp, sl)  # type: ignore[arg-type]
+    ok_long = (p_long >= s.min_confidence) & (edge_long > min_edge)
+    ok_short = (p_short >= s.min_confidence) & (edge_short > min_edge) & s.allow_short
+    side = np.zeros(len(proba), dtype=np.int64)
+    side[ok_long] = 1
+    side[ok_short & (~ok_long | (edge_short > edge_long))] = -1
+    return side
+
+
 def trade_sides(probs: np.ndarray, ret_long: np.ndarray, ret_short: np.ndarray,
                 sym: np.ndarray, ts: np.ndarray, label_end: np.ndarray,
                 cfg: Config) -> np.ndarray:
@@ -74,16 +92,9 @@ def trade_sides(probs: np.ndarray, ret_long: np.ndarray, ret_short: np.ndarray,
     if any(len(a) != n for a in arrays):
         raise ValueError("probs, returns, sym, ts and label_end must have the same length")
     rl, rs, sym_a, ts_a, end_a = arrays
-    s = cfg.sizing
-    cm = CostModel.from_config(cfg.costs)
-    tp, sl = s.take_profit_pct / 100.0, s.stop_loss_pct / 100.0
-    p_long, p_short = probs[:, LABEL_LONG], probs[:, LABEL_SHORT]
-    short = (p_short > p_long) if s.allow_short else np.zeros(n, dtype=bool)
-    side = np.where(short, -1, 1)
-    p_side = np.where(short, p_short, p_long)
-    edge = p_side * tp - (1.0 - p_side) * sl - cm.round_trip()  # CostModel.expected_edge
-    settled = np.isfinite(np.where(short, rs, rl)) & (end_a >= 0)
-    want = (p_side >= s.min_confidence) & (edge > s.min_edge_pct / 100.0) & settled
+    side = entry_sides(probs, cfg)
+    settled = np.isfinite(np.where(side == -1, rs, rl)) & (end_a >= 0)
+    want = (side != 0) & settled
     out = np.zeros(n, dtype=np.int64)
     busy_until: dict[Any, int] = {}
     for i in np.flatnonzero(want)[np.argsort(ts_a[want], kind="stable")]:
@@ -100,6 +111,12 @@ def trade_returns(probs: np.ndarray, ret_long: np.ndarray, ret_short: np.ndarray
                   cfg: Config) -> np.ndarray:
     """Net return per sample of the production entry rule (0 where it does not trade)."""
     side = trade_sides(probs, ret_long, ret_short, sym, ts, label_end, cfg)
+    return _net_returns(side, ret_long, ret_short, cfg)
+
+
+def _net_returns(side: np.ndarray, ret_long: np.ndarray, ret_short: np.ndarray,
+                 cfg: Config) -> np.ndarray:
+    """Each traded row's return to its barrier after the round trip's costs; 0 elsewhere."""
     cost = CostModel.from_config(cfg.costs).round_trip()
     gross = np.where(side == 1, np.asarray(ret_long, np.float64),
                      np.asarray(ret_short, np.float64))
@@ -244,10 +261,7 @@ def score(probs: np.ndarray, y: np.ndarray, ret_long: np.ndarray, ret_short: np.
     """Everything the gate needs about one model on the evaluation window."""
     y = np.asarray(y, dtype=np.int64)
     side = trade_sides(probs, ret_long, ret_short, sym, ts, label_end, cfg)
-    cost = CostModel.from_config(cfg.costs).round_trip()
-    gross = np.where(side == 1, np.asarray(ret_long, np.float64),
-                     np.asarray(ret_short, np.float64))
-    r = np.where(side != 0, gross - cost, 0.0)
+    r = _net_returns(side, ret_long, ret_short, cfg)
     traded = side != 0
     n_trades = int(traded.sum())
     wins = np.where(side == 1, y == LABEL_LONG, y == LABEL_SHORT)[traded]

@@ -30,6 +30,7 @@ import numpy as np
 from qtraderd.config import Config
 from qtraderd.costs import CostModel
 from qtraderd.learn.dataset import Split
+from qtraderd.learn.gate import entry_sides
 from qtraderd.messages import LABEL_LONG, LABEL_NONE, LABEL_SHORT
 
 CLASSES = (LABEL_NONE, LABEL_LONG, LABEL_SHORT)
@@ -101,24 +102,6 @@ def _trade_stats(prefix: str, rows: np.ndarray, sides: np.ndarray, v: Split,
         f"{prefix}total_net_return": float(net.sum()),
     })
     return out
-
-
-def entry_sides(proba: np.ndarray, cfg: Config) -> np.ndarray:
-    """The sizer's entry rule per row: +1 long, -1 short, 0 no trade."""
-    s = cfg.sizing
-    cm = CostModel.from_config(cfg.costs)
-    tp, sl = s.take_profit_pct / 100.0, s.stop_loss_pct / 100.0
-    min_edge = s.min_edge_pct / 100.0
-    p_long, p_short = proba[:, LABEL_LONG], proba[:, LABEL_SHORT]
-    # expected_edge is plain arithmetic, so it takes whole columns at once.
-    edge_long = cm.expected_edge(p_long, tp, sl)  # type: ignore[arg-type]
-    edge_short = cm.expected_edge(p_short, tp, sl)  # type: ignore[arg-type]
-    ok_long = (p_long >= s.min_confidence) & (edge_long > min_edge)
-    ok_short = (p_short >= s.min_confidence) & (edge_short > min_edge) & s.allow_short
-    side = np.zeros(len(proba), dtype=np.int64)
-    side[ok_long] = 1
-    side[ok_short & (~ok_long | (edge_short > edge_long))] = -1
-    return side
 
 
 def evaluate(proba: np.ndarray, valid: Split, cfg: Config,
