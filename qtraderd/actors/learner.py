@@ -74,10 +74,15 @@ class Watch:
     other: str  # the champion, or the previous champion
     since: int
     pairs: dict[tuple[str, int], dict[str, Scored]] = field(default_factory=dict)
+    n_complete: int = 0  # bars with both versions' outcomes (checked every step: counted)
 
     def add(self, s: Scored) -> None:
         if s.model == self.family and s.version in (self.subject, self.other):
-            self.pairs.setdefault((s.symbol, s.ts), {})[s.version] = s
+            p = self.pairs.setdefault((s.symbol, s.ts), {})
+            had = self.subject in p and self.other in p
+            p[s.version] = s
+            if not had and self.subject in p and self.other in p:
+                self.n_complete += 1
 
     def complete(self) -> list[tuple[Scored, Scored]]:
         return [(p[self.subject], p[self.other]) for _, p in sorted(self.pairs.items())
@@ -398,9 +403,9 @@ class LearnerActor(StepActor):
     async def _check_watches(self, ts: int) -> None:
         for key, w in list(self.watches.items()):
             need = self.lc.canary_outcomes if w.kind == "canary" else self.lc.rollback_outcomes
-            pairs = w.complete()
-            if len(pairs) < need:
+            if w.n_complete < need:
                 continue
+            pairs = w.complete()
             del self.watches[key]
             subject_v, other_v = self._live_values(pairs)
             change = 100.0 * (subject_v / other_v - 1.0) if other_v > 0 else 0.0
@@ -492,7 +497,7 @@ class LearnerActor(StepActor):
         if name == "models":
             return {"registry": self.registry.rows(), "shadow": self.shadow,
                     "watches": [f"{w.kind} {w.family} {w.subject} vs {w.other}: "
-                                f"{len(w.complete())} outcomes" for w in self.watches.values()]}
+                                f"{w.n_complete} outcomes" for w in self.watches.values()]}
         if name == "promote":
             family, version = str(args.get("model", "")), str(args.get("version", ""))
             if not self.registry.knows(family, version):
