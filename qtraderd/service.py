@@ -222,7 +222,9 @@ class Watchdog:
             now = trio.current_time()
             if now - next_at > self.period_s:
                 log.warning("watchdog: the event loop was blocked for %.1f s", now - next_at)
-            next_at = max(next_at + self.period_s, now)
+            # from now, not from the missed slot: after a blocked loop the next ping still
+            # waits a whole period (a catch-up ping would follow this one at once)
+            next_at = now + self.period_s
             problems = self.check(now)
             if problems:
                 if not self.problems:
