@@ -16,7 +16,7 @@ predict on every bar. Model quality is irrelevant here; only the work matters.
    full speed with the four models served and learning disabled, replay after replay
    (one replay lasts seconds, training minutes), while a probe task in its Trio loop
    sleeps 5 ms over and over and records how late it wakes. After three replays on an
-   otherwise idle daemon, `python -m qtraderd.learn train` trains the four families on
+   otherwise idle daemon, `python -m qtraderd.training train` trains the four families on
    the stacked symbols in a subprocess started as the learner actor starts its jobs (nice
    10, OMP_WAIT_POLICY=PASSIVE; the default `learning.nets_epochs`). Replays that ran
    entirely inside the training are compared with the three before it: bars/s, and the
@@ -113,9 +113,9 @@ def stacked_symbols() -> list[str]:
 
 def child_count(state: str, config: str, target: str) -> dict[str, Any]:
     """The fewest stacked symbols (in stacked_symbols() order) with >= target train rows."""
-    from qtraderd.config import load
-    from qtraderd.learn.dataset import build
+    from qtraderd.core.config import load
     from qtraderd.store.db import connect
+    from qtraderd.training.dataset import build
 
     conn = connect(state, readonly=True)
     cfg = load(config, env={})
@@ -141,7 +141,7 @@ def child_count(state: str, config: str, target: str) -> dict[str, Any]:
 
 
 def _daemon_config(symbols: list[str]) -> Any:
-    from qtraderd.config import load, with_changes
+    from qtraderd.core.config import load, with_changes
 
     return with_changes(load(env={}), learning={"enabled": False}, plugins={"enabled": False},
                         feed={"symbols": tuple(symbols)})
@@ -160,8 +160,8 @@ def child_loop(state: str, models: str, work: str, sock: str, stop_file: str,
     """Replays back to back until stop_file exists, with a loop-lag probe in each."""
     import trio
 
-    from qtraderd.daemon import Daemon
     from qtraderd.models.onnx_model import load_champions
+    from qtraderd.runtime.daemon import Daemon
 
     cfg = _daemon_config(PAIRS)
     loaded, errors = load_champions(Path(models))
@@ -224,7 +224,7 @@ class StepProbe:
 
 def _instrument() -> StepProbe:
     """Make the daemon build stamping subclasses of the feed, execution and predictor."""
-    import qtraderd.daemon as daemon_mod
+    import qtraderd.runtime.daemon as daemon_mod
     from qtraderd.actors.execution import ExecutionActor
     from qtraderd.actors.feed import FeedActor
     from qtraderd.actors.predictor import PredictorActor
@@ -292,10 +292,10 @@ def child_swap(state: str, models: str, work: str, sock: str) -> dict[str, Any]:
     import trio
 
     import qtraderd.models.artifacts as artifacts
-    from qtraderd.daemon import Daemon
-    from qtraderd.messages import Command
+    from qtraderd.core.messages import Command
     from qtraderd.models.artifacts import read_artifact, read_champion, write_artifact
     from qtraderd.models.onnx_model import load_champions
+    from qtraderd.runtime.daemon import Daemon
 
     probe = _instrument()
     renamed: dict[str, float] = {}
@@ -412,15 +412,15 @@ def child_infer(state: str, models: str) -> dict[str, Any]:
     import trio
 
     from qtraderd.actors.predictor import PredictorActor
-    from qtraderd.ensemble import EnsembleManager
-    from qtraderd.features import FeatureState
-    from qtraderd.labels import Barriers
-    from qtraderd.messages import Bar, Step
+    from qtraderd.core.messages import Bar, Step
+    from qtraderd.features.labels import Barriers
+    from qtraderd.features.regime import RegimeDetector
+    from qtraderd.features.spec import FeatureState
+    from qtraderd.features.windows import WindowState, normalize
+    from qtraderd.models.ensemble import EnsembleManager
+    from qtraderd.models.modelset import ModelSet
     from qtraderd.models.onnx_model import load_champions
-    from qtraderd.modelset import ModelSet
-    from qtraderd.regime import RegimeDetector
     from qtraderd.store.db import connect
-    from qtraderd.windows import WindowState, normalize
 
     loaded, errors = load_champions(Path(models))
     if errors or len(loaded) != len(FAMILIES):
@@ -533,7 +533,7 @@ def child(name: str, *args: object) -> dict[str, Any]:
 
 def train_cmd(state: Path, models: Path, config: Path, families: str, symbols: str
               ) -> list[str]:
-    return [sys.executable, "-m", "qtraderd.learn", "train", "--families", families,
+    return [sys.executable, "-m", "qtraderd.training", "train", "--families", families,
             "--state-dir", str(state), "--models-dir", str(models), "--config", str(config),
             "--symbols", symbols]
 
@@ -813,7 +813,7 @@ def infer_report(infer: dict[str, Any], target: Any) -> None:
 
 
 def _nets_epochs() -> int:
-    out = run([sys.executable, "-c", "from qtraderd.config import load; "
+    out = run([sys.executable, "-c", "from qtraderd.core.config import load; "
                "print(load(env={}).learning.nets_epochs)"])
     return int(out.stdout.strip())
 

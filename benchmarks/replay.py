@@ -37,8 +37,8 @@ DAEMON_CHILD = textwrap.dedent("""
     import json, resource, sys, time
     t_start = time.perf_counter()
     import trio
-    from qtraderd.config import load, with_changes
-    from qtraderd.daemon import Daemon
+    from qtraderd.core.config import load, with_changes
+    from qtraderd.runtime.daemon import Daemon
     t_imported = time.perf_counter()
     state, models, sock = sys.argv[1:4]
 
@@ -75,7 +75,7 @@ DAEMON_CHILD = textwrap.dedent("""
 TIGHT_CHILD = textwrap.dedent("""
     import json, sys, time
     import numpy as np
-    from qtraderd.features import FeatureState
+    from qtraderd.features.spec import FeatureState
     from qtraderd.models.onnx_model import load_champions
     from qtraderd.store.db import connect
     from qtraderd.venues.replay import stored_symbols
@@ -136,7 +136,7 @@ def main() -> int:
     cfg = work / "train.toml"
     cfg.write_text('[feed]\ninterval = "1m"\n[train]\ntrain_fraction = 0.95\n')
     t = time.perf_counter()
-    run([py, "-m", "qtraderd.learn", "train", "--state-dir", str(state), "--models-dir",
+    run([py, "-m", "qtraderd.training", "train", "--state-dir", str(state), "--models-dir",
          str(models), "--config", str(cfg), "--symbols", "UNITTESTBTC"])
     print(f"trained in {time.perf_counter() - t:.1f} s (on the 1m series: every 5m bar is "
           "out of sample)", file=sys.stderr)

@@ -154,8 +154,7 @@ def _seed(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ctl"]:
-        from qtraderd import ctl
-
+        from qtraderd.control import client as ctl
         return ctl.main(argv[1:], prog="qtraderd ctl")
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "import": cmd_import, "train": cmd_train,
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error(msg: str, code: int = EXIT_USAGE) -> int:
-    from qtraderd.log import prefix  # "<3>" under journald, like every logged line
+    from qtraderd.runtime.logs import prefix  # "<3>" under journald, like every logged line
 
     print(f"{prefix()}qtraderd: error: {msg}", file=sys.stderr)
     return code
@@ -175,9 +174,9 @@ def _error(msg: str, code: int = EXIT_USAGE) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from qtraderd import log as logsetup
-    from qtraderd.importer import CandleImportError, import_file
+    from qtraderd.runtime import logs as logsetup
     from qtraderd.store.db import StoreError, connect
+    from qtraderd.store.importer import CandleImportError, import_file
 
     logsetup.setup("INFO")
     try:
@@ -212,8 +211,8 @@ def bundled_files() -> list[Path]:
 
 def ensure_candles(state_dir: Path, interval: str) -> None:
     """Import the bundled demo candles if the store holds none for this interval."""
-    from qtraderd.importer import import_file
     from qtraderd.store.db import connect
+    from qtraderd.store.importer import import_file
     from qtraderd.venues.replay import stored_symbols
 
     conn = connect(state_dir)
@@ -245,7 +244,7 @@ def _train_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from qtraderd.learn.cli import train_main
+    from qtraderd.training.cli import train_main
 
     return train_main(_train_argv(args))
 
@@ -253,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def train_subprocess(state_dir: Path, models_dir: Path, config: Path | None,
                      timeout_s: float) -> int:
     """Initial training for `run`, in a separate process (the daemon never imports ML libs)."""
-    cmd = [sys.executable, "-m", "qtraderd.learn", "train", "--state-dir", str(state_dir),
+    cmd = [sys.executable, "-m", "qtraderd.training", "train", "--state-dir", str(state_dir),
            "--models-dir", str(models_dir)]
     if config:
         cmd += ["--config", str(config)]
@@ -272,13 +271,13 @@ def train_subprocess(state_dir: Path, models_dir: Path, config: Path | None,
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
-    from qtraderd import config as config_mod
-    from qtraderd import log as logsetup
-    from qtraderd import secrets
-    from qtraderd.daemon import Daemon, DaemonError, unwrap
+    from qtraderd.core import config as config_mod
     from qtraderd.models.artifacts import families, list_versions
-    from qtraderd.report import render, summarize
-    from qtraderd.service import Notifier
+    from qtraderd.reporting.report import render, summarize
+    from qtraderd.runtime import logs as logsetup
+    from qtraderd.runtime import secrets
+    from qtraderd.runtime.daemon import Daemon, DaemonError, unwrap
+    from qtraderd.runtime.systemd import Notifier
     from qtraderd.store.db import StoreError, connect
 
     try:
@@ -338,7 +337,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from qtraderd.report import ReportError, render, summarize
+    from qtraderd.reporting.report import ReportError, render, summarize
     from qtraderd.store.db import StoreError, connect
 
     data = None
@@ -347,7 +346,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.out is None:
             summary = summarize(conn, args.run)
         else:  # one snapshot for the printed summary and the page
-            from qtraderd.report_html import collect, prepare_out, write_report
+            from qtraderd.reporting.html import collect, prepare_out, write_report
 
             data = collect(conn, args.run)
             summary = data["summary"]
@@ -374,7 +373,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from qtraderd.verify import main as verify_main
+    from qtraderd.reporting.verify import main as verify_main
 
     return verify_main(args)
 
@@ -383,7 +382,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_walkforward(args: argparse.Namespace) -> int:
-    from qtraderd.walkforward import main as walkforward_main
+    from qtraderd.reporting.walkforward import main as walkforward_main
 
     return walkforward_main(args)
 

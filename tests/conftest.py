@@ -71,7 +71,7 @@ def trained(tmp_path_factory):
 
     Session-scoped: training takes a few seconds. Tests copy `models` if they modify it.
     """
-    from qtraderd.learn.cli import train_main
+    from qtraderd.training.cli import train_main
 
     root = tmp_path_factory.mktemp("trained")
     state, models = root / "state", root / "models"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from qtraderd.service import Notifier, notify_address
+from qtraderd.runtime.systemd import Notifier, notify_address
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from qtraderd import ctl
+from qtraderd.control import client as ctl
 from tests.conftest import OHLCV, REPO, make_store
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from qtraderd import ctl
-from qtraderd.clock import iso
-from qtraderd.config import load, with_changes
-from qtraderd.daemon import Daemon
+from qtraderd.control import client as ctl
+from qtraderd.core.clock import iso
+from qtraderd.core.config import load, with_changes
+from qtraderd.runtime.daemon import Daemon
 
 DAY = 86_400_000
 

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import trio
 
-from qtraderd.clock import ReplayClock
-from qtraderd.messages import (
+from qtraderd.core.clock import ReplayClock
+from qtraderd.core.messages import (
     AccountView,
     Amend,
     Bar,
@@ -36,7 +36,7 @@ from qtraderd.messages import (
     Trade,
     replace,
 )
-from qtraderd.supervisor import Actor, degrade, pass_on
+from qtraderd.runtime.supervisor import Actor, degrade, pass_on
 
 log = logging.getLogger("qtraderd.execution")
 

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 import trio
 
-from qtraderd.clock import iso
-from qtraderd.messages import Bar, Step
-from qtraderd.supervisor import Actor
+from qtraderd.core.clock import iso
+from qtraderd.core.messages import Bar, Step
+from qtraderd.runtime.supervisor import Actor
 
 log = logging.getLogger("qtraderd.feed")
 

@@ -6,7 +6,7 @@ global regime — the same information in every replay, in the same order.
 
 * Every `eval_every_hours` of clock time it evaluates the triggers (learn/triggers.py),
   records the evaluation and its plan, and queues one job per family to retrain.
-* Jobs run one at a time in a separate process (`python -m qtraderd.learn job`, niced,
+* Jobs run one at a time in a separate process (`python -m qtraderd.training job`, niced,
   with a timeout) — the only place torch/xgboost/lightgbm are imported. In replay the job
   holds the clock (`learning.replay_holds_clock`): this actor keeps the step until the job
   is done, so the new model arrives at the same bar in every run. Live, bars keep flowing
@@ -37,14 +37,14 @@ from typing import Any
 
 import trio
 
-from qtraderd.clock import Clock, iso
-from qtraderd.config import Config, per_quote
-from qtraderd.learn import gate
-from qtraderd.learn.registry_view import RegistryView
-from qtraderd.learn.triggers import HOUR_MS, Trigger, TriggerState, plan
-from qtraderd.messages import Command, Record, Scored, Step
+from qtraderd.core.clock import Clock, iso
+from qtraderd.core.config import Config, per_quote
+from qtraderd.core.messages import Command, Record, Scored, Step
+from qtraderd.learning import gate
+from qtraderd.learning.registry import RegistryView
+from qtraderd.learning.triggers import HOUR_MS, Trigger, TriggerState, plan
 from qtraderd.models.artifacts import ArtifactError, ModelMeta, families, list_versions
-from qtraderd.supervisor import StepActor, answer, offer, pass_on
+from qtraderd.runtime.supervisor import StepActor, answer, offer, pass_on
 from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.learner")
@@ -270,7 +270,7 @@ class LearnerActor(StepActor):
 
     def _job_cmd(self, job: Job, ts: int) -> list[str]:
         champ = self.registry.champion(job.family)
-        cmd = [sys.executable, "-m", "qtraderd.learn", "job", "--family", job.family,
+        cmd = [sys.executable, "-m", "qtraderd.training", "job", "--family", job.family,
                "--state-dir", str(self.state_dir), "--models-dir", str(self.models_dir),
                "--now", str(ts), "--notional-fraction", str(self._notional_fraction())]
         if self.config_path is not None:

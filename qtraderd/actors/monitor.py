@@ -16,9 +16,9 @@ from typing import Any
 
 import trio
 
-from qtraderd.config import Config, MonitorConfig
-from qtraderd.messages import Amend, OrderIntent, Step, replace
-from qtraderd.supervisor import StepActor
+from qtraderd.core.config import Config, MonitorConfig
+from qtraderd.core.messages import Amend, OrderIntent, Step, replace
+from qtraderd.runtime.supervisor import StepActor
 
 
 class MonitorActor(StepActor):

@@ -5,7 +5,7 @@ same definitions the learner trains on), the regime detector and the triple-barr
 labeler (which turns earlier samples into labelled outcomes once their window has
 closed). Then it runs every model once on the whole step — tree models on feature rows,
 networks on candle windows — and combines the serving models into the ensemble with
-weights from their recent out-of-sample record (qtraderd.ensemble), per regime. Shadow
+weights from their recent out-of-sample record (qtraderd.models.ensemble), per regime. Shadow
 models (a canary, or the previous champion after a deploy) predict too; their outputs are
 recorded but never reach the ensemble. Every prediction names its exact model version.
 
@@ -33,12 +33,8 @@ from typing import Any
 import numpy as np
 import trio
 
-from qtraderd.clock import iso
-from qtraderd.dirwatch import watch_in_thread
-from qtraderd.ensemble import EnsembleManager
-from qtraderd.features import FeatureState
-from qtraderd.labels import Barriers, Labeler
-from qtraderd.messages import (
+from qtraderd.core.clock import iso
+from qtraderd.core.messages import (
     Command,
     ModelOutput,
     Outcome,
@@ -48,12 +44,16 @@ from qtraderd.messages import (
     Step,
     replace,
 )
+from qtraderd.features.labels import Barriers, Labeler
+from qtraderd.features.regime import RegimeDetector, global_regime
+from qtraderd.features.spec import FeatureState
+from qtraderd.features.windows import WindowState, normalize
 from qtraderd.models.artifacts import champions_on_disk, is_temp_name
+from qtraderd.models.ensemble import EnsembleManager
+from qtraderd.models.modelset import SERVING, ModelSet, file_stamp, load_spec
 from qtraderd.models.onnx_model import LoadedModel
-from qtraderd.modelset import SERVING, ModelSet, file_stamp, load_spec
-from qtraderd.regime import RegimeDetector, global_regime
-from qtraderd.supervisor import StepActor, answer
-from qtraderd.windows import WindowState, normalize
+from qtraderd.runtime.dirwatch import watch_in_thread
+from qtraderd.runtime.supervisor import StepActor, answer
 
 log = logging.getLogger("qtraderd.predictor")
 
@@ -200,7 +200,7 @@ class PredictorActor(StepActor):
             answer(cmd, result)
 
     async def _watch(self) -> None:
-        """Watch the models directory (qtraderd.dirwatch: a worker thread).
+        """Watch the models directory (qtraderd.runtime.dirwatch: a worker thread).
 
         The slow part — loading and checking a new model — runs in the watcher's thread
         (`reload_from_disk`); only the finished model set is handed to the event loop,

@@ -27,11 +27,11 @@ from typing import Any
 import msgspec
 import trio
 
-from qtraderd.messages import Record, Step
+from qtraderd.core.messages import Record, Step
+from qtraderd.runtime.supervisor import Actor
 from qtraderd.store.db import connect
 from qtraderd.store.rows import Batch, write_batch
 from qtraderd.store.writer import frame
-from qtraderd.supervisor import Actor
 
 log = logging.getLogger("qtraderd.recorder")
 

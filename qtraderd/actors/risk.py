@@ -27,10 +27,10 @@ from typing import Any
 
 import trio
 
-from qtraderd.clock import Clock
-from qtraderd.config import Config, PortfolioConfig, RiskConfig, per_quote
-from qtraderd.costs import CostModel
-from qtraderd.messages import (
+from qtraderd.core.clock import Clock
+from qtraderd.core.config import Config, PortfolioConfig, RiskConfig, per_quote
+from qtraderd.core.costs import CostModel
+from qtraderd.core.messages import (
     AccountView,
     Command,
     OrderIntent,
@@ -40,9 +40,9 @@ from qtraderd.messages import (
     Step,
     replace,
 )
+from qtraderd.core.portfolio import Portfolio
 from qtraderd.plugins.host import PluginHost
-from qtraderd.portfolio import Portfolio
-from qtraderd.supervisor import StepActor, answer
+from qtraderd.runtime.supervisor import StepActor, answer
 from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.risk")

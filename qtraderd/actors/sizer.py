@@ -10,7 +10,7 @@ Size: `margin` (in the pair's quote currency) times `leverage`, at the last clos
 order fills at the next bar's open. TP/SL distances are the configured percentages, or
 ATR multiples when `monitor.atr_dynamic` is on. Risk may still reduce or deny the order.
 
-With a Q-learning agent (qtraderd.rl) the rule's quantity is scaled by the agent's chosen
+With a Q-learning agent (qtraderd.learning.rl) the rule's quantity is scaled by the agent's chosen
 multiplier. The agent learns from what happened to its own entries, which the sizer
 follows through later steps of the same chain (no second input, so no race):
 * remembered per symbol (state, action, intent id) when the entry is emitted;
@@ -39,13 +39,13 @@ from typing import Any
 
 import trio
 
-from qtraderd.config import Config, MonitorConfig, SizingConfig, per_quote
-from qtraderd.costs import CostModel
-from qtraderd.features import FEATURE_NAMES
-from qtraderd.messages import OrderIntent, Prediction, Record, Signal, Step, Trade, replace
+from qtraderd.core.config import Config, MonitorConfig, SizingConfig, per_quote
+from qtraderd.core.costs import CostModel
+from qtraderd.core.messages import OrderIntent, Prediction, Record, Signal, Step, Trade, replace
+from qtraderd.features.spec import FEATURE_NAMES
+from qtraderd.learning.rl import QAgent, state_key
 from qtraderd.plugins.host import PluginHost
-from qtraderd.rl import QAgent, state_key
-from qtraderd.supervisor import StepActor, offer
+from qtraderd.runtime.supervisor import StepActor, offer
 from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.sizer")

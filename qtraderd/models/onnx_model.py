@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from qtraderd.features import FEATURE_NAMES, FEATURES_VERSION, N_FEATURES
+from qtraderd.features.spec import FEATURE_NAMES, FEATURES_VERSION, N_FEATURES
+from qtraderd.features.windows import CHANNELS, WINDOW
 from qtraderd.models.artifacts import (
     ArtifactError,
     ModelMeta,
     champions_on_disk,
     read_artifact,
 )
-from qtraderd.windows import CHANNELS, WINDOW
 
 log = logging.getLogger("qtraderd.models")
 

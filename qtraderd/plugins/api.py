@@ -132,7 +132,7 @@ class SignalView:
     global_regime: str
     bars_in_regime: int  # bars the symbol has been in `regime` (1: it just changed)
     price: float  # last close; the order fills at the next bar's open
-    features: Mapping[str, float]  # the bar's feature row by name (qtraderd.features)
+    features: Mapping[str, float]  # the bar's feature row by name (qtraderd.features.spec)
 
 
 @dataclass(frozen=True, slots=True)

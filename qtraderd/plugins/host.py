@@ -6,7 +6,7 @@ the cost model. The actors call it synchronously inside `handle` (filters, risk 
 events); the registry changes only in the host's own reload task. Everything runs on the
 one Trio event loop, and neither `handle` nor a registry update awaits in the middle, so
 a plugin is never swapped halfway through a hook call — no locks needed. The watcher
-thread (qtraderd.dirwatch) only hands batches of changed paths to that task, and a
+thread (qtraderd.runtime.dirwatch) only hands batches of changed paths to that task, and a
 plugin's file is imported in a worker thread but installed on the loop.
 
 Order and determinism: filters and rules run sorted by NAME; the chain-derived state
@@ -33,9 +33,8 @@ from typing import Any
 import trio
 import watchfiles
 
-from qtraderd.config import Config, PluginsConfig
-from qtraderd.dirwatch import watch_in_thread
-from qtraderd.messages import AccountView, OrderIntent, Prediction, RiskEvent, Sample, Step
+from qtraderd.core.config import Config, PluginsConfig
+from qtraderd.core.messages import AccountView, OrderIntent, Prediction, RiskEvent, Sample, Step
 from qtraderd.plugins import views
 from qtraderd.plugins.api import RiskVerdict, Verdict
 from qtraderd.plugins.loader import (
@@ -47,6 +46,7 @@ from qtraderd.plugins.loader import (
     load_plugin,
 )
 from qtraderd.plugins.notify import Notifications
+from qtraderd.runtime.dirwatch import watch_in_thread
 
 log = logging.getLogger("qtraderd.plugins")
 

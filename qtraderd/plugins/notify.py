@@ -16,14 +16,23 @@ from __future__ import annotations
 
 import logging
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from qtraderd.plugins.api import Event
 
-if TYPE_CHECKING:
-    from qtraderd.plugins.host import PluginHost, PluginState
+
+class PluginHost(Protocol):
+    """What delivery needs of the host (qtraderd.plugins.host.PluginHost): the notifier
+    plugins' states, and where to report each call's success or failure."""
+
+    notifiers: Any
+
+    def failed(self, st: Any, hook: str, error: str,
+               exc: BaseException | None = None) -> None: ...
+
+    def succeeded(self, st: Any) -> None: ...
 
 log = logging.getLogger("qtraderd.plugins")
 
@@ -71,7 +80,7 @@ class Notifications:
             if self._rx.statistics().current_buffer_used == 0:
                 self._idle.set()
 
-    async def _deliver(self, st: PluginState, event: Event) -> None:
+    async def _deliver(self, st: Any, event: Event) -> None:
         plugin = st.plugin
         if st.state != "active" or plugin is None:
             return

@@ -9,8 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from qtraderd.features import FEATURE_NAMES
-from qtraderd.messages import (
+from qtraderd.core.messages import (
     AccountView,
     Fill,
     OrderIntent,
@@ -20,6 +19,7 @@ from qtraderd.messages import (
     Step,
     Trade,
 )
+from qtraderd.features.spec import FEATURE_NAMES
 from qtraderd.plugins.api import AccountState, OrderView, Position, SignalView
 
 

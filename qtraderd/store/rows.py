@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from qtraderd.messages import Record, Step
+from qtraderd.core.messages import Record, Step
 from qtraderd.store.db import Transaction
 
 

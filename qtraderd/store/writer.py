@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Nothing is logged on success; a crash's traceback reaches the daemon's stderr (the
     # journal under systemd) in the daemon's format.
-    from qtraderd import log as logsetup
-
+    from qtraderd.runtime import logs as logsetup
     logsetup.setup(logging.WARNING)
     if len(args) != 2:
         print("usage: python -m qtraderd.store.writer STATE_DIR RUN_ID", file=sys.stderr)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from qtraderd.costs import CostModel
-from qtraderd.messages import (
+from qtraderd.core.costs import CostModel
+from qtraderd.core.messages import (
     AccountView,
     Amend,
     Bar,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import trio
 
-from qtraderd.messages import Bar
+from qtraderd.core.messages import Bar
 from qtraderd.store.db import connect
 
 Row = tuple[int, float, float, float, float, float]

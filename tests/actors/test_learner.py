@@ -12,10 +12,10 @@ import pytest
 import trio
 
 from qtraderd.actors.learner import Job, LearnerActor, retrain_banner
-from qtraderd.clock import ReplayClock
-from qtraderd.config import load, with_changes
-from qtraderd.learn.registry_view import RegistryView
-from qtraderd.messages import LABEL_LONG, LABEL_NONE, Scored
+from qtraderd.core.clock import ReplayClock
+from qtraderd.core.config import load, with_changes
+from qtraderd.core.messages import LABEL_LONG, LABEL_NONE, Scored
+from qtraderd.learning.registry import RegistryView
 from qtraderd.models.artifacts import (
     ModelMeta,
     meta_path,
@@ -260,7 +260,7 @@ async def test_a_real_job_trains_scores_and_records_its_decision(harness, traine
     decision = json.loads(jobs[0]["decision"])
     assert decision["action"] == jobs[0]["status"] and decision["reason"]
     # named after the daemon's clock (data time), so a replay names it the same way
-    assert version.startswith(__import__("qtraderd.clock", fromlist=["iso"]).iso(now)[:10]
+    assert version.startswith(__import__("qtraderd.core.clock", fromlist=["iso"]).iso(now)[:10]
                               .replace("-", ""))
     assert h.learner.jobs_done == 1 and h.learner.current is None
 
@@ -291,8 +291,7 @@ async def test_a_useless_model_dropped_in_by_hand_is_never_deployed(trained, tmp
     """An operator's ONNX file goes through the same gate; shuffled labels never pass."""
     import numpy as np
 
-    from qtraderd.learn import dataset, export, trees
-
+    from qtraderd.training import dataset, export, trees
     models = tmp_path / "models"
     shutil.copytree(trained["models"], models)
     cfg = with_changes(load(env={}), train={"n_estimators": 25, "max_depth": 3})

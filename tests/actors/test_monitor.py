@@ -8,10 +8,10 @@ import pytest
 import trio
 
 from qtraderd.actors.monitor import MonitorActor
-from qtraderd.config import load
-from qtraderd.costs import CostModel
-from qtraderd.messages import Amend, Bar, OrderIntent, PositionView, Step
-from qtraderd.messages import replace as evolve
+from qtraderd.core.config import load
+from qtraderd.core.costs import CostModel
+from qtraderd.core.messages import Amend, Bar, OrderIntent, PositionView, Step
+from qtraderd.core.messages import replace as evolve
 from qtraderd.venues.paper import PaperBroker
 
 IV = 300_000

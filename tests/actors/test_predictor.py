@@ -11,9 +11,9 @@ import pytest
 import trio
 
 from qtraderd.actors.predictor import PredictorActor
-from qtraderd.features import WARMUP_BARS
-from qtraderd.labels import Barriers, triple_barrier
-from qtraderd.messages import Bar, Step
+from qtraderd.core.messages import Bar, Step
+from qtraderd.features.labels import Barriers, triple_barrier
+from qtraderd.features.spec import WARMUP_BARS
 from qtraderd.models.artifacts import (
     ModelMeta,
     meta_path,

@@ -8,7 +8,7 @@ import sqlite3
 import trio
 
 from qtraderd.actors.recorder import RecorderActor
-from qtraderd.messages import (
+from qtraderd.core.messages import (
     AccountView,
     Bar,
     Outcome,

@@ -9,10 +9,10 @@ import pytest
 import trio
 
 from qtraderd.actors.risk import ACTIVE, DAY_MS, HALTED, REDUCING, RiskActor
-from qtraderd.clock import ReplayClock
-from qtraderd.config import load, with_changes
-from qtraderd.costs import CostModel
-from qtraderd.messages import (
+from qtraderd.core.clock import ReplayClock
+from qtraderd.core.config import load, with_changes
+from qtraderd.core.costs import CostModel
+from qtraderd.core.messages import (
     AccountView,
     Bar,
     Command,

@@ -10,10 +10,9 @@ import pytest
 import trio
 
 from qtraderd.actors.sizer import SizerActor
-from qtraderd.config import load, with_changes
-from qtraderd.costs import CostModel
-from qtraderd.features import FEATURE_NAMES
-from qtraderd.messages import (
+from qtraderd.core.config import load, with_changes
+from qtraderd.core.costs import CostModel
+from qtraderd.core.messages import (
     AccountView,
     Bar,
     Fill,
@@ -28,7 +27,8 @@ from qtraderd.messages import (
     Trade,
     replace,
 )
-from qtraderd.rl import QAgent
+from qtraderd.features.spec import FEATURE_NAMES
+from qtraderd.learning.rl import QAgent
 
 IV = 300_000
 T0 = 1_700_000_000_000 - (1_700_000_000_000 % IV)
@@ -238,7 +238,7 @@ def test_default_config_is_what_these_tests_assume() -> None:
     assert (s.take_profit_pct, s.stop_loss_pct) == (1.6, 0.8)
 
 
-# -- the Q-learning agent (qtraderd.rl) scaling the rule's size ------------------------------
+# -- the Q-learning agent (qtraderd.learning.rl) scaling the rule's size ----------------
 
 def rl_sizer(rl: dict[str, object] | None = None, records: trio.MemorySendChannel[Record]
              | None = None, agent: QAgent | None = None,

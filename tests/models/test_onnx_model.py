@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from qtraderd.features import N_FEATURES
+from qtraderd.features.spec import N_FEATURES
 from qtraderd.models.artifacts import (
     ArtifactError,
     ModelMeta,

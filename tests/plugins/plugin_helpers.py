@@ -8,9 +8,8 @@ from pathlib import Path
 
 import trio
 
-from qtraderd.config import load, with_changes
-from qtraderd.features import FEATURE_NAMES
-from qtraderd.messages import (
+from qtraderd.core.config import load, with_changes
+from qtraderd.core.messages import (
     AccountView,
     Bar,
     ModelOutput,
@@ -19,6 +18,7 @@ from qtraderd.messages import (
     Sample,
     Step,
 )
+from qtraderd.features.spec import FEATURE_NAMES
 from qtraderd.plugins.host import PluginHost
 
 IV = 300_000

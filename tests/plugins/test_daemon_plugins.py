@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from qtraderd import ctl
-from qtraderd.config import load, with_changes
-from qtraderd.daemon import Daemon
+from qtraderd.control import client as ctl
+from qtraderd.core.config import load, with_changes
+from qtraderd.runtime.daemon import Daemon
 from tests.conftest import REPO
 from tests.plugins.plugin_helpers import source, until
 

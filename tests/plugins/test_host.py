@@ -9,7 +9,7 @@ import os
 import pytest
 import trio
 
-from qtraderd.config import load, with_changes
+from qtraderd.core.config import load, with_changes
 from qtraderd.plugins.host import ACTIVE, DISABLED, REJECTED, REMOVED
 from qtraderd.plugins.loader import PluginRejected, load_plugin
 from tests.plugins.plugin_helpers import (

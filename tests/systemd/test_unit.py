@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from qtraderd import ctl, secrets
 from qtraderd.cli import build_parser
+from qtraderd.control import client as ctl
+from qtraderd.runtime import secrets
 from tests.conftest import REPO
 
 UNIT_DIR = REPO / "systemd"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qtraderd.costs import CostModel
-from qtraderd.messages import Amend, Bar, OrderIntent
+from qtraderd.core.costs import CostModel
+from qtraderd.core.messages import Amend, Bar, OrderIntent
 from qtraderd.venues.paper import PaperBroker, quote_of
 
 IV = 300_000  # 5m bars

@@ -1,0 +1,272 @@
+"""Ensemble weights from each model's recent out-of-sample performance, per regime.
+
+Pure Python/numpy: the predictor calls `combine` every bar, and `observe` whenever a
+prediction's triple-barrier outcome settles (so every number here is out-of-sample).
+
+Per (model, regime) and per model overall we keep
+* an exponentially weighted log-loss (`half_life` outcomes): calibrated probabilities are
+  what the sizer's edge rule consumes, so log-loss is the score that matters;
+* an exponentially weighted directional hit rate and an ADWIN on the hit stream, on
+  decisive outcomes only (label long or short): the hit is whether the model's likelier
+  side (long vs short, long on ties as the sizer does) is the one that won.
+
+Weights for a regime: w ∝ exp(-BETA * (ewLL - best ewLL)), BETA = 50 so a 0.02 nat gap
+already costs a factor e^-1 (log-loss gaps between decent models are that small). A model
+whose ADWIN hit rate sits below `collapse_hit_rate` (window >= min_outcomes) is multiplied
+by COLLAPSE_FACTOR: it is down-weighted automatically and recovers once ADWIN sees the hit
+rate come back. Finally every weight is at least `floor` (so a model can earn its way back)
+and the weights sum to 1.
+
+Fallbacks, because regimes are sparse and models get added:
+* fewer than `min_outcomes` in the regime: the model's overall ewLL, shifted by the
+  regime's typical offset (mean regime-minus-overall ewLL of the models that have both),
+  so a model is not favoured merely because the regime is harder than average;
+* no usable stats at all: the mean score of the others (a neutral, middle weight);
+  nobody has stats: equal weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from qtraderd.core.messages import LABEL_LONG, LABEL_SHORT
+from qtraderd.features.regime import REGIMES
+from qtraderd.learning.changes import ADWIN
+
+BETA = 50.0  # per nat of ewLL gap
+COLLAPSE_FACTOR = 0.1
+_EPS = 1e-15
+ALL = "*"  # key of the per-model overall stats
+
+
+class _Ewm:
+    """Bias-corrected exponentially weighted mean: exact mean until the decay bites."""
+
+    __slots__ = ("den", "num")
+
+    def __init__(self) -> None:
+        self.num = 0.0
+        self.den = 0.0
+
+    def add(self, x: float, decay: float) -> None:
+        self.num = decay * self.num + x
+        self.den = decay * self.den + 1.0
+
+    @property
+    def value(self) -> float:
+        return self.num / self.den if self.den > 0 else math.nan
+
+
+@dataclass
+class _Stats:
+    n: int = 0  # outcomes seen
+    n_decisive: int = 0
+    ll: _Ewm = field(default_factory=_Ewm)
+    hit: _Ewm = field(default_factory=_Ewm)
+    adwin: ADWIN = field(default_factory=ADWIN)
+
+    def collapsed(self, min_outcomes: int, threshold: float) -> bool:
+        return self.adwin.width >= min_outcomes and self.adwin.mean < threshold
+
+    def summary(self) -> dict[str, Any]:
+        return {"n": self.n, "n_decisive": self.n_decisive, "ew_log_loss": _r(self.ll.value),
+                "ew_hit_rate": _r(self.hit.value), "hit_rate_recent": _r(self.adwin.mean),
+                "hit_window": self.adwin.width, "hit_changes": self.adwin.n_detections}
+
+
+def _r(x: float, digits: int = 4) -> float | None:
+    """Rounded for compact JSON; NaN/inf become None (JSON has no NaN)."""
+    return round(x, digits) if math.isfinite(x) else None
+
+
+class EnsembleManager:
+    """Per-regime ensemble weights that follow the models' recent outcomes."""
+
+    def __init__(self, models: Iterable[str], regimes: Sequence[str] = REGIMES,
+                 half_life: float = 200, floor: float = 0.05,
+                 collapse_hit_rate: float = 0.4, min_outcomes: int = 30) -> None:
+        if half_life <= 0:
+            raise ValueError(f"half_life must be > 0, got {half_life}")
+        if not 0.0 <= floor < 1.0:
+            raise ValueError(f"floor must be in [0, 1), got {floor}")
+        self.regimes = tuple(regimes)
+        self.half_life = float(half_life)
+        self.decay = 0.5 ** (1.0 / self.half_life)
+        self.floor = floor
+        self.collapse_hit_rate = collapse_hit_rate
+        self.min_outcomes = int(min_outcomes)
+        self._stats: dict[str, dict[str, _Stats]] = {}
+        # _explain results by (regime, models) until the next outcome or model change:
+        # outcomes arrive in bursts between bars, weights are read for every bar.
+        self._explained: dict[tuple[str, tuple[str, ...]], dict[str, dict[str, Any]]] = {}
+        for m in models:
+            self.add_model(m)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self._stats)
+
+    def add_model(self, name: str) -> None:
+        """Add a model, or reset it: a new version's past is not the old version's."""
+        self._stats[name] = {ALL: _Stats()}
+        self._explained.clear()
+
+    def remove_model(self, name: str) -> None:
+        self._stats.pop(name, None)
+        self._explained.clear()
+
+    def observe(self, model: str, regime: str, probs: Sequence[float], label: int) -> None:
+        """Record the settled outcome `label` (0 none / 1 long / 2 short) of a prediction."""
+        if model not in self._stats:
+            raise KeyError(f"unknown model {model!r}; add_model() it first")
+        p = [max(float(x), _EPS) for x in probs]
+        total = sum(p)
+        ll = -math.log(p[label] / total)
+        decisive = label in (LABEL_LONG, LABEL_SHORT)
+        if decisive:
+            side = LABEL_SHORT if p[LABEL_SHORT] > p[LABEL_LONG] else LABEL_LONG
+            hit = 1.0 if side == label else 0.0
+        per = self._stats[model]
+        self._explained.clear()
+        for key in (ALL, regime):
+            st = per.get(key)
+            if st is None:
+                st = per[key] = _Stats()
+            st.n += 1
+            st.ll.add(ll, self.decay)
+            if decisive:
+                st.n_decisive += 1
+                st.hit.add(hit, self.decay)
+                st.adwin.update(hit)
+
+    def _source(self, model: str, regime: str) -> tuple[str, _Stats | None]:
+        per = self._stats.get(model, {})
+        st = per.get(regime)
+        if st is not None and st.n >= self.min_outcomes:
+            return "regime", st
+        st = per.get(ALL)
+        if st is not None and st.n >= self.min_outcomes:
+            return "overall", st
+        return "none", None
+
+    def _explain(self, models: Sequence[str], regime: str) -> dict[str, dict[str, Any]]:
+        """Weight of each of `models` in `regime`, with where the number came from
+        (cached until the stats change; callers must not modify the result)."""
+        key = (regime, tuple(models))
+        cached = self._explained.get(key)
+        if cached is None:
+            cached = self._explained[key] = self._compute(key[1], regime)
+        return cached
+
+    def _compute(self, models: Sequence[str], regime: str) -> dict[str, dict[str, Any]]:
+        info: dict[str, dict[str, Any]] = {}
+        for m in models:
+            src, st = self._source(m, regime)
+            info[m] = {"source": src, "stats": st, "score": None, "collapsed": False}
+        # Regime offset: how much harder this regime is than average, for the fallback.
+        offsets = []
+        for m in models:
+            per = self._stats.get(m, {})
+            if info[m]["source"] == "regime" and per[ALL].n >= self.min_outcomes:
+                offsets.append(per[regime].ll.value - per[ALL].ll.value)
+        offset = sum(offsets) / len(offsets) if offsets else 0.0
+        for m in models:
+            st = info[m]["stats"]
+            if st is None:
+                continue
+            score = st.ll.value + (offset if info[m]["source"] == "overall" else 0.0)
+            info[m]["score"] = score
+            info[m]["collapsed"] = st.collapsed(self.min_outcomes, self.collapse_hit_rate)
+        known = [v["score"] for v in info.values() if v["score"] is not None]
+        neutral = sum(known) / len(known) if known else 0.0
+        best = min(known) if known else 0.0
+        raw = {}
+        for m in models:
+            s = info[m]["score"]
+            w = math.exp(-BETA * ((neutral if s is None else s) - best))
+            raw[m] = w * (COLLAPSE_FACTOR if info[m]["collapsed"] else 1.0)
+        for m, w in _floored(raw, self.floor).items():
+            info[m]["weight"] = w
+        return info
+
+    def weights(self, regime: str, models: Iterable[str] | None = None) -> dict[str, float]:
+        """Weights (summing to 1, each >= floor when feasible) for `regime`."""
+        names = list(self._stats if models is None else models)
+        if not names:
+            return {}
+        return {m: v["weight"] for m, v in self._explain(names, regime).items()}
+
+    def combine(self, probs_by_model: Mapping[str, Sequence[float]], regime: str
+                ) -> tuple[tuple[float, float, float], dict[str, float]]:
+        """Weighted average of the models' class probabilities (renormalised to 1).
+
+        Weights are computed over the models present in `probs_by_model` (a model that
+        failed to load this bar simply drops out); unknown models count as having no
+        stats.
+        """
+        if not probs_by_model:
+            raise ValueError("combine() needs at least one model's probabilities")
+        w = self.weights(regime, probs_by_model)
+        acc = [0.0, 0.0, 0.0]
+        for m, p in probs_by_model.items():
+            for j in range(3):
+                acc[j] += w[m] * float(p[j])
+        total = sum(acc)
+        if total <= 0:
+            return (1.0 / 3, 1.0 / 3, 1.0 / 3), w
+        return (acc[0] / total, acc[1] / total, acc[2] / total), w
+
+    def snapshot(self, regime: str | None = None) -> dict[str, Any]:
+        """JSON-able state. With `regime`: the compact record stored with a prediction
+        (weights, sources, collapse flags); without: everything, for `ctl`."""
+        if regime is not None:
+            info = self._explain(list(self._stats), regime)
+            return {"regime": regime,
+                    "weights": {m: _r(v["weight"]) for m, v in info.items()},
+                    "source": {m: v["source"] for m, v in info.items()},
+                    "collapsed": sorted(m for m, v in info.items() if v["collapsed"])}
+        regimes = list(dict.fromkeys([*self.regimes, *(k for per in self._stats.values()
+                                                        for k in per if k != ALL)]))
+        return {
+            "config": {"half_life": self.half_life, "floor": self.floor, "beta": BETA,
+                       "collapse_hit_rate": self.collapse_hit_rate,
+                       "collapse_factor": COLLAPSE_FACTOR, "min_outcomes": self.min_outcomes},
+            "models": {m: {"overall": per[ALL].summary(),
+                           "regimes": {k: st.summary() for k, st in per.items() if k != ALL}}
+                       for m, per in self._stats.items()},
+            "weights": {g: {m: _r(w) for m, w in self.weights(g).items()} for g in regimes},
+        }
+
+    def snapshot_json(self, regime: str) -> str:
+        """`snapshot(regime)` as compact JSON, ready for a predictions row."""
+        return json.dumps(self.snapshot(regime), separators=(",", ":"), sort_keys=True)
+
+
+def _floored(raw: Mapping[str, float], floor: float) -> dict[str, float]:
+    """Normalise to 1 with every weight >= floor (water-filling: pin the ones below the
+    floor, share the rest in proportion, repeat). Equal weights when the floor is
+    infeasible (floor * n >= 1) or nothing is positive."""
+    n = len(raw)
+    total = sum(raw.values())
+    if n == 0:
+        return {}
+    if floor * n >= 1.0 or not total > 0 or not math.isfinite(total):
+        return {m: 1.0 / n for m in raw}
+    pinned: set[str] = set()
+    while True:
+        free = [m for m in raw if m not in pinned]
+        mass = 1.0 - floor * len(pinned)
+        free_total = sum(raw[m] for m in free)
+        out = {m: floor for m in pinned}
+        if free_total > 0:
+            out.update({m: mass * raw[m] / free_total for m in free})
+        else:  # every free weight underflowed: share equally
+            out.update({m: mass / len(free) for m in free})
+        below = [m for m in free if out[m] < floor]
+        if not below:
+            return out
+        pinned.update(below)

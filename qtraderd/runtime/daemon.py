@@ -1,0 +1,398 @@
+"""The daemon: wires the actors into the bar chain and runs them under the supervisor.
+
+    feed -> execution(A) -> monitor -> predictor -> sizer -> risk -> execution(B) -> recorder
+
+Around the chain run the services: the control socket, signal handling (SIGTERM/SIGINT:
+stop the feed, let in-flight steps drain, flush, exit 0 — or cancel outright after
+`runtime.shutdown_timeout_s`), and a progress line once a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import math
+import os
+import signal
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from qtraderd import __version__
+from qtraderd.actors.execution import ExecutionActor
+from qtraderd.actors.feed import FeedActor
+from qtraderd.actors.learner import LearnerActor, retrain_banner
+from qtraderd.actors.monitor import MonitorActor
+from qtraderd.actors.predictor import PredictorActor
+from qtraderd.actors.recorder import RecorderActor
+from qtraderd.actors.risk import RiskActor
+from qtraderd.actors.sizer import SizerActor
+from qtraderd.control.api import ControlAPI
+from qtraderd.control.client import daemon_socket_path
+from qtraderd.control.server import ControlError, ControlServer
+from qtraderd.core.clock import LiveClock, ReplayClock, iso
+from qtraderd.core.config import INTERVAL_MS, Config
+from qtraderd.core.costs import CostModel
+from qtraderd.core.messages import Command, Record, Step
+from qtraderd.features.labels import Barriers
+from qtraderd.learning.registry import RegistryView
+from qtraderd.learning.rl import restore
+from qtraderd.models.onnx_model import LoadedModel, load_champions
+from qtraderd.plugins.host import PluginHost
+from qtraderd.runtime.reload import ReloadRejected, config_line, reload_config, write_job_config
+from qtraderd.runtime.secrets import Credentials
+from qtraderd.runtime.supervisor import Supervisor, offer
+from qtraderd.runtime.systemd import Service
+from qtraderd.store.db import connect
+from qtraderd.venues.paper import PaperBroker, quote_of
+from qtraderd.venues.replay import ReplaySource, stored_span, stored_symbols
+
+log = logging.getLogger("qtraderd")
+
+EXIT_OK, EXIT_ESCALATED = 0, 3
+
+
+class DaemonError(RuntimeError):
+    """Start-up cannot proceed; the message tells the operator what to do."""
+
+
+def limit_malloc_arenas(n: int = 1) -> bool:
+    """Cap glibc's per-thread malloc arenas (what MALLOC_ARENA_MAX=1 does).
+
+    Worker threads (store reads, the models watcher) would each get an arena of their own;
+    memory freed there is not reused by the event loop's thread, so RSS crept up by ~10 %
+    per replay although no Python object leaked. One shared arena keeps RSS flat; the
+    allocations in question are rare enough that arena contention costs nothing here.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-8, n))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False  # not glibc: nothing to do
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The single error inside nested one-member exception groups (Trio wraps errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def parse_time(text: str) -> int | None:
+    if not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise DaemonError(f"bad date/time {text!r} (expected ISO-8601)") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+@dataclass
+class Daemon:
+    cfg: Config
+    state_dir: Path
+    models_dir: Path
+    socket_path: Path | None = None
+    progress_every_s: float = 1.0
+    models: dict[str, LoadedModel] | None = None  # preloaded (tests); else from models_dir
+    config_path: Path | None = None  # re-read on reload (SIGHUP, `ctl reload`)
+    credentials: Credentials | None = None  # secrets.load() at start; never in cfg or logs
+    plugins_dir: Path | None = None  # `run` passes [plugins] dir; None: no plugin files
+    run_id: int = 0
+    started_wall: float = field(default_factory=time.monotonic)
+    service: Service = field(default_factory=Service)  # sd_notify; no-op outside systemd
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir)
+        self.models_dir = Path(self.models_dir)
+        if self.socket_path is None:
+            self.socket_path = daemon_socket_path(self.state_dir)
+        self.supervisor: Supervisor | None = None
+        self.feed: FeedActor | None = None
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self.channels: dict[str, trio.MemorySendChannel[Any]] = {}
+        self.plugins: PluginHost | None = None
+        self.quotes: set[str] = set()
+        # Learner jobs read the config in force from here, never the operator's file.
+        self.job_config: Path | None = None
+
+    # -- assembly ------------------------------------------------------------------------
+    def _open_store(self) -> sqlite3.Connection:
+        return connect(self.state_dir)
+
+    def _symbols(self, conn: sqlite3.Connection) -> list[str]:
+        interval = self.cfg.feed.interval
+        stored = stored_symbols(conn, interval)
+        wanted = list(self.cfg.feed.symbols) or stored
+        missing = [s for s in wanted if s not in stored]
+        if missing:
+            raise DaemonError(
+                f"no {interval} candles stored for {', '.join(missing)} in "
+                f"{self.state_dir}; import them with `qtraderd import FILE --state-dir "
+                f"{self.state_dir}` (stored: {', '.join(stored) or 'none'})")
+        if not wanted:
+            raise DaemonError(f"no {interval} candles in {self.state_dir}; import some with "
+                              "`qtraderd import FILE`")
+        return wanted
+
+    def _new_run(self, conn: sqlite3.Connection, symbols: list[str]) -> int:
+        cur = conn.execute(
+            "INSERT INTO runs (started_at, mode, source, seed, config, symbols, interval, status)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (datetime.now(UTC).isoformat(timespec="seconds"), self.cfg.mode,
+             self.cfg.feed.source, self.cfg.seed, json.dumps(self.cfg.to_dict()),
+             json.dumps(symbols), self.cfg.feed.interval, "running"))
+        return int(cur.lastrowid or 0)
+
+    def _actor_event(self, actor: str, event: str, detail: str, restarts: int) -> None:
+        if not offer(self._records, Record("actor_events", {
+                "run_id": self.run_id, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "clock_ts": self.clock.now_ms(), "actor": actor, "event": event,
+                "detail": detail, "restarts": restarts})):
+            log.warning("actor event not recorded (recorder busy or gone): %s %s", actor, event)
+
+    # -- running -------------------------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> int:
+        limit_malloc_arenas()
+        cfg = self.cfg
+        if cfg.mode == "live" and self.credentials is None:
+            raise DaemonError('mode = "live" needs exchange credentials; none were loaded '
+                              "(see README, Secrets)")
+        conn = self._open_store()
+        try:
+            symbols = self._symbols(conn)
+            if self.models is None:
+                self.models, errors = load_champions(self.models_dir)
+                for err in errors:
+                    log.error("model rejected: %s", err)
+            interval_ms = INTERVAL_MS[cfg.feed.interval]
+            self.run_id = self._new_run(conn, symbols)
+            self.quotes = {quote_of(s) for s in symbols}
+            log.info("qtraderd %s starting: run %d, mode %s, source %s, %d symbols (%s), "
+                     "interval %s, speed %s, models %s", __version__, self.run_id, cfg.mode,
+                     cfg.feed.source, len(symbols), ",".join(symbols), cfg.feed.interval,
+                     "max" if math.isinf(cfg.feed.speed) else f"{cfg.feed.speed:g}x",
+                     ",".join(f"{f}/{m.version}" for f, m in self.models.items()) or "none")
+            log.info("%s", config_line(cfg, self.config_path))
+            log.info(retrain_banner(cfg))
+            await self._run_chain(conn, symbols, interval_ms, task_status)
+        finally:
+            self._finish(conn)
+            conn.close()
+        return self.exit_code
+
+    async def _run_chain(self, conn: sqlite3.Connection, symbols: list[str], interval_ms: int,
+                         task_status: Any) -> None:
+        cfg = self.cfg
+        cap = cfg.runtime.channel_capacity
+        self.clock = ReplayClock() if cfg.feed.source == "replay" else LiveClock()
+        costs = CostModel.from_config(cfg.costs)
+        feed_tx, feed_rx = trio.open_memory_channel[Step](1)
+        mon_tx, mon_rx = trio.open_memory_channel[Step](cap)
+        pred_tx, pred_rx = trio.open_memory_channel[Step](cap)
+        learn_tx, learn_rx = trio.open_memory_channel[Step](cap)
+        size_tx, size_rx = trio.open_memory_channel[Step](cap)
+        risk_tx, risk_rx = trio.open_memory_channel[Step](cap)
+        back_tx, back_rx = trio.open_memory_channel[Step](cap)
+        rec_tx, rec_rx = trio.open_memory_channel[list[Step]](64)
+        records_tx, records_rx = trio.open_memory_channel[Record](1024)
+        cmd_tx, cmd_rx = trio.open_memory_channel[Command](16)
+        pcmd_tx, pcmd_rx = trio.open_memory_channel[Command](16)
+        lcmd_tx, lcmd_rx = trio.open_memory_channel[Command](16)
+        self._records = records_tx
+        self.channels = {"feed": feed_tx, "monitor": mon_tx, "predictor": pred_tx,
+                         "learner": learn_tx, "sizer": size_tx, "risk": risk_tx,
+                         "execution_b": back_tx, "recorder": rec_tx, "records": records_tx,
+                         "risk_commands": cmd_tx, "predictor_commands": pcmd_tx,
+                         "learner_commands": lcmd_tx}
+        source = ReplaySource(self.state_dir, symbols, cfg.feed.interval,
+                              parse_time(cfg.feed.start), parse_time(cfg.feed.end))
+        barriers = Barriers(cfg.sizing.take_profit_pct / 100, cfg.sizing.stop_loss_pct / 100,
+                            cfg.labels.horizon_bars)
+        self.feed = FeedActor(source, feed_tx, interval_ms, cfg.feed.speed,
+                              hold_at_end=not cfg.feed.exit_at_end)
+        self.broker = PaperBroker(cfg.account.balances, costs)
+        self.execution = ExecutionActor(
+            self.broker, feed_rx, mon_tx, back_rx, rec_tx,
+            self.clock if isinstance(self.clock, ReplayClock) else None)
+        self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
+        if cfg.plugins.enabled:  # loaded now, in name order: every run starts the same way
+            self.plugins = PluginHost(cfg.plugins, self.plugins_dir)
+            self.plugins.load_all()
+        learning = cfg.learning.enabled
+        self.predictor = PredictorActor(barriers, self.models or {}, pred_rx,
+                                        learn_tx if learning else size_tx,
+                                        models_dir=self.models_dir, commands=pcmd_rx)
+        self.learner: LearnerActor | None = None
+        if learning:
+            if self.config_path is not None:
+                self.job_config = write_job_config(cfg, self.state_dir)
+            ro = connect(self.state_dir, readonly=True)
+            try:
+                registry = RegistryView.load(ro, self.models_dir)
+            finally:
+                ro.close()
+            self.learner = LearnerActor(
+                cfg, self.job_config, self.state_dir, self.models_dir, self.clock, registry,
+                learn_rx, size_tx, pcmd_tx, records_tx.clone(), lcmd_rx,
+                hold_clock=cfg.learning.replay_holds_clock and cfg.feed.source == "replay",
+                run_id=self.run_id,
+                data_start=stored_span(conn, symbols, cfg.feed.interval)[0],
+                events=self.plugins.emit if self.plugins is not None else None)
+        agent = restore(cfg.rl, cfg.seed, self.state_dir) if cfg.rl.enabled else None
+        if agent is not None:
+            log.info("RL sizer: Q-learning over %d stored states (epsilon %g, multipliers %s)",
+                     agent.status()["states_visited"], cfg.rl.epsilon,
+                     ", ".join(f"{m:g}" for m in cfg.rl.multipliers))
+        self.sizer = SizerActor(cfg.sizing, cfg.monitor, costs, size_rx, risk_tx, agent=agent,
+                                records=records_tx.clone(), plugins=self.plugins)
+        self.risk = RiskActor(cfg.risk, cfg.portfolio, costs, self.clock, interval_ms, risk_rx,
+                              back_tx, cmd_rx, records=records_tx.clone(),
+                              plugins=self.plugins)
+        self.recorder = RecorderActor(self.state_dir, self.run_id, rec_rx, records_rx,
+                                      cfg.store.flush_rows, cfg.store.flush_ms)
+        actors = [self.feed, self.execution, self.monitor, self.predictor, self.sizer,
+                  self.risk, self.recorder]
+        if self.learner is not None:
+            actors.insert(4, self.learner)
+        self.supervisor = Supervisor(
+            intensity=cfg.runtime.restart_intensity, period_s=cfg.runtime.restart_period_s,
+            backoff_s=cfg.runtime.restart_backoff_s,
+            backoff_max_s=cfg.runtime.restart_backoff_max_s, on_event=self._actor_event)
+        self.api = ControlAPI(self, cmd_tx, lcmd_tx)
+        assert self.socket_path is not None
+        cc = cfg.control  # the default timeout leaves promote / rollback time to load models
+        server = ControlServer(self.socket_path, {**self.api.handlers(),
+                                                  "reload": self._ctl_reload},
+                               group=cc.group or None, max_request_bytes=cc.max_request_bytes,
+                               request_timeout_s=cc.request_timeout_s,
+                               max_connections=cc.max_connections)
+        async with trio.open_nursery() as services:
+            try:
+                await services.start(server.serve)
+            except RuntimeError as exc:  # socket taken by another daemon, path unusable
+                raise DaemonError(str(exc)) from exc
+            services.start_soon(self._signals)
+            if self.plugins is not None:
+                await services.start(self.plugins.run)
+            services.start_soon(self._hangups)
+            services.start_soon(self.service.run, self.supervisor, self.progress_line)
+            if self.progress_every_s > 0:
+                services.start_soon(self._progress)
+            task_status.started(self)
+            await self.supervisor.run(actors)
+            if self.plugins is not None:  # the last trades' events still reach notifiers
+                await self.plugins.notifications.drain(cfg.runtime.shutdown_timeout_s / 2)
+            services.cancel_scope.cancel()
+        if self.supervisor.escalation is not None:
+            log.error("daemon exiting: %s", self.supervisor.escalation)
+            self.exit_code = EXIT_ESCALATED
+        if not self.stopping:
+            self.service.stopping("exiting: " + (str(self.supervisor.escalation or "")
+                                                 or "replay finished"))
+        self._log_progress(final=True)
+
+    def request_stop(self, why: str = "stop requested") -> None:
+        """Graceful stop: the feed stops, in-flight steps drain, the recorder flushes."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping: %s", why)
+        self.service.stopping(why)
+        if self.feed is not None:
+            self.feed.stop()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.request_stop(f"received {signal.Signals(signum).name}")
+                break
+        await trio.sleep(self.cfg.runtime.shutdown_timeout_s)
+        log.error("shutdown took longer than %.1f s: cancelling actors",
+                  self.cfg.runtime.shutdown_timeout_s)
+        if self.supervisor is not None:
+            self.supervisor.cancel()
+
+    async def _hangups(self) -> None:
+        """SIGHUP (`systemctl reload`): re-read the config file; a bad one is only logged."""
+        with trio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                with contextlib.suppress(ReloadRejected):
+                    reload_config(self)
+
+    async def _ctl_reload(self, args: dict[str, Any]) -> Any:
+        try:
+            return reload_config(self)
+        except ReloadRejected as exc:
+            raise ControlError(f"config reload rejected: {exc}") from exc
+
+    async def _progress(self) -> None:
+        while True:
+            await trio.sleep(self.progress_every_s)
+            self._log_progress()
+
+    def progress_line(self, final: bool = False) -> str:
+        """One line on what the daemon is doing: the progress log and systemd's STATUS."""
+        if self.feed is None:
+            return "starting"
+        elapsed = max(1e-9, time.monotonic() - self.started_wall)
+        equity = " ".join(f"{a.quote} {a.equity:,.6g}" for a in self.execution.accounts
+                          if a.quote in self.quotes)
+        learner = self.learner
+        job = f" | learner: retraining {learner.current.family}" if (
+            learner is not None and learner.current is not None and not final) else ""
+        return (f"{'replay finished' if final and self.feed.done else 'progress'}: "
+                f"{self.feed.bars:,} bars ({self.feed.bars / elapsed:,.0f} bars/s) | data time "
+                f"{iso(self.feed.last_ts)} | trades {self.execution.trades} | open "
+                f"{len(self.broker.positions)} | equity {equity or '-'} | risk "
+                f"{self.risk.state}{job}")
+
+    def _log_progress(self, final: bool = False) -> None:
+        if self.feed is not None:
+            log.info("%s", self.progress_line(final))
+
+    def _finish(self, conn: sqlite3.Connection) -> None:
+        if not self.run_id:
+            return
+        status = "escalated" if self.exit_code else (
+            "stopped" if self.stopping else "finished")
+        conn.execute("UPDATE runs SET ended_at=?, status=?, exit_code=? WHERE id=?",
+                     (datetime.now(UTC).isoformat(timespec="seconds"), status, self.exit_code,
+                      self.run_id))
+
+    def status(self) -> dict[str, Any]:
+        feed = self.feed
+        elapsed = max(1e-9, time.monotonic() - self.started_wall)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "run_id": self.run_id,
+            "mode": self.cfg.mode,
+            "source": self.cfg.feed.source,
+            "credentials": self.credentials.source if self.credentials else "none",
+            "state_dir": str(self.state_dir.resolve()),
+            "models_dir": str(self.models_dir.resolve()),
+            "clock": iso(self.clock.now_ms()),
+            "clock_ms": self.clock.now_ms(),
+            "bars": feed.bars if feed else 0,
+            "steps": feed.seq if feed else 0,
+            "bars_per_s": round((feed.bars if feed else 0) / elapsed, 1),
+            "risk_state": self.risk.state,
+            "stopping": self.stopping,
+            "config": str(self.config_path) if self.config_path else "defaults (no --config)",
+            "systemd": self.service.summary(),
+            "actors": self.supervisor.status() if self.supervisor else {},
+            "queues": {name: f"{st.current_buffer_used}/{st.max_buffer_size}"
+                       for name, st in ((n, ch.statistics()) for n, ch in self.channels.items())},
+        }

@@ -1,0 +1,44 @@
+"""Candle windows: serving == training on real data, and no lookahead."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qtraderd.features.windows import CHANNELS, WINDOW, WindowState, make_windows
+from tests.helpers import read_ohlcv
+
+
+def cols(a):
+    return a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5]
+
+
+@pytest.mark.parametrize("name", ["ETHBTC-5m.csv", "UNITTESTBTC-1m.csv"])
+def test_incremental_equals_vectorised(ohlcv_dir, name):
+    a = read_ohlcv(ohlcv_dir / name)[:3000]
+    st = WindowState()
+    inc = []
+    for r in a.tolist():
+        st.update(r[1], r[2], r[3], r[4], r[5])
+        inc.append(st.window())
+    assert all(w is None for w in inc[: WINDOW - 1])
+    at = np.arange(WINDOW - 1, len(a))
+    vec = make_windows(*cols(a), at)
+    assert vec.shape == (len(at), WINDOW, CHANNELS) and vec.dtype == np.float32
+    np.testing.assert_allclose(np.stack(inc[WINDOW - 1:]), vec, rtol=1e-6, atol=1e-7)
+
+
+def test_windows_do_not_look_ahead(ohlcv_dir):
+    a = read_ohlcv(ohlcv_dir / "LTCBTC-5m.csv")[:800]
+    t = 500
+    base = make_windows(*cols(a), np.array([t]))
+    b = a.copy()
+    b[t + 1:, 1:6] *= 2.0
+    np.testing.assert_array_equal(make_windows(*cols(b), np.array([t])), base)
+    assert base[0, -1, 0] == 0.0  # relative to the last close
+
+
+def test_too_early_index_is_refused(ohlcv_dir):
+    a = read_ohlcv(ohlcv_dir / "LTCBTC-5m.csv")[:100]
+    with pytest.raises(ValueError, match="needs 64 bars"):
+        make_windows(*cols(a), np.array([10]))
