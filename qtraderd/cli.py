@@ -44,12 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "ends (or SIGTERM/SIGINT). Without --config: paper mode, replay of "
                        "the candles bundled with qtraderd at full speed. Imports the bundled "
                        "candles if the store has none and trains the first models (in a "
-                       "subprocess) if the models directory has none. Prints a summary at "
-                       "the end.")
+                       "subprocess) if the models directory has none. If the last run in the "
+                       "state directory did not finish (killed, stopped early, escalated), "
+                       "it is resumed from its last checkpoint (see --fresh). Prints a "
+                       "summary at the end.")
     p.add_argument("--config", type=Path, default=None, help="TOML config file")
     _add_dirs(p)
     p.add_argument("--no-train", action="store_true",
                    help="do not train initial models when none exist (predict nothing)")
+    p.add_argument("--fresh", action="store_true",
+                   help="if the last run did not finish, close it (status crashed) and "
+                        "start a new run instead of resuming it")
     p.add_argument("--plugins-dir", type=Path, default=None, metavar="DIR",
                    help="plugin files, watched and hot-reloaded (default: [plugins] dir, "
                         "./plugins)")
@@ -310,7 +315,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # (`systemctl status`) carries the live one instead.
         daemon = Daemon(cfg, args.state_dir, args.models_dir, config_path=args.config,
                         progress_every_s=60.0 if logsetup.journal_stream() else 1.0,
-                        credentials=credentials,
+                        credentials=credentials, fresh=args.fresh,
                         plugins_dir=args.plugins_dir or Path(cfg.plugins.dir))
         try:
             code = trio.run(daemon.run)

@@ -150,7 +150,8 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(trained, tmp_path):
             time.sleep(0.1)
         out = qt("run", "--state-dir", state, "--models-dir", models)
         assert out.returncode == 2
-        assert "another qtraderd is listening" in out.stderr and "Traceback" not in out.stderr
+        assert f"in use by another qtraderd (pid {first.pid})" in out.stderr
+        assert "Traceback" not in out.stderr
         assert ctl.request(state / "qtraderd.sock", "status")["ok"]  # the first one is fine
     finally:
         first.terminate()

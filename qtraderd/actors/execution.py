@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import trio
 
+from qtraderd.core.checkpoint import EVERY_STEPS
 from qtraderd.core.clock import ReplayClock
 from qtraderd.core.messages import (
     AccountView,
@@ -41,6 +42,7 @@ from qtraderd.runtime.supervisor import Actor, degrade, pass_on
 log = logging.getLogger("qtraderd.execution")
 
 RECORD_BATCH = 64
+CHECKPOINT_S = 1.0  # a replay checkpoints at least this often (wall time)
 
 
 class Broker(Protocol):
@@ -54,6 +56,10 @@ class Broker(Protocol):
 
     def pending_count(self) -> int: ...
 
+    def export_state(self) -> Any: ...
+
+    def restore_state(self, state: Any) -> None: ...
+
 
 class ExecutionActor(Actor):
     name = "execution"
@@ -62,8 +68,10 @@ class ExecutionActor(Actor):
                  to_monitor: trio.MemorySendChannel[Step],
                  decided_in: trio.MemoryReceiveChannel[Step],
                  to_recorder: trio.MemorySendChannel[list[Step]],
-                 clock: ReplayClock | None = None) -> None:
+                 clock: ReplayClock | None = None,
+                 checkpoint_steps: int = EVERY_STEPS) -> None:
         super().__init__()
+        self.checkpoint_steps = checkpoint_steps
         self.broker = broker
         self.bars_in = bars_in
         self.to_monitor = to_monitor
@@ -76,6 +84,9 @@ class ExecutionActor(Actor):
         self.fills = 0
         self.trades = 0
         self.accounts: tuple[AccountView, ...] = ()
+        self._last: Step | None = None
+        self._since_checkpoint = 0
+        self._checkpoint_at = time.perf_counter()
 
     async def run(self) -> None:
         if self._awaiting_b:  # restarted between the two phases of a step
@@ -83,20 +94,54 @@ class ExecutionActor(Actor):
         async for step in self.bars_in:
             if self.clock is not None:
                 self.clock.advance(step.close_ts)
+            step = self._mark(step)
             error: Exception | None = None
             try:
                 out = self._phase_a(step)
             except Exception as exc:
                 error, out = exc, degrade(step, self.name)
             self._awaiting_b = True
+            self._last = step
             await pass_on(self.to_monitor, out)
             await self._phase_b()
             await self._hand_over()
             if error is not None:
                 raise error
+        if self._last is not None and not self._last.checkpoint:
+            # The feed ended (data end or stop): one bar-less step collects every actor's
+            # final state, so the recorder can commit the last steps as a whole.
+            self._awaiting_b = True
+            await pass_on(self.to_monitor, Step(
+                seq=self._last.seq, ts=self._last.ts, close_ts=self._last.close_ts, bars=(),
+                checkpoint=True, seal=True))
+            await self._phase_b()
         await self.to_monitor.aclose()
         await self._hand_over(force=True)
         await self.to_recorder.aclose()
+
+    def _mark(self, step: Step) -> Step:
+        """Make `step` a checkpoint: live, and whenever no next bar is waiting (a paced or
+        finished replay), every step; at full replay speed every `checkpoint_steps` or
+        CHECKPOINT_S seconds. Where one falls changes nothing but what a restart redoes."""
+        self._since_checkpoint += 1
+        now = time.perf_counter()
+        stats = self.bars_in.statistics()
+        if (self.clock is None or self._since_checkpoint >= self.checkpoint_steps
+                or not (stats.current_buffer_used or stats.tasks_waiting_send)
+                or now - self._checkpoint_at >= CHECKPOINT_S):
+            self._since_checkpoint, self._checkpoint_at = 0, now
+            return replace(step, checkpoint=True)
+        return step
+
+    # -- crash-only state ----------------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        return {"broker": self.broker.export_state(), "fills": self.fills,
+                "trades": self.trades, "accounts": self.accounts}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.broker.restore_state(state["broker"])
+        self.fills, self.trades = state["fills"], state["trades"]
+        self.accounts = state["accounts"]
 
     async def _hand_over(self, force: bool = False) -> None:
         if not self._finished:
@@ -123,6 +168,10 @@ class ExecutionActor(Actor):
             self._awaiting_b = False
             return
         error: Exception | None = None
+        if step.seal:
+            self._awaiting_b = False
+            self._finished.append(self.with_state(step))
+            return
         try:
             self.broker.amend(step.amends)
             allowed = {d.intent_id: d for d in step.decisions if d.action != "deny"}
@@ -136,7 +185,7 @@ class ExecutionActor(Actor):
             self._awaiting_b = False
         self.processed += 1
         self.last_done = time.perf_counter()
-        self._finished.append(step)
+        self._finished.append(self.with_state(step))
         if error is not None:
             raise error
 

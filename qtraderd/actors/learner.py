@@ -144,13 +144,16 @@ class LearnerActor(StepActor):
             nursery.start_soon(self._command_loop)
             try:
                 async for step in self.inbox:
+                    if step.seal:
+                        await pass_on(self.outbox, self.with_state(step))
+                        continue
                     try:
                         await self.on_step(step)
                     except Exception:
-                        await self.outbox.send(step)
+                        await self.outbox.send(self.with_state(step))
                         raise
                     self.processed += 1
-                    await pass_on(self.outbox, step)
+                    await pass_on(self.outbox, self.with_state(step))
                 await self.outbox.aclose()
             finally:
                 nursery.cancel_scope.cancel()

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from qtraderd.core.checkpoint import put, take
 from qtraderd.core.clock import iso
 from qtraderd.core.messages import (
     Command,
@@ -219,6 +220,24 @@ class PredictorActor(StepActor):
         await watch_in_thread(self.models_dir, watch_filter=_not_temp,
                               process=lambda _changes: self.reload_from_disk(), deliver=stage,
                               step_ms=20)
+
+    # -- crash-only state ----------------------------------------------------------------
+    _STATE = ("_symbols", "ensemble", "_last_regime", "_announced_oos", "predictions",
+              "outcomes", "in_sample_skipped")
+
+    def export_state(self) -> dict[str, Any]:
+        """Features, candle windows, labelers, regimes, outcomes awaited and the ensemble's
+        record — not the models: those come back from the champion pointers."""
+        return {**take(self, self._STATE),
+                "served": {f: m.version for f, m in self.models.serving.items()}}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        put(self, state, self._STATE)
+        for family, m in self.models.serving.items():
+            if state["served"].get(family) != m.version:  # changed while we were down
+                self.ensemble.add_model(family)  # its record starts afresh, as on a swap
+        for family in set(state["served"]) - set(self.models.serving):
+            self.ensemble.remove_model(family)
 
     # -- one step ----------------------------------------------------------------------
     def handle(self, step: Step) -> Step:

@@ -48,8 +48,11 @@ class RecorderActor(Actor):
     def __init__(self, state_dir: Path, run_id: int,
                  inbox: trio.MemoryReceiveChannel[list[Step]],
                  records: trio.MemoryReceiveChannel[Record], flush_rows: int,
-                 flush_ms: float) -> None:
+                 flush_ms: float, keep_fds: tuple[int, ...] = ()) -> None:
+        """`keep_fds`: descriptors the writer inherits (the state-dir lock: a successor
+        daemon waits until this writer is gone too)."""
         super().__init__()
+        self.keep_fds = keep_fds
         self.state_dir = Path(state_dir)
         self.run_id = run_id
         self.inbox = inbox
@@ -57,6 +60,7 @@ class RecorderActor(Actor):
         self.flush_rows = flush_rows
         self.flush_s = flush_ms / 1000.0
         self._steps: list[Step] = []
+        self._cut = 0  # self._steps[:_cut] ends with a checkpoint step: what can be written
         self._records: list[Record] = []
         self._pending_rows = 0
         self._next_id = 1
@@ -99,7 +103,7 @@ class RecorderActor(Actor):
         cmd = [sys.executable, "-m", "qtraderd.store.writer", str(self.state_dir),
                str(self.run_id)]
         proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE,
-                                                stdout=subprocess.PIPE)
+                                                stdout=subprocess.PIPE, pass_fds=self.keep_fds)
         self._proc = proc
         self.writer_starts += 1
         line = await _read_line(proc.stdout, bytearray())
@@ -107,6 +111,8 @@ class RecorderActor(Actor):
             proc.kill()
             raise WriterError(f"store writer did not start: {line or 'no output'}")
         last = int(line.split()[1])
+        if self.writer_starts == 1:  # a resumed run: its batch ids continue
+            self._next_id = max(self._next_id, last + 1)
         self._ack_up_to(last)
         for _bid, data, _n in list(self._unacked):  # resend what the last writer lost
             await proc.stdin.send_all(data)
@@ -151,6 +157,10 @@ class RecorderActor(Actor):
         for step in msg:  # a cheap estimate of rows, to decide when to flush
             self._pending_rows += 2 + 2 * len(step.samples) + len(step.predictions) * (
                 1 + len(step.model_outputs))
+        for i in range(len(msg) - 1, -1, -1):
+            if msg[i].checkpoint:
+                self._cut = len(self._steps) - len(msg) + i + 1
+                break
 
     def _drain_records(self) -> None:
         while True:
@@ -163,16 +173,25 @@ class RecorderActor(Actor):
         while True:
             await trio.sleep(self.flush_s)
             self._drain_records()
-            if self._steps or self._records:
+            if self._cut or self._records:
                 await self.flush()
 
     def _take_batch(self) -> tuple[int, bytes, int] | None:
-        if not (self._steps or self._records):
+        """The steps up to the last checkpoint step and every loose record.
+
+        A batch always ends at a checkpoint: the store then holds the actors' state for
+        exactly the last step it has rows of. Steps after it wait for the next one (at
+        most EVERY_STEPS); if the process dies first they are redone from that state.
+        """
+        steps, self._steps = self._steps[:self._cut], self._steps[self._cut:]
+        self._cut = 0
+        if not (steps or self._records):
             return None
-        batch = Batch(self._next_id, self._steps, self._records)
+        batch = Batch(self._next_id, steps, self._records)
         self._next_id += 1
-        self._steps, self._records, self._pending_rows = [], [], 0
-        return batch.id, frame(self._encoder.encode(batch)), len(batch.steps)
+        self._records, self._pending_rows = [], 0
+        n = sum(not s.seal for s in steps)  # a seal is state, not a step of its own
+        return batch.id, frame(self._encoder.encode(batch)), n
 
     async def flush(self) -> None:
         async with self._lock:
@@ -193,6 +212,9 @@ class RecorderActor(Actor):
         item = self._take_batch()
         if item is not None:
             self._unacked.append(item)
+        if self._steps:
+            log.info("recorder: %d steps after the last checkpoint are not written; a "
+                     "restart redoes them", len(self._steps))
         if not self._unacked:
             return
         decoder = msgspec.msgpack.Decoder(Batch)

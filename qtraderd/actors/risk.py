@@ -21,12 +21,14 @@ events caused by commands as soon as they happen — never blocking.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from qtraderd.core.checkpoint import put, take
 from qtraderd.core.clock import Clock
 from qtraderd.core.config import Config, PortfolioConfig, RiskConfig, per_quote
 from qtraderd.core.costs import CostModel
@@ -49,6 +51,7 @@ log = logging.getLogger("qtraderd.risk")
 
 ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
 DAY_MS = 86_400_000
+CHANGES = ("halt", "resume", "flatten", "pause", "resume-symbol")  # commands that change state
 MIN_FRACTION = 0.2  # an entry cut below this share of its request is denied instead
 
 
@@ -91,6 +94,8 @@ class RiskActor(StepActor):
         self._flatten = False
         self._pending_events: list[RiskEvent] = []
         self._last_step_ts = 0
+        self._last_seq = 0  # the last step handled: where a command falls between steps
+        self._replaying = False
 
     # -- the actor -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -105,6 +110,12 @@ class RiskActor(StepActor):
         async for cmd in self.commands:
             try:
                 result: Any = self.command(cmd.name, cmd.args)
+                if cmd.name in CHANGES and self.records is not None:
+                    # Durable before the answer: a restart from a checkpoint taken before
+                    # this command re-applies it (reapply), so a ctl halt survives a crash.
+                    await self.records.send(Record("risk_commands", {
+                        "after_seq": self._last_seq, "name": cmd.name,
+                        "args": json.dumps(cmd.args, sort_keys=True, default=str)}))
             except (KeyError, ValueError) as exc:
                 result = {"error": str(exc)}
             answer(cmd, result)
@@ -114,6 +125,35 @@ class RiskActor(StepActor):
         DAILY_LOSS halt there; a drawdown or manual halt still needs `ctl resume`)."""
         self.cfg = cfg.risk
         self.portfolio.reconfigure(cfg.portfolio)
+
+    # -- crash-only state ----------------------------------------------------------------
+    _STATE = ("portfolio", "state", "reason", "reason_code", "manual_halt", "drawdown_latched",
+              "accounts", "denied", "reduced", "_flatten", "_pending_events", "_last_step_ts",
+              "_last_seq")
+
+    def export_state(self) -> dict[str, Any]:
+        """The state machine, its day and drawdown figures, symbol stats and pauses."""
+        return take(self, self._STATE)
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        cfg = self.portfolio.cfg
+        put(self, state, self._STATE)
+        self.portfolio.reconfigure(cfg)  # the limits in force now, not the stored ones
+
+    def reapply(self, commands: list[tuple[str, dict[str, Any]]]) -> None:
+        """Commands given after the restored checkpoint (recorded in `risk_commands`),
+        applied again in order. Their events were recorded the first time: not again."""
+        self._replaying = True
+        try:
+            for name, args in commands:
+                try:
+                    self.command(name, args)
+                    log.warning("risk: re-applied ctl %s from before the restart", name)
+                except (KeyError, ValueError) as exc:
+                    log.warning("risk: ctl %s from before the restart no longer applies: %s",
+                                name, exc)
+        finally:
+            self._replaying = False
 
     # -- commands (from the control socket) ---------------------------------------------
     def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +197,7 @@ class RiskActor(StepActor):
     # -- one step ------------------------------------------------------------------------
     def handle(self, step: Step) -> Step:
         self._last_step_ts = step.close_ts
+        self._last_seq = step.seq
         events = self._pending_events
         self._pending_events = []
         for trade in step.closed:
@@ -239,6 +280,8 @@ class RiskActor(StepActor):
     def _record(self, ev: RiskEvent) -> None:
         """Step-driven events travel with their step; command events need not wait for one
         (a halted or finished replay may never send another bar)."""
+        if self._replaying:
+            return
         if self._in_command and self.records is not None:
             try:
                 self.records.send_nowait(Record("risk_events", {

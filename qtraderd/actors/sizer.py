@@ -21,8 +21,9 @@ follows through later steps of the same chain (no second input, so no race):
   same for every size (PnL and margin both scale with qty), so it could not teach the
   agent anything about size; this way a bigger multiplier earns proportionally more
   where entries pay and loses more where they do not.
-Every update goes to the recorder (rl_q upsert + rl_updates row) without ever blocking
-the bar path: a full records channel drops the rows with a warning.
+Every update's rows (rl_q upsert + rl_updates row) travel in the step that learned them,
+so they are committed with it or not at all, and the table and the agent restored after
+a crash always agree.
 
 Plugins (qtraderd.plugins): an entry that passed the rule is shown to the signal filters
 before the agent sizes it. A veto records the signal with action "veto" and reason
@@ -39,13 +40,14 @@ from typing import Any
 
 import trio
 
+from qtraderd.core.checkpoint import put, take
 from qtraderd.core.config import Config, MonitorConfig, SizingConfig, per_quote
 from qtraderd.core.costs import CostModel
 from qtraderd.core.messages import OrderIntent, Prediction, Record, Signal, Step, Trade, replace
 from qtraderd.features.spec import FEATURE_NAMES
 from qtraderd.learning.rl import QAgent, state_key
 from qtraderd.plugins.host import PluginHost
-from qtraderd.runtime.supervisor import StepActor, offer
+from qtraderd.runtime.supervisor import StepActor
 from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.sizer")
@@ -70,23 +72,20 @@ class SizerActor(StepActor):
     def __init__(self, sizing: SizingConfig, monitor: MonitorConfig, costs: CostModel,
                  inbox: trio.MemoryReceiveChannel[Step],
                  outbox: trio.MemorySendChannel[Step], *, agent: QAgent | None = None,
-                 records: trio.MemorySendChannel[Record] | None = None,
                  plugins: PluginHost | None = None) -> None:
         """`agent`: a preloaded Q agent (see rl.restore); None or disabled = the rule alone.
-        `records`: where Q updates are written (the recorder's records channel).
         `plugins`: the daemon's plugin host (signal filters); None = no plugins."""
         super().__init__(inbox, outbox)
         self.plugins = plugins
         self.vetoed = 0
         self.agent = agent if agent is not None and agent.enabled else None
-        self.records = records
+        self._records: list[Record] = []  # Q updates of the step being handled
         self._pending: dict[str, _Entry] = {}  # emitted, waiting for the fill
         self._open: dict[str, _Entry] = {}  # filled, waiting for the trade to close
         self._peak: dict[str, float] = {}  # running equity peak per quote
         self._drawdown: dict[str, float] = {}
         self.rl_dropped = 0  # entries that never filled
         self.rl_lost = 0  # positions that vanished without a Trade we could match
-        self.records_dropped = 0
         self.cfg = sizing
         self.monitor = monitor
         self.costs = costs
@@ -120,7 +119,31 @@ class SizerActor(StepActor):
             return -1, p.p_short
         return 1, p.p_long
 
+    # -- crash-only state ----------------------------------------------------------------
+    _STATE = ("_pending", "_open", "_peak", "_drawdown", "rl_dropped", "rl_lost",
+              "entries", "skipped", "vetoed")
+
+    def export_state(self) -> dict[str, Any]:
+        """Entries followed for the agent, equity peaks, and the agent's table and random
+        generator (the same draws after a restart as without one)."""
+        state = take(self, self._STATE)
+        if self.agent is not None:
+            state["agent"] = self.agent.export_state()
+        return state
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        put(self, state, self._STATE)
+        if self.agent is not None and "agent" in state:
+            self.agent.restore_state(state["agent"])
+
     def handle(self, step: Step) -> Step:
+        out = self._handle(step)
+        if self._records:  # Q updates are rows of this step: committed with it or not at all
+            records, self._records = self._records, []
+            out = replace(out, records=(*out.records, *records))
+        return out
+
+    def _handle(self, step: Step) -> Step:
         if self.agent is not None:
             self._follow(step)  # every step, before anything may return early
         if self.plugins is not None:
@@ -234,13 +257,7 @@ class SizerActor(StepActor):
                 nxt = self._state(trade.symbol, sample.regime, self._side(pred)[1])
         reward = trade.return_pct * self.agent.multipliers[e.action]
         update = self.agent.learn(e.state, e.action, reward, nxt)
-        if self.records is None:
-            return
-        for rec in update.records(step.close_ts, trade.symbol):
-            if not offer(self.records, rec):
-                self.records_dropped += 1
-                log.warning("rl: %s row dropped (recorder busy or gone): %s", rec.table,
-                            rec.row)
+        self._records.extend(update.records(step.close_ts, trade.symbol))
 
     def rl_status(self) -> dict[str, Any]:
         """For `ctl rl`: the agent's table plus what the sizer is following right now."""
@@ -248,7 +265,7 @@ class SizerActor(StepActor):
             return {"enabled": False}
         return {**self.agent.status(), "pending_entries": sorted(self._pending),
                 "open_entries": sorted(self._open), "dropped_entries": self.rl_dropped,
-                "lost_positions": self.rl_lost, "records_dropped": self.records_dropped,
+                "lost_positions": self.rl_lost,
                 "drawdown_pct": {q: round(100 * d, 3) for q, d in sorted(self._drawdown.items())}}
 
     def status(self) -> dict[str, Any]:

@@ -147,6 +147,9 @@ class ControlConfig:
 class StoreConfig:
     flush_rows: int = _spec(20_000, lo=1, hi=10_000_000)
     flush_ms: float = _spec(250.0, positive=True)
+    checkpoint_steps: int = _spec(256, lo=1, hi=1_000_000,
+                                  help="most steps between two checkpoints at full replay "
+                                       "speed (live: every step)")
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,13 @@ class RiskEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):
     symbol: str = ""
 
 
+class ActorState(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One actor's state after a checkpoint step, opaque to everyone but that actor."""
+
+    actor: str
+    blob: bytes
+
+
 class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """Everything about one bar timestamp, accumulated as it passes down the chain."""
 
@@ -252,6 +259,14 @@ class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
     risk_events: tuple[RiskEvent, ...] = ()
     # actors that failed on this step and passed it on untouched
     degraded: tuple[str, ...] = ()
+    # rows that belong to this step but to no table above (RL updates): written with it
+    records: tuple[Record, ...] = ()
+    # crash-only state (qtraderd.runtime.checkpoint): on a checkpoint step every actor
+    # with state appends it after handling the step, and the recorder commits the rows of
+    # every step up to here together with these states in one transaction
+    checkpoint: bool = False
+    seal: bool = False  # no bars: sent at the end only to collect the actors' final state
+    state: tuple[ActorState, ...] = ()
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True):

@@ -163,6 +163,16 @@ class QAgent:
         log.info("rl: restored %d Q values over %d states", used, len(self.q))
         return used
 
+    def export_state(self) -> dict[str, Any]:
+        """The table, the visit counts and the random generator: what continues a run."""
+        return {"q": self.q, "n": self.n, "rng": self.rng.getstate(),
+                "counts": (self.decisions, self.explored, self.updates, self.loaded)}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.q, self.n = state["q"], state["n"]
+        self.rng.setstate(state["rng"])
+        self.decisions, self.explored, self.updates, self.loaded = state["counts"]
+
     def status(self) -> dict[str, Any]:
         """For `qtraderd ctl rl`: the whole table, best action first per state (JSON-safe)."""
         keys = [f"{m:g}" for m in self.multipliers]

@@ -46,6 +46,8 @@ from qtraderd.learning.registry import RegistryView
 from qtraderd.learning.rl import restore
 from qtraderd.models.onnx_model import LoadedModel, load_champions
 from qtraderd.plugins.host import PluginHost
+from qtraderd.runtime import resume as resume_mod
+from qtraderd.runtime.process import LockError, StateLock
 from qtraderd.runtime.reload import ReloadRejected, config_line, reload_config, write_job_config
 from qtraderd.runtime.secrets import Credentials
 from qtraderd.runtime.supervisor import Supervisor, offer
@@ -108,6 +110,7 @@ class Daemon:
     config_path: Path | None = None  # re-read on reload (SIGHUP, `ctl reload`)
     credentials: Credentials | None = None  # secrets.load() at start; never in cfg or logs
     plugins_dir: Path | None = None  # `run` passes [plugins] dir; None: no plugin files
+    fresh: bool = False  # close an unfinished last run instead of resuming it
     run_id: int = 0
     started_wall: float = field(default_factory=time.monotonic)
     service: Service = field(default_factory=Service)  # sd_notify; no-op outside systemd
@@ -126,6 +129,8 @@ class Daemon:
         self.quotes: set[str] = set()
         # Learner jobs read the config in force from here, never the operator's file.
         self.job_config: Path | None = None
+        self.resume: resume_mod.Resume | None = None
+        self.lock = StateLock(self.state_dir)
 
     # -- assembly ------------------------------------------------------------------------
     def _open_store(self) -> sqlite3.Connection:
@@ -169,7 +174,17 @@ class Daemon:
         if cfg.mode == "live" and self.credentials is None:
             raise DaemonError('mode = "live" needs exchange credentials; none were loaded '
                               "(see README, Secrets)")
-        conn = self._open_store()
+        lock = StateLock(self.state_dir)
+        try:
+            await trio.to_thread.run_sync(lock.acquire)  # waits for a predecessor's writer
+        except LockError as exc:
+            raise DaemonError(str(exc)) from exc
+        try:
+            conn = self._open_store()
+        except BaseException:
+            lock.release()
+            raise
+        self.lock = lock
         try:
             symbols = self._symbols(conn)
             if self.models is None:
@@ -177,7 +192,13 @@ class Daemon:
                 for err in errors:
                     log.error("model rejected: %s", err)
             interval_ms = INTERVAL_MS[cfg.feed.interval]
-            self.run_id = self._new_run(conn, symbols)
+            try:
+                self.resume = resume_mod.plan(conn, cfg, self.fresh)
+            except resume_mod.ResumeError as exc:
+                raise DaemonError(str(exc)) from exc
+            self.run_id = (self.resume.run_id if self.resume is not None
+                           else self._new_run(conn, symbols))
+            resume_mod.mark_started(conn, self.run_id, self.resume)
             self.quotes = {quote_of(s) for s in symbols}
             log.info("qtraderd %s starting: run %d, mode %s, source %s, %d symbols (%s), "
                      "interval %s, speed %s, models %s", __version__, self.run_id, cfg.mode,
@@ -190,6 +211,7 @@ class Daemon:
         finally:
             self._finish(conn)
             conn.close()
+            lock.release()
         return self.exit_code
 
     async def _run_chain(self, conn: sqlite3.Connection, symbols: list[str], interval_ms: int,
@@ -225,7 +247,8 @@ class Daemon:
         self.broker = PaperBroker(cfg.account.balances, costs)
         self.execution = ExecutionActor(
             self.broker, feed_rx, mon_tx, back_rx, rec_tx,
-            self.clock if isinstance(self.clock, ReplayClock) else None)
+            self.clock if isinstance(self.clock, ReplayClock) else None,
+            checkpoint_steps=cfg.store.checkpoint_steps)
         self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
         if cfg.plugins.enabled:  # loaded now, in name order: every run starts the same way
             self.plugins = PluginHost(cfg.plugins, self.plugins_dir)
@@ -256,16 +279,19 @@ class Daemon:
                      agent.status()["states_visited"], cfg.rl.epsilon,
                      ", ".join(f"{m:g}" for m in cfg.rl.multipliers))
         self.sizer = SizerActor(cfg.sizing, cfg.monitor, costs, size_rx, risk_tx, agent=agent,
-                                records=records_tx.clone(), plugins=self.plugins)
+                                plugins=self.plugins)
         self.risk = RiskActor(cfg.risk, cfg.portfolio, costs, self.clock, interval_ms, risk_rx,
                               back_tx, cmd_rx, records=records_tx.clone(),
                               plugins=self.plugins)
         self.recorder = RecorderActor(self.state_dir, self.run_id, rec_rx, records_rx,
-                                      cfg.store.flush_rows, cfg.store.flush_ms)
+                                      cfg.store.flush_rows, cfg.store.flush_ms,
+                                      keep_fds=(self.lock.fd,) if self.lock.fd else ())
         actors = [self.feed, self.execution, self.monitor, self.predictor, self.sizer,
                   self.risk, self.recorder]
         if self.learner is not None:
             actors.insert(4, self.learner)
+        if self.resume is not None:
+            self._restore(actors, source)
         self.supervisor = Supervisor(
             intensity=cfg.runtime.restart_intensity, period_s=cfg.runtime.restart_period_s,
             backoff_s=cfg.runtime.restart_backoff_s,
@@ -302,6 +328,27 @@ class Daemon:
             self.service.stopping("exiting: " + (str(self.supervisor.escalation or "")
                                                  or "replay finished"))
         self._log_progress(final=True)
+
+    def _restore(self, actors: list[Any], source: ReplaySource) -> None:
+        """Every actor back to its state at the run's last checkpoint; the feed after it."""
+        r = self.resume
+        assert r is not None
+        for actor in actors:
+            if actor.name in r.states:
+                actor.restore_state(r.states[actor.name])
+            elif actor.export_state() is not None:
+                log.warning("resume: no stored state for actor %s; it starts empty",
+                            actor.name)
+        if r.risk_commands:
+            self.risk.reapply(r.risk_commands)
+        source.last_ts = r.ts
+        self.feed.seq, self.feed.bars, self.feed.last_ts = r.seq, r.bars, r.ts
+        accounts = self.execution.accounts
+        log.info("resuming run %d from %s (start %d): %d open positions, equity %s",
+                 self.run_id, iso(r.ts + INTERVAL_MS[self.cfg.feed.interval]), r.starts + 1,
+                 sum(a.open_positions for a in accounts),
+                 " ".join(f"{a.quote} {a.equity:,.6g}" for a in accounts
+                          if a.quote in self.quotes) or "-")
 
     def request_stop(self, why: str = "stop requested") -> None:
         """Graceful stop: the feed stops, in-flight steps drain, the recorder flushes."""

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from qtraderd.core.messages import Command, Step, replace
+from qtraderd.core.checkpoint import pack
+from qtraderd.core.messages import ActorState, Command, Step, replace
 
 if TYPE_CHECKING:
     from qtraderd.core.config import Config
@@ -47,6 +48,23 @@ class Actor:
 
     def status(self) -> dict[str, Any]:
         return {}
+
+    def export_state(self) -> Any:
+        """What a restart needs to continue exactly where this actor was (see
+        qtraderd.core.checkpoint); None: the actor keeps nothing worth restoring."""
+        return None
+
+    def restore_state(self, state: Any) -> None:
+        """Adopt state exported by `export_state` (before the first step)."""
+
+    def with_state(self, step: Step) -> Step:
+        """`step` with this actor's state appended, if it is a checkpoint step."""
+        if not step.checkpoint:
+            return step
+        state = self.export_state()
+        if state is None:
+            return step
+        return replace(step, state=(*step.state, ActorState(self.name, pack(state))))
 
     def inboxes(self) -> list[trio.MemoryReceiveChannel[Any]]:
         """The channels this actor reads (every actor keeps them as attributes)."""
@@ -89,13 +107,16 @@ class StepActor(Actor):
 
     async def run(self) -> None:
         async for step in self.inbox:
+            if step.seal:  # the end: nothing to handle, only the state to hand in
+                await pass_on(self.outbox, self.with_state(step))
+                continue
             try:
                 out = self.handle(step)
             except Exception:
-                await self.outbox.send(degrade(step, self.name))
+                await self.outbox.send(self.with_state(degrade(step, self.name)))
                 raise
             self.processed += 1
-            await pass_on(self.outbox, out)
+            await pass_on(self.outbox, self.with_state(out))
         await self.outbox.aclose()
 
 

@@ -122,14 +122,23 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> int:
             if rows[table]:
                 conn.executemany(SQL[table], rows[table])
         for rec in batch.records:
-            row = rec.row if ("run_id" in rec.row or rec.table in NO_RUN_ID) else {
-                "run_id": run_id, **rec.row}
-            cols = list(row)
-            verb = "INSERT OR REPLACE" if rec.mode == "replace" else "INSERT"
-            conn.execute(f"{verb} INTO {rec.table} ({', '.join(cols)}) "
-                         f"VALUES ({', '.join('?' * len(cols))})", list(row.values()))
+            _write_record(conn, run_id, rec)
+        for step in batch.steps:
+            for rec in step.records:
+                _write_record(conn, run_id, rec)
         if batch.steps:
             last_step = batch.steps[-1]
+            if last_step.checkpoint:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO checkpoints (run_id, actor, seq, ts, state) "
+                    "VALUES (?,?,?,?,?)",
+                    [(run_id, s.actor, last_step.seq, last_step.ts, s.blob)
+                     for s in last_step.state])
+                conn.execute("UPDATE runs SET resume_seq=?, resume_ts=? WHERE id=?",
+                             (last_step.seq, last_step.ts, run_id))
+            if last_step.seal and len(batch.steps) > 1:
+                last_step = batch.steps[-2]  # the seal carries state only, no positions
+        if batch.steps and not last_step.seal:
             conn.execute("DELETE FROM positions WHERE run_id=?", (run_id,))
             conn.executemany(
                 "INSERT INTO positions (run_id, symbol, quote, side, qty, entry_price, "
@@ -144,3 +153,12 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> int:
                 (bars, batch.steps[0].ts, last_step.ts, run_id))
         conn.execute("UPDATE runs SET last_batch=? WHERE id=?", (batch.id, run_id))
     return n + len(batch.records)
+
+
+def _write_record(conn: sqlite3.Connection, run_id: int, rec: Record) -> None:
+    row = rec.row if ("run_id" in rec.row or rec.table in NO_RUN_ID) else {
+        "run_id": run_id, **rec.row}
+    cols = list(row)
+    verb = "INSERT OR REPLACE" if rec.mode == "replace" else "INSERT"
+    conn.execute(f"{verb} INTO {rec.table} ({', '.join(cols)}) "
+                 f"VALUES ({', '.join('?' * len(cols))})", list(row.values()))

@@ -276,6 +276,38 @@ MIGRATIONS: list[str] = [
         q REAL NOT NULL
     );
     """,
+    # 3: crash-only state. The actors' state at the last committed checkpoint step (one
+    # row per run and actor, replaced by each checkpoint in the same transaction as that
+    # step's rows); where a resumed run continues; and each start of a run.
+    """
+    CREATE TABLE checkpoints (
+        run_id INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        PRIMARY KEY (run_id, actor)
+    );
+    ALTER TABLE runs ADD COLUMN resume_seq INTEGER;
+    ALTER TABLE runs ADD COLUMN resume_ts INTEGER;
+    ALTER TABLE runs ADD COLUMN starts INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE runs ADD COLUMN pid INTEGER;
+    CREATE TABLE risk_commands (
+        run_id INTEGER NOT NULL,
+        after_seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        args TEXT NOT NULL
+    );
+    CREATE TABLE run_starts (
+        run_id INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        resume_seq INTEGER,
+        resume_ts INTEGER,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     # batch and closes our stdin, and EOF is our exit. Dying first would lose that batch.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # But a daemon that died (kill -9, OOM) takes us with it: its successor resumes from
+    # the last committed checkpoint and must not see us commit one more batch after that.
+    from qtraderd.runtime.process import die_with_parent
+
+    die_with_parent()
     # Nothing is logged on success; a crash's traceback reaches the daemon's stderr (the
     # journal under systemd) in the daemon's format.
     from qtraderd.runtime import logs as logsetup

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qtraderd.runtime.process import die_with_parent
 from qtraderd.training.cli import add_train_arguments, train_main
 from qtraderd.training.job import job_main
 
@@ -33,4 +34,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    die_with_parent()  # a job nobody waits for must not go on to write models
     raise SystemExit(main())

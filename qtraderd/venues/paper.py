@@ -17,8 +17,10 @@ equity adds unrealised PnL at the last close.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 from qtraderd.core.costs import CostModel
 from qtraderd.core.messages import (
@@ -200,6 +202,20 @@ class PaperBroker:
 
     def pending_count(self) -> int:
         return sum(len(v) for v in self._pending.values())
+
+    # -- crash-only state --------------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """Balances, open positions (stops, trailing, bars held), queued orders, trade ids."""
+        return {"balances": dict(self.balances),
+                "positions": {s: dataclasses.replace(p) for s, p in self.positions.items()},
+                "pending": {s: list(v) for s, v in self._pending.items()},
+                "trade_seq": self._trade_seq}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.balances = dict(state["balances"])
+        self.positions = dict(state["positions"])
+        self._pending = {s: list(v) for s, v in state["pending"].items()}
+        self._trade_seq = state["trade_seq"]
 
     # -- views -------------------------------------------------------------------------
     def snapshot(self) -> tuple[tuple[PositionView, ...], tuple[AccountView, ...]]:

@@ -10,6 +10,7 @@ import trio
 from qtraderd.actors.recorder import RecorderActor
 from qtraderd.core.messages import (
     AccountView,
+    ActorState,
     Bar,
     Outcome,
     Prediction,
@@ -33,7 +34,8 @@ def make_step(seq: int) -> Step:
         predictions=(Prediction("ETHBTC", ts, "ensemble", "x=v1", 0.2, 0.3),),
         outcomes=outcomes,
         accounts=(AccountView("BTC", 1.0, 1.0, 0.0, 0.0, 0),),
-        risk_state="ACTIVE")
+        risk_state="ACTIVE", checkpoint=seq % 10 == 0,
+        state=(ActorState("x", b"state at %d" % seq),) if seq % 10 == 0 else ())
 
 
 def new_run(state) -> int:
@@ -154,3 +156,22 @@ def test_feature_blob_is_float32():
 
     assert np.frombuffer(pack_features(FEATS), dtype=np.float32).tolist() == list(FEATS)
     assert json.dumps(list(FEATS))
+
+
+async def test_batches_end_at_checkpoints_with_the_state_of_that_step(tmp_path):
+    """Rows after the last checkpoint step are never written: a restart redoes them from
+    the state stored with that checkpoint, so nothing is doubled or half-recorded."""
+    run_id = new_run(tmp_path)
+    rec, steps, _records = recorder(tmp_path, run_id, flush_rows=1)
+    async with trio.open_nursery() as n:
+        n.start_soon(rec.run)
+        await steps.send([make_step(j) for j in range(1, 26)])  # checkpoints at 10 and 20
+        await steps.aclose()
+    c, _ = counts(tmp_path, run_id)
+    assert c["samples"] == 20 and c["equity"] == 20
+    conn = sqlite3.connect(tmp_path / "qtraderd.db")
+    assert conn.execute("SELECT resume_seq, resume_ts, bars FROM runs WHERE id=?",
+                        (run_id,)).fetchone() == (20, make_step(20).ts, 20)
+    assert conn.execute("SELECT actor, seq, state FROM checkpoints WHERE run_id=?",
+                        (run_id,)).fetchall() == [("x", 20, b"state at 20")]
+    conn.close()

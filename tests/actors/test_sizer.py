@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 from typing import Any
 
 import pytest
@@ -240,13 +241,12 @@ def test_default_config_is_what_these_tests_assume() -> None:
 
 # -- the Q-learning agent (qtraderd.learning.rl) scaling the rule's size ----------------
 
-def rl_sizer(rl: dict[str, object] | None = None, records: trio.MemorySendChannel[Record]
-             | None = None, agent: QAgent | None = None,
+def rl_sizer(rl: dict[str, object] | None = None, agent: QAgent | None = None,
              sizing: dict[str, object] | None = None) -> SizerActor:
     cfg = with_changes(load(env={}), sizing=sizing or {}, rl={"epsilon": 0.0, **(rl or {})})
     send, recv = trio.open_memory_channel[Step](1)
     return SizerActor(cfg.sizing, cfg.monitor, CostModel.from_config(cfg.costs), recv, send,
-                      agent=agent or QAgent(cfg.rl, cfg.seed), records=records)
+                      agent=agent or QAgent(cfg.rl, cfg.seed))
 
 
 def replace_rl(cfg: Any, **changes: Any) -> Any:
@@ -292,17 +292,16 @@ def drain(rx: trio.MemoryReceiveChannel[Record]) -> list[Record]:
 
 
 def test_disabled_agent_is_the_rule_alone_and_records_nothing() -> None:
-    tx, rx = trio.open_memory_channel[Record](10)
     plain = sizer()
-    off = rl_sizer({"enabled": False, "epsilon": 1.0}, records=tx)
+    off = rl_sizer({"enabled": False, "epsilon": 1.0})
     assert off.agent is None
     for k, p in enumerate([pred("ETHBTC", 0.6, 0.1), pred("ETHBTC", 0.3, 0.7)]):
         s = at(k * 2, p)
         assert off.handle(s) == plain.handle(s)
     s = at(1, fills=(entry_fill(1),), positions=(position("ETHBTC"),))
     assert off.handle(s) is s
-    off.handle(at(2, closed=(trade(1, 2, 3.0),)))
-    assert drain(rx) == [] and off.status() == plain.status()
+    assert off.handle(at(2, closed=(trade(1, 2, 3.0),))).records == ()
+    assert off.status() == plain.status()
     assert off.rl_status() == {"enabled": False}
 
 
@@ -325,8 +324,7 @@ def test_the_chosen_multiplier_scales_the_rule_quantity() -> None:
 
 
 def test_entry_fill_close_gives_one_update_with_the_trade_return() -> None:
-    tx, rx = trio.open_memory_channel[Record](10)
-    sz = rl_sizer({"alpha": 0.5}, records=tx)
+    sz = rl_sizer({"alpha": 0.5})
     (it,) = sz.handle(at(0, pred("ETHBTC", 0.55, 0.1))).intents
     assert (it.size_multiplier, it.rl_state) == (1.0, "range|c3|d0")
     sz.handle(at(1, fills=(entry_fill(1),), positions=(position("ETHBTC"),)))
@@ -334,10 +332,10 @@ def test_entry_fill_close_gives_one_update_with_the_trade_return() -> None:
     for k in (2, 3):  # held: nothing happens, and no new entry while the position is open
         sz.handle(at(k, pred("ETHBTC", 0.9, 0.0), positions=(position("ETHBTC"),)))
     assert sz.agent is not None and sz.agent.updates == 0
-    sz.handle(at(4, closed=(trade(1, 4, 4.8),)))
+    done = sz.handle(at(4, closed=(trade(1, 4, 4.8),)))
     assert sz.agent.updates == 1
     assert sz.agent.q["range|c3|d0"][2] == pytest.approx(0.5 * 4.8)
-    rq, ru = drain(rx)
+    rq, ru = done.records  # rows of this step: committed with it, or not at all
     assert rq == Record("rl_q", {"state": "range|c3|d0", "action": 1000,
                                  "q": pytest.approx(2.4), "n": 1,
                                  "updated_ts": TS + 5 * IV}, mode="replace")
@@ -373,13 +371,12 @@ def test_fill_and_stop_in_the_same_bar_is_learned() -> None:
 
 
 def test_denied_entry_is_dropped_at_the_next_bar_and_never_learned() -> None:
-    tx, rx = trio.open_memory_channel[Record](10)
-    sz = rl_sizer(records=tx)
+    sz = rl_sizer()
     sz.handle(at(0, pred("ETHBTC", 0.55, 0.1)))
     sz.handle(at(1))  # the bar came, the fill did not: risk denied it
     assert sz.status()["rl_pending"] == 0 and sz.rl_dropped == 1
-    sz.handle(at(3, closed=(trade(1, 3, 5.0),)))  # someone else's trade
-    assert sz.agent is not None and sz.agent.updates == 0 and drain(rx) == []
+    out = sz.handle(at(3, closed=(trade(1, 3, 5.0),)))  # someone else's trade
+    assert sz.agent is not None and sz.agent.updates == 0 and out.records == ()
 
 
 def test_pending_entry_waits_for_the_symbols_own_next_bar() -> None:
@@ -430,13 +427,17 @@ def test_gamma_bootstraps_from_the_state_at_the_close() -> None:
     assert agent.q["range|c3|d0"][2] == pytest.approx(0.5 * (1.0 + 0.5 * 3.0))
 
 
-def test_full_records_channel_drops_rows_without_blocking() -> None:
-    tx, rx = trio.open_memory_channel[Record](1)
-    sz = rl_sizer(records=tx)
-    sz.handle(at(0, pred("ETHBTC", 0.55, 0.1)))
-    sz.handle(at(1, fills=(entry_fill(1),), closed=(trade(1, 1, 1.0),)))
-    assert [r.table for r in drain(rx)] == ["rl_q"]
-    assert sz.records_dropped == 1 and sz.agent is not None and sz.agent.updates == 1
+def test_state_round_trip_continues_with_the_same_draws_and_table() -> None:
+    """What a checkpoint stores is enough to continue exactly (crash-only restarts)."""
+    a = rl_sizer({"epsilon": 0.5})
+    a.handle(at(0, pred("ETHBTC", 0.55, 0.1)))
+    a.handle(at(1, fills=(entry_fill(1),), closed=(trade(1, 1, 1.0),)))
+    b = rl_sizer({"epsilon": 0.5})
+    b.restore_state(pickle.loads(pickle.dumps(a.export_state())))
+    for k in range(2, 12):
+        s = at(k, pred("LTCBTC", 0.56, 0.1), closes={"LTCBTC": 0.01})
+        assert a.handle(s) == b.handle(s)
+    assert a.agent is not None and b.agent is not None and a.agent.q == b.agent.q
 
 
 def test_same_seed_same_multipliers_through_the_sizer() -> None:
