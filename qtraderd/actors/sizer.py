@@ -41,12 +41,12 @@ import trio
 
 from qtraderd.core.config import Config, MonitorConfig, SizingConfig, per_quote
 from qtraderd.core.costs import CostModel
+from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import OrderIntent, Prediction, Record, Signal, Step, Trade, replace
 from qtraderd.features.spec import FEATURE_NAMES
 from qtraderd.learning.rl import QAgent, state_key
 from qtraderd.plugins.host import PluginHost
 from qtraderd.runtime.supervisor import StepActor, offer
-from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.sizer")
 
@@ -140,7 +140,7 @@ class SizerActor(StepActor):
             sample = samples[p.symbol]
             edge = self.costs.expected_edge(prob, self.tp, self.sl)
             price = closes[p.symbol]
-            margin = per_quote(self.cfg.margin, quote_of(p.symbol))
+            margin = per_quote(self.cfg.margin, quote_asset(p.symbol))
             if p.symbol in open_symbols:
                 action, reason = "skip", "position_open"
             elif edge <= self.min_edge:
@@ -185,7 +185,7 @@ class SizerActor(StepActor):
 
     # -- the agent's bookkeeping -------------------------------------------------------
     def _state(self, symbol: str, regime: str, prob: float) -> str:
-        return state_key(regime, prob, self._drawdown.get(quote_of(symbol), 0.0))
+        return state_key(regime, prob, self._drawdown.get(quote_asset(symbol), 0.0))
 
     def _follow(self, step: Step) -> None:
         """Drawdowns, then fills (confirm), bars without a fill (drop), closes (learn).

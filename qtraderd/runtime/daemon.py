@@ -37,9 +37,10 @@ from qtraderd.actors.sizer import SizerActor
 from qtraderd.control.api import ControlAPI
 from qtraderd.control.client import daemon_socket_path
 from qtraderd.control.server import ControlError, ControlServer
-from qtraderd.core.clock import LiveClock, ReplayClock, iso
+from qtraderd.core.clock import ReplayClock, iso
 from qtraderd.core.config import INTERVAL_MS, Config
 from qtraderd.core.costs import CostModel
+from qtraderd.core.instruments import InstrumentError, load_state_dir, quote_asset
 from qtraderd.core.messages import Command, Record, Step
 from qtraderd.features.labels import Barriers
 from qtraderd.learning.registry import RegistryView
@@ -51,8 +52,8 @@ from qtraderd.runtime.secrets import Credentials
 from qtraderd.runtime.supervisor import Supervisor, offer
 from qtraderd.runtime.systemd import Service
 from qtraderd.store.db import connect
-from qtraderd.venues.paper import PaperBroker, quote_of
-from qtraderd.venues.replay import ReplaySource, stored_span, stored_symbols
+from qtraderd.venues.factory import VenueError, build_venue, check_venue
+from qtraderd.venues.replay import stored_span, stored_symbols
 
 log = logging.getLogger("qtraderd")
 
@@ -169,6 +170,10 @@ class Daemon:
         if cfg.mode == "live" and self.credentials is None:
             raise DaemonError('mode = "live" needs exchange credentials; none were loaded '
                               "(see README, Secrets)")
+        try:
+            check_venue(cfg)
+        except VenueError as exc:
+            raise DaemonError(str(exc)) from None
         conn = self._open_store()
         try:
             symbols = self._symbols(conn)
@@ -178,7 +183,11 @@ class Daemon:
                     log.error("model rejected: %s", err)
             interval_ms = INTERVAL_MS[cfg.feed.interval]
             self.run_id = self._new_run(conn, symbols)
-            self.quotes = {quote_of(s) for s in symbols}
+            try:
+                load_state_dir(self.state_dir)
+                self.quotes = {quote_asset(s) for s in symbols}
+            except InstrumentError as exc:
+                raise DaemonError(str(exc)) from None
             log.info("qtraderd %s starting: run %d, mode %s, source %s, %d symbols (%s), "
                      "interval %s, speed %s, models %s", __version__, self.run_id, cfg.mode,
                      cfg.feed.source, len(symbols), ",".join(symbols), cfg.feed.interval,
@@ -196,7 +205,8 @@ class Daemon:
                          task_status: Any) -> None:
         cfg = self.cfg
         cap = cfg.runtime.channel_capacity
-        self.clock = ReplayClock() if cfg.feed.source == "replay" else LiveClock()
+        source, self.broker, self.clock = build_venue(
+            cfg, self.state_dir, symbols, parse_time(cfg.feed.start), parse_time(cfg.feed.end))
         costs = CostModel.from_config(cfg.costs)
         feed_tx, feed_rx = trio.open_memory_channel[Step](1)
         mon_tx, mon_rx = trio.open_memory_channel[Step](cap)
@@ -216,16 +226,13 @@ class Daemon:
                          "execution_b": back_tx, "recorder": rec_tx, "records": records_tx,
                          "risk_commands": cmd_tx, "predictor_commands": pcmd_tx,
                          "learner_commands": lcmd_tx}
-        source = ReplaySource(self.state_dir, symbols, cfg.feed.interval,
-                              parse_time(cfg.feed.start), parse_time(cfg.feed.end))
         barriers = Barriers(cfg.sizing.take_profit_pct / 100, cfg.sizing.stop_loss_pct / 100,
                             cfg.labels.horizon_bars)
         self.feed = FeedActor(source, feed_tx, interval_ms, cfg.feed.speed,
                               hold_at_end=not cfg.feed.exit_at_end)
-        self.broker = PaperBroker(cfg.account.balances, costs)
         self.execution = ExecutionActor(
             self.broker, feed_rx, mon_tx, back_rx, rec_tx,
-            self.clock if isinstance(self.clock, ReplayClock) else None)
+            self.clock if isinstance(self.clock, ReplayClock) else None, run_id=self.run_id)
         self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
         if cfg.plugins.enabled:  # loaded now, in name order: every run starts the same way
             self.plugins = PluginHost(cfg.plugins, self.plugins_dir)
@@ -355,7 +362,7 @@ class Daemon:
         return (f"{'replay finished' if final and self.feed.done else 'progress'}: "
                 f"{self.feed.bars:,} bars ({self.feed.bars / elapsed:,.0f} bars/s) | data time "
                 f"{iso(self.feed.last_ts)} | trades {self.execution.trades} | open "
-                f"{len(self.broker.positions)} | equity {equity or '-'} | risk "
+                f"{len(self.execution.positions)} | equity {equity or '-'} | risk "
                 f"{self.risk.state}{job}")
 
     def _log_progress(self, final: bool = False) -> None:
