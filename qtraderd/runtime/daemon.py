@@ -177,17 +177,17 @@ class Daemon:
         conn = self._open_store()
         try:
             symbols = self._symbols(conn)
+            try:
+                load_state_dir(self.state_dir)
+                self.quotes = {quote_asset(s) for s in symbols}
+            except InstrumentError as exc:
+                raise DaemonError(str(exc)) from None
             if self.models is None:
                 self.models, errors = load_champions(self.models_dir)
                 for err in errors:
                     log.error("model rejected: %s", err)
             interval_ms = INTERVAL_MS[cfg.feed.interval]
             self.run_id = self._new_run(conn, symbols)
-            try:
-                load_state_dir(self.state_dir)
-                self.quotes = {quote_asset(s) for s in symbols}
-            except InstrumentError as exc:
-                raise DaemonError(str(exc)) from None
             log.info("qtraderd %s starting: run %d, mode %s, source %s, %d symbols (%s), "
                      "interval %s, speed %s, models %s", __version__, self.run_id, cfg.mode,
                      cfg.feed.source, len(symbols), ",".join(symbols), cfg.feed.interval,

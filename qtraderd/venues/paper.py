@@ -81,6 +81,8 @@ class Position:
         )
 
 
+_EVENT_TYPES: dict[str, type] = {t.__name__: t for t in (OrderUpdate, Fill, Trade, PositionView,
+                                                        AccountView)}
 _POSITION_FIELDS = tuple(f.name for f in fields(Position))
 
 
@@ -293,7 +295,8 @@ class PaperBroker:
     def export_state(self) -> dict[str, Any]:
         """Everything a restarted broker needs, JSON-serialisable and float-exact: balances,
         positions (entry, qty, side, TP/SL levels and their order ids, trailing, best price,
-        bars held), pending market orders, open orders' lifecycle states, trade sequence."""
+        bars held), pending market orders, open orders' lifecycle states, trade sequence,
+        and the events not drained yet (a submit's `accepted` waits for the next step)."""
         return {
             "version": STATE_VERSION,
             "balances": dict(self.balances),
@@ -302,6 +305,7 @@ class PaperBroker:
             "orders": {cid: str(st) for cid, st in self._orders.items()},
             "trade_seq": self._trade_seq,
             "last_ts": self._last_ts,
+            "events": [[type(e).__name__, msgspec.to_builtins(e)] for e in self._events],
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -320,3 +324,4 @@ class PaperBroker:
         self._orders = {cid: OrderStatus(st) for cid, st in saved["orders"].items()}
         self._trade_seq = int(saved["trade_seq"])
         self._last_ts = int(saved["last_ts"])
+        self._events = [msgspec.convert(raw, _EVENT_TYPES[name]) for name, raw in saved["events"]]
