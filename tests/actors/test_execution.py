@@ -16,7 +16,7 @@ T0 = 1_700_000_100_000 - (1_700_000_100_000 % IV)
 
 def actor(run_id: int = 4) -> tuple[ExecutionActor, trio.MemorySendChannel[Step]]:
     broker = PaperBroker({"BTC": 1.0}, CostModel(0.0005, 0.0002, 0.0))
-    bars_tx, bars_rx = trio.open_memory_channel[Step](1)
+    _bars_tx, bars_rx = trio.open_memory_channel[Step](1)
     mon_tx, _ = trio.open_memory_channel[Step](10)
     back_tx, back_rx = trio.open_memory_channel[Step](10)
     rec_tx, _ = trio.open_memory_channel[list[Step]](10)

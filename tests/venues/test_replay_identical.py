@@ -4,6 +4,7 @@ existed (data/replay_baseline.json), and its orders went through the lifecycle."
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import tempfile
@@ -53,6 +54,6 @@ def test_replay_figures_are_bit_identical_to_before_the_seam(trained, tmp_path) 
             chains.setdefault(cid, []).append((frm, to))
         for cid, moves in chains.items():
             assert moves[0][0] == "unknown" and moves[0][1] == "new", cid
-            assert all(a[1] == b[0] for a, b in zip(moves, moves[1:], strict=False)), cid
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(moves)), cid
     finally:
         conn.close()
