@@ -650,6 +650,12 @@ def report(args: argparse.Namespace, work: Path, state: Path, models: Path, sock
             (links / f"{copy_symbol(p, k)}-5m.csv").symlink_to(SHARED / f"{p}-5m.csv")
     run([py, "-m", "qtraderd", "import", *map(str, sorted(links.iterdir())),
          "--state-dir", str(train_state)])
+    # the copies are made-up symbols: define them explicitly (same base and quote + k)
+    from qtraderd.core import instruments
+    instruments.write_file(train_state / instruments.FILE_NAME, [
+        instruments.Instrument(copy_symbol(p, k), f"{instruments.instrument(p).base}{k}",
+                               instruments.instrument(p).quote)
+        for k in range(1, COPIES + 1) for p in PAIRS])
     big_cfg = work / "big.toml"
     big_cfg.write_text("[train]\ntrain_fraction = 0.95\n")
     picked = child("count", train_state, big_cfg, TARGET_SAMPLES)

@@ -296,6 +296,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except secrets.CredentialsError as exc:
         return _error(str(exc))
     log.info(secrets.describe(credentials, cfg.mode))
+    from qtraderd.venues.factory import VenueError, check_venue
+
+    try:  # a venue that is not built is refused before anything touches the state dir
+        check_venue(cfg)
+    except VenueError as exc:
+        return _error(str(exc))
     try:
         if cfg.feed.source == "replay":
             ensure_candles(args.state_dir, cfg.feed.interval)

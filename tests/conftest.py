@@ -37,6 +37,27 @@ def binance_dir() -> Path:
     return BINANCE
 
 
+# Symbols unit tests make up (no candles of theirs are stored anywhere); defined here
+# explicitly, as a program that invents symbols must (core/instruments.py). BTCUSDT and
+# ETHUSDT come with real filters from the shared exchangeInfo payload.
+MADE_UP = (("LTCUSDT", "LTC", "USDT"), ("ADAUSDT", "ADA", "USDT"))
+
+
+def define_test_instruments() -> None:
+    import json
+
+    from qtraderd.core import instruments
+
+    payload = json.loads((BINANCE / "http" / "exchange_info.json").read_text())
+    instruments.define(*instruments.from_exchange_info(payload).values())
+    instruments.define(*(instruments.Instrument(s, b, q) for s, b, q in MADE_UP))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _test_instruments() -> None:
+    define_test_instruments()
+
+
 @pytest.fixture(autouse=True)
 def _clean_qt_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never see the developer's QT_* overrides."""

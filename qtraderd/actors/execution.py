@@ -1,64 +1,52 @@
 """Execution actor: the broker's two moments in every bar.
 
-Phase A (step arrives from the feed): orders decided on the previous bar fill at this
-bar's open and resting protective orders trigger inside its range; the step leaves with
-the fills, closed trades, positions and account equity for everyone downstream.
-Phase B (the same step comes back from risk): apply the monitor's amendments, submit
-what risk allowed (filled at the next bar's open) and hand the finished step on to the
-recorder.
+Phase A (step arrives from the feed): the broker sees the step's bars (paper: orders
+accepted on the previous bar fill at this bar's open and resting protective orders
+trigger inside its range), then its queued events are drained and applied — lifecycle
+moves through the one transition table (core.orders), fills, closed trades, position and
+account updates — and the step leaves with the fills, closed trades, positions and
+account equity for everyone downstream.
+Phase B (the same step comes back from risk): send the monitor's amendments, give every
+order risk allowed its deterministic client id, record it in the step as `new` (the
+recorder stores it), then await `broker.submit`; hand the finished step on to the recorder.
 
 The actor alternates strictly A(t), B(t), A(t+1): two inboxes, but never a race between
 them, and this alternation is what keeps the whole chain in lockstep. Taking step t is
-also when the replay clock moves to t's close (the venue is where time happens).
-Finished steps go to the recorder in lists: one at a time when the feed has nothing
-waiting (live), up to RECORD_BATCH when the next bar is already queued (replay at full
-speed), which saves a task switch per step. The broker behind it is a seam: PaperBroker
-now, an exchange adapter later.
+also when the replay clock moves to t's close (the venue is where time happens). Before
+the first step the broker reconciles (`saved`: the broker state of the last checkpoint,
+or None). Finished steps go to the recorder in lists: one at a time when the feed has
+nothing waiting (live), up to RECORD_BATCH when the next bar is already queued (replay at
+full speed), which saves a task switch per step.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from qtraderd.core.checkpoint import EVERY_STEPS
 from qtraderd.core.clock import ReplayClock
+from qtraderd.core.enums import OrderStatus
 from qtraderd.core.messages import (
     AccountView,
-    Amend,
-    Bar,
     Fill,
-    OrderIntent,
+    OrderUpdate,
     PositionView,
     Step,
     Trade,
     replace,
 )
+from qtraderd.core.orders import OrderBook, client_order_id
 from qtraderd.runtime.supervisor import Actor, degrade, pass_on
+from qtraderd.venues.base import Broker, Order
 
 log = logging.getLogger("qtraderd.execution")
 
 RECORD_BATCH = 64
 CHECKPOINT_S = 1.0  # a replay checkpoints at least this often (wall time)
-
-
-class Broker(Protocol):
-    def on_bars(self, bars: tuple[Bar, ...]) -> tuple[list[Fill], list[Trade]]: ...
-
-    def snapshot(self) -> tuple[tuple[PositionView, ...], tuple[AccountView, ...]]: ...
-
-    def amend(self, amends: tuple[Amend, ...]) -> None: ...
-
-    def submit(self, intent: OrderIntent, qty: float) -> None: ...
-
-    def pending_count(self) -> int: ...
-
-    def export_state(self) -> Any: ...
-
-    def restore_state(self, state: Any) -> None: ...
 
 
 class ExecutionActor(Actor):
@@ -68,7 +56,8 @@ class ExecutionActor(Actor):
                  to_monitor: trio.MemorySendChannel[Step],
                  decided_in: trio.MemoryReceiveChannel[Step],
                  to_recorder: trio.MemorySendChannel[list[Step]],
-                 clock: ReplayClock | None = None,
+                 clock: ReplayClock | None = None, run_id: int = 0,
+                 saved: dict[str, Any] | None = None,
                  checkpoint_steps: int = EVERY_STEPS) -> None:
         super().__init__()
         self.checkpoint_steps = checkpoint_steps
@@ -78,6 +67,12 @@ class ExecutionActor(Actor):
         self.decided_in = decided_in
         self.to_recorder = to_recorder
         self.clock = clock
+        self.run_id = run_id
+        self.saved = saved  # broker state to reconcile against before the first step
+        self.reconciled = False
+        self.book = OrderBook()
+        self.positions: dict[str, PositionView] = {}  # as the venue last reported them
+        self._accounts: dict[str, AccountView] = {}
         self._finished: list[Step] = []
         self.last_done: float | None = None  # perf_counter when the last step finished
         self._awaiting_b = False
@@ -88,7 +83,17 @@ class ExecutionActor(Actor):
         self._since_checkpoint = 0
         self._checkpoint_at = time.perf_counter()
 
+    async def reconcile(self) -> None:
+        await self.broker.reconcile(self.saved)
+        self.book.restore(self.broker.open_orders())
+        self.reconciled = True
+        log.info("broker reconciled: %s, %d open orders",
+                 "restored from saved state" if self.saved else "fresh account",
+                 len(self.book.states))
+
     async def run(self) -> None:
+        if not self.reconciled:
+            await self.reconcile()
         if self._awaiting_b:  # restarted between the two phases of a step
             await self._phase_b()
         async for step in self.bars_in:
@@ -97,7 +102,7 @@ class ExecutionActor(Actor):
             step = self._mark(step)
             error: Exception | None = None
             try:
-                out = self._phase_a(step)
+                out = await self._phase_a(step)
             except Exception as exc:
                 error, out = exc, degrade(step, self.name)
             self._awaiting_b = True
@@ -139,7 +144,9 @@ class ExecutionActor(Actor):
                 "trades": self.trades, "accounts": self.accounts}
 
     def restore_state(self, state: dict[str, Any]) -> None:
-        self.broker.restore_state(state["broker"])
+        """Before the first step: the broker reconciles from the saved account (paper) —
+        a live venue compares it with the exchange — when the actor starts."""
+        self.saved = state["broker"]
         self.fills, self.trades = state["fills"], state["trades"]
         self.accounts = state["accounts"]
 
@@ -152,14 +159,65 @@ class ExecutionActor(Actor):
             batch, self._finished = self._finished, []
             await self.to_recorder.send(batch)
 
-    def _phase_a(self, step: Step) -> Step:
-        fills, closed = self.broker.on_bars(step.bars)
-        positions, accounts = self.broker.snapshot()
+    async def _phase_a(self, step: Step) -> Step:
+        await self.broker.on_bars(step.bars)
+        fills: list[Fill] = []
+        closed: list[Trade] = []
+        moves: list[OrderUpdate] = []
+        for ev in self.broker.drain():
+            if type(ev) is OrderUpdate:
+                moved = self._move(ev)
+                if moved is not None:
+                    moves.append(moved)
+            elif type(ev) is Fill:
+                fills.append(ev)
+            elif type(ev) is Trade:
+                closed.append(ev)
+            elif type(ev) is PositionView:
+                if ev.qty == 0.0:
+                    self.positions.pop(ev.symbol, None)
+                else:
+                    self.positions[ev.symbol] = ev
+            elif type(ev) is AccountView:
+                self._accounts[ev.quote] = ev
+            else:
+                log.warning("unknown venue event ignored: %r", ev)
+        positions = tuple(v for _, v in sorted(self.positions.items()))
+        self.accounts = tuple(v for _, v in sorted(self._accounts.items()))
         self.fills += len(fills)
         self.trades += len(closed)
-        self.accounts = accounts
         return replace(step, fills=tuple(fills), closed=tuple(closed), positions=positions,
-                       accounts=accounts)
+                       accounts=self.accounts, orders=tuple(moves))
+
+    def _move(self, ev: OrderUpdate) -> OrderUpdate | None:
+        """Apply one lifecycle event; refused or repeated moves are left out of the step."""
+        prev = self.book.apply(ev.client_id, OrderStatus(ev.status))
+        return None if prev is None else replace(ev, prev=str(prev))
+
+    def _orders(self, step: Step) -> list[tuple[str, Order]]:
+        """(intent id, order) for what risk allowed, with the orders' client ids."""
+        allowed = {d.intent_id: d for d in step.decisions if d.action != "deny"}
+        used: set[str] = set()
+        out = []
+        for it in step.intents:
+            d = allowed.get(it.id)
+            if d is None or d.qty <= 0:
+                continue
+            cid = self._client_id(step.seq, it.symbol, it.purpose, used)
+            sl = tp = ""
+            if it.purpose == "entry":
+                sl = self._client_id(step.seq, it.symbol, "stop_loss", used)
+                tp = self._client_id(step.seq, it.symbol, "take_profit", used)
+            out.append((it.id, Order(cid, it.symbol, it.side, d.qty, it.purpose, it.reason,
+                                     it.ts, it.tp_pct, it.sl_pct, it.leverage, tp, sl)))
+        return out
+
+    def _client_id(self, seq: int, symbol: str, purpose: str, used: set[str]) -> str:
+        n = 1
+        while (cid := client_order_id(self.run_id, seq, symbol, purpose, n)) in used:
+            n += 1
+        used.add(cid)
+        return cid
 
     async def _phase_b(self) -> None:
         try:
@@ -173,12 +231,18 @@ class ExecutionActor(Actor):
             self._finished.append(self.with_state(step))
             return
         try:
-            self.broker.amend(step.amends)
-            allowed = {d.intent_id: d for d in step.decisions if d.action != "deny"}
-            for intent in step.intents:
-                d = allowed.get(intent.id)
-                if d is not None and d.qty > 0:
-                    self.broker.submit(intent, d.qty)
+            for a in step.amends:
+                await self.broker.amend(a, step.seq)
+            orders = self._orders(step)
+            new = []
+            for intent_id, o in orders:
+                self.book.apply(o.client_id, OrderStatus.NEW)
+                new.append(OrderUpdate(o.client_id, o.symbol, step.ts, OrderStatus.NEW,
+                                       "decided", prev="unknown", intent_id=intent_id))
+            if new:
+                step = replace(step, orders=(*step.orders, *new))
+            for _, o in orders:
+                await self.broker.submit(o)
         except Exception as exc:
             error, step = exc, degrade(step, self.name)
         finally:
@@ -189,10 +253,17 @@ class ExecutionActor(Actor):
         if error is not None:
             raise error
 
+    async def cancel(self, client_id: str) -> None:
+        """Ask the venue to cancel an open order; the outcome arrives as an event."""
+        if client_id not in self.book.states:
+            log.info("cancel ignored: %s is not an open order", client_id)
+            return
+        await self.broker.cancel(client_id)
+
     def status(self) -> dict[str, Any]:
         return {
             "fills": self.fills,
             "trades": self.trades,
-            "pending_orders": self.broker.pending_count(),
+            **self.book.status(),
             "equity": {a.quote: round(a.equity, 8) for a in self.accounts},
         }

@@ -39,13 +39,13 @@ import trio
 
 from qtraderd.core.clock import Clock, iso
 from qtraderd.core.config import Config, per_quote
+from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import Command, Record, Scored, Step
 from qtraderd.learning import gate
 from qtraderd.learning.registry import RegistryView
 from qtraderd.learning.triggers import HOUR_MS, Trigger, TriggerState, plan
 from qtraderd.models.artifacts import ArtifactError, ModelMeta, families, list_versions
 from qtraderd.runtime.supervisor import StepActor, answer, offer, pass_on
-from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.learner")
 
@@ -286,7 +286,7 @@ class LearnerActor(StepActor):
 
     def _notional_fraction(self) -> float:
         syms = self.cfg.feed.symbols
-        quote = quote_of(syms[0]) if syms else "BTC"
+        quote = quote_asset(syms[0]) if syms else "BTC"
         bal = per_quote(self.cfg.account.balances, quote, 0.0)
         margin = per_quote(self.cfg.sizing.margin, quote, 0.0)
         return margin * self.cfg.sizing.leverage / bal if bal > 0 else 0.05

@@ -32,6 +32,8 @@ from qtraderd.core.checkpoint import put, take
 from qtraderd.core.clock import Clock
 from qtraderd.core.config import Config, PortfolioConfig, RiskConfig, per_quote
 from qtraderd.core.costs import CostModel
+from qtraderd.core.enums import RiskState
+from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import (
     AccountView,
     Command,
@@ -45,11 +47,10 @@ from qtraderd.core.messages import (
 from qtraderd.core.portfolio import Portfolio
 from qtraderd.plugins.host import PluginHost
 from qtraderd.runtime.supervisor import StepActor, answer
-from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.risk")
 
-ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
+ACTIVE, REDUCING, HALTED = RiskState.ACTIVE, RiskState.REDUCING, RiskState.HALTED
 DAY_MS = 86_400_000
 CHANGES = ("halt", "resume", "flatten", "pause", "resume-symbol")  # commands that change state
 MIN_FRACTION = 0.2  # an entry cut below this share of its request is denied instead
@@ -307,7 +308,7 @@ class RiskActor(StepActor):
                 out.append(RiskDecision(it.id, it.symbol, "allow", "EXIT", it.qty))
                 continue
             deny = None
-            quote = quote_of(it.symbol)
+            quote = quote_asset(it.symbol)
             acct = accounts.get(quote)
             if self.state == HALTED:
                 deny = "HALTED"

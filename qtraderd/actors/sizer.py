@@ -43,12 +43,12 @@ import trio
 from qtraderd.core.checkpoint import put, take
 from qtraderd.core.config import Config, MonitorConfig, SizingConfig, per_quote
 from qtraderd.core.costs import CostModel
+from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import OrderIntent, Prediction, Record, Signal, Step, Trade, replace
 from qtraderd.features.spec import FEATURE_NAMES
 from qtraderd.learning.rl import QAgent, state_key
 from qtraderd.plugins.host import PluginHost
 from qtraderd.runtime.supervisor import StepActor
-from qtraderd.venues.paper import quote_of
 
 log = logging.getLogger("qtraderd.sizer")
 
@@ -163,7 +163,7 @@ class SizerActor(StepActor):
             sample = samples[p.symbol]
             edge = self.costs.expected_edge(prob, self.tp, self.sl)
             price = closes[p.symbol]
-            margin = per_quote(self.cfg.margin, quote_of(p.symbol))
+            margin = per_quote(self.cfg.margin, quote_asset(p.symbol))
             if p.symbol in open_symbols:
                 action, reason = "skip", "position_open"
             elif edge <= self.min_edge:
@@ -208,7 +208,7 @@ class SizerActor(StepActor):
 
     # -- the agent's bookkeeping -------------------------------------------------------
     def _state(self, symbol: str, regime: str, prob: float) -> str:
-        return state_key(regime, prob, self._drawdown.get(quote_of(symbol), 0.0))
+        return state_key(regime, prob, self._drawdown.get(quote_asset(symbol), 0.0))
 
     def _follow(self, step: Step) -> None:
         """Drawdowns, then fills (confirm), bars without a fill (drop), closes (learn).
@@ -225,7 +225,9 @@ class SizerActor(StepActor):
             self._drawdown[a.quote] = 1.0 - a.equity / peak if peak > 0 else 0.0
         for f in step.fills:
             e = self._pending.get(f.symbol)
-            if f.reason == "entry" and e is not None and f.order_id == e.intent_id:
+            # one pending entry per symbol: its fill is the symbol's entry fill after the
+            # decision bar (fills name the venue's client id, not the intent)
+            if f.reason == "entry" and e is not None and f.ts > e.decided_ts:
                 e.fill_ts = f.ts
                 self._open[f.symbol] = self._pending.pop(f.symbol)
         if self._pending:

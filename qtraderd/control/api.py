@@ -104,7 +104,7 @@ class ControlAPI:
              "entry": p.entry_price, "mark": p.mark_price, "stop": p.stop_price,
              "take": p.take_price, "unrealized": p.unrealized, "bars_held": p.bars_held,
              "trailing": p.trailing}
-            for p in (pos.view() for _, pos in sorted(self.d.broker.positions.items()))
+            for _, p in sorted(self.d.execution.positions.items())
         ]
 
     async def trades(self, args: dict[str, Any]) -> Any:

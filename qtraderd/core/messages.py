@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from msgspec.structs import replace
 
+from qtraderd.core.enums import Side
+
 if TYPE_CHECKING:
     import trio
 
 __all__ = ["replace"]
 
-LONG = 1
-SHORT = -1
+LONG = Side.LONG
+SHORT = Side.SHORT
 
 # Class indices of the three-way triple-barrier label (see labels.py).
 LABEL_NONE = 0
@@ -214,6 +216,22 @@ class Amend(msgspec.Struct, frozen=True, array_like=True, gc=False):
     reason: str  # "trailing", "atr", ...
 
 
+class OrderUpdate(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A venue event: an order moved to `status` (core.orders holds the legal moves).
+
+    In a Step, `prev` is the state it left (set by the execution actor once the move was
+    applied; "unknown" for an order's first event).
+    """
+
+    client_id: str
+    symbol: str
+    ts: int  # venue time of the event (bar open time in paper replay)
+    status: str  # an OrderStatus value
+    reason: str = ""  # why: "submitted", "filled at open", "position already open", ...
+    prev: str = ""
+    intent_id: str = ""  # on an order's `new` move: the OrderIntent it carries out
+
+
 class RiskEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):
     ts: int
     state: str
@@ -259,6 +277,8 @@ class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
     risk_events: tuple[RiskEvent, ...] = ()
     # actors that failed on this step and passed it on untouched
     degraded: tuple[str, ...] = ()
+    # execution: order lifecycle moves of this step (phase A events, phase B submissions)
+    orders: tuple[OrderUpdate, ...] = ()
     # rows that belong to this step but to no table above (RL updates): written with it
     records: tuple[Record, ...] = ()
     # crash-only state (qtraderd.runtime.checkpoint): on a checkpoint step every actor

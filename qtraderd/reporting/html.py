@@ -118,11 +118,11 @@ def curves(conn: sqlite3.Connection, summary: dict[str, Any], cfg: dict[str, Any
 
 
 def _quote(symbol: str) -> str:
-    from qtraderd.venues.paper import quote_of
+    from qtraderd.core.instruments import InstrumentError, quote_asset
 
     try:
-        return quote_of(symbol)
-    except ValueError:
+        return quote_asset(symbol)
+    except InstrumentError:
         return "?"
 
 

@@ -14,8 +14,8 @@ import numpy as np
 from qtraderd.core import config as config_mod
 from qtraderd.core.clock import iso
 from qtraderd.core.config import INTERVAL_MS, Config, per_quote, with_changes
+from qtraderd.core.instruments import InstrumentError, load_state_dir, quote_asset
 from qtraderd.store.db import StoreError, connect, db_path
-from qtraderd.venues.paper import quote_of
 from qtraderd.venues.replay import stored_span, stored_symbols
 
 DAY_MS, HOUR_MS = 86_400_000, 3_600_000
@@ -79,7 +79,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise WalkforwardError(f"no store at {db_path(args.state_dir)}; {hint}")
     try:
         conn = connect(args.state_dir, readonly=True)
-    except StoreError as exc:
+        load_state_dir(args.state_dir)
+    except (StoreError, InstrumentError) as exc:
         raise WalkforwardError(str(exc)) from exc
     try:
         stored = stored_symbols(conn, interval)
@@ -98,8 +99,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
                                    f"(stored: {', '.join(stored)})")
         for s in wanted:
             try:
-                q = quote_of(s)
-            except ValueError as exc:
+                q = quote_asset(s)
+            except InstrumentError as exc:
                 raise WalkforwardError(str(exc)) from exc
             if per_quote(cfg.account.balances, q) <= 0:
                 raise WalkforwardError(f"account.balances has no starting balance for {q} "

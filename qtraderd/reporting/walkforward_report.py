@@ -26,12 +26,12 @@ import numpy as np
 from qtraderd.core.clock import iso
 from qtraderd.core.config import per_quote
 from qtraderd.core.costs import CostModel
+from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import LABEL_LONG, LABEL_SHORT
 from qtraderd.features.labels import Barriers, triple_barrier
 from qtraderd.reporting.report import YEAR_MS, render, summarize
 from qtraderd.reporting.walkforward_plan import ARMS, HIT_N, Plan
 from qtraderd.store.db import connect
-from qtraderd.venues.paper import quote_of
 
 
 @dataclass
@@ -89,7 +89,7 @@ def daemon_arm(conn: sqlite3.Connection, run_id: int, plan: Plan, grid: np.ndarr
     With several quote currencies the multiple is the mean of each account's multiple.
     """
     curves, pnl = [], {}
-    for q in sorted({quote_of(s) for s in plan.symbols}):
+    for q in sorted({quote_asset(s) for s in plan.symbols}):
         rows = np.array(conn.execute("SELECT ts, equity FROM equity WHERE run_id=? AND "
                                      "quote=? ORDER BY seq", (run_id, q)).fetchall(),
                         dtype=np.float64).reshape(-1, 2)
@@ -124,8 +124,8 @@ def buy_hold_arm(bars: dict[str, np.ndarray], plan: Plan, grid: np.ndarray) -> A
             continue  # no bar in the test period: nothing to buy
         rel.append(ffill(grid, a[:, 0], a[:, 4] / a[0, 1], 1.0))
         nets[sym] = float(a[-1, 4] / a[0, 1] - 1.0 - rt)
-    for q in sorted({quote_of(s) for s in nets}):
-        mine = [r for s, r in nets.items() if quote_of(s) == q]
+    for q in sorted({quote_asset(s) for s in nets}):
+        mine = [r for s, r in nets.items() if quote_asset(s) == q]
         pnl[q] = per_quote(plan.cfg.account.balances, q) * float(np.mean(mine))
     wins = sum(r > 0 for r in nets.values())
     return Arm("buy_hold", np.mean(rel, axis=0) - rt, len(nets), len(nets), wins, pnl,
@@ -175,10 +175,10 @@ def random_arm(bars: dict[str, np.ndarray], plan: Plan, grid: np.ndarray, n_entr
         exits.append((int(ts[r]), sym, net))
     exits.sort()
     curves, pnl = [], {}
-    for q in sorted({quote_of(sym) for sym in plan.symbols}):
+    for q in sorted({quote_asset(sym) for sym in plan.symbols}):
         notional = per_quote(s.margin, q) * s.leverage
         bal = per_quote(plan.cfg.account.balances, q)
-        mine = [(t, notional * net) for t, sym, net in exits if quote_of(sym) == q]
+        mine = [(t, notional * net) for t, sym, net in exits if quote_asset(sym) == q]
         ts_q = np.array([t for t, _ in mine], dtype=np.int64)
         cum = np.cumsum([p for _, p in mine]) if mine else np.zeros(0)
         curves.append(1.0 + ffill(grid, ts_q, cum, 0.0) / bal)
@@ -365,7 +365,7 @@ def write_report(plan: Plan, runs: dict[str, int], walls: dict[str, float],
     breakeven = costs.breakeven_win_rate(s.take_profit_pct / 100, s.stop_loss_pct / 100)
     end = plan.test_end + plan.interval_ms
     deploys = sum(j["decision"] == "deploy" for j in hist["jobs"])
-    q0 = quote_of(plan.symbols[0])
+    q0 = quote_asset(plan.symbols[0])
     frac = per_quote(s.margin, q0) * s.leverage / per_quote(cfg.account.balances, q0)
     settings = {
         "symbols": f"{', '.join(plan.symbols)} ({cfg.feed.interval})",

@@ -37,9 +37,10 @@ from qtraderd.actors.sizer import SizerActor
 from qtraderd.control.api import ControlAPI
 from qtraderd.control.client import daemon_socket_path
 from qtraderd.control.server import ControlError, ControlServer
-from qtraderd.core.clock import LiveClock, ReplayClock, iso
+from qtraderd.core.clock import ReplayClock, iso
 from qtraderd.core.config import INTERVAL_MS, Config
 from qtraderd.core.costs import CostModel
+from qtraderd.core.instruments import InstrumentError, load_state_dir, quote_asset
 from qtraderd.core.messages import Command, Record, Step
 from qtraderd.features.labels import Barriers
 from qtraderd.learning.registry import RegistryView
@@ -53,8 +54,9 @@ from qtraderd.runtime.secrets import Credentials
 from qtraderd.runtime.supervisor import Supervisor, offer
 from qtraderd.runtime.systemd import Service
 from qtraderd.store.db import connect
-from qtraderd.venues.paper import PaperBroker, quote_of
-from qtraderd.venues.replay import ReplaySource, stored_span, stored_symbols
+from qtraderd.venues.base import BarSource
+from qtraderd.venues.factory import VenueError, build_venue, check_venue
+from qtraderd.venues.replay import stored_span, stored_symbols
 
 log = logging.getLogger("qtraderd")
 
@@ -174,6 +176,10 @@ class Daemon:
         if cfg.mode == "live" and self.credentials is None:
             raise DaemonError('mode = "live" needs exchange credentials; none were loaded '
                               "(see README, Secrets)")
+        try:
+            check_venue(cfg)
+        except VenueError as exc:
+            raise DaemonError(str(exc)) from None
         lock = StateLock(self.state_dir)
         try:
             await trio.to_thread.run_sync(lock.acquire)  # waits for a predecessor's writer
@@ -187,6 +193,11 @@ class Daemon:
         self.lock = lock
         try:
             symbols = self._symbols(conn)
+            try:
+                load_state_dir(self.state_dir)
+                self.quotes = {quote_asset(s) for s in symbols}
+            except InstrumentError as exc:
+                raise DaemonError(str(exc)) from None
             if self.models is None:
                 self.models, errors = load_champions(self.models_dir)
                 for err in errors:
@@ -199,7 +210,6 @@ class Daemon:
             self.run_id = (self.resume.run_id if self.resume is not None
                            else self._new_run(conn, symbols))
             resume_mod.mark_started(conn, self.run_id, self.resume)
-            self.quotes = {quote_of(s) for s in symbols}
             log.info("qtraderd %s starting: run %d, mode %s, source %s, %d symbols (%s), "
                      "interval %s, speed %s, models %s", __version__, self.run_id, cfg.mode,
                      cfg.feed.source, len(symbols), ",".join(symbols), cfg.feed.interval,
@@ -218,7 +228,8 @@ class Daemon:
                          task_status: Any) -> None:
         cfg = self.cfg
         cap = cfg.runtime.channel_capacity
-        self.clock = ReplayClock() if cfg.feed.source == "replay" else LiveClock()
+        source, self.broker, self.clock = build_venue(
+            cfg, self.state_dir, symbols, parse_time(cfg.feed.start), parse_time(cfg.feed.end))
         costs = CostModel.from_config(cfg.costs)
         feed_tx, feed_rx = trio.open_memory_channel[Step](1)
         mon_tx, mon_rx = trio.open_memory_channel[Step](cap)
@@ -238,16 +249,13 @@ class Daemon:
                          "execution_b": back_tx, "recorder": rec_tx, "records": records_tx,
                          "risk_commands": cmd_tx, "predictor_commands": pcmd_tx,
                          "learner_commands": lcmd_tx}
-        source = ReplaySource(self.state_dir, symbols, cfg.feed.interval,
-                              parse_time(cfg.feed.start), parse_time(cfg.feed.end))
         barriers = Barriers(cfg.sizing.take_profit_pct / 100, cfg.sizing.stop_loss_pct / 100,
                             cfg.labels.horizon_bars)
         self.feed = FeedActor(source, feed_tx, interval_ms, cfg.feed.speed,
                               hold_at_end=not cfg.feed.exit_at_end)
-        self.broker = PaperBroker(cfg.account.balances, costs)
         self.execution = ExecutionActor(
             self.broker, feed_rx, mon_tx, back_rx, rec_tx,
-            self.clock if isinstance(self.clock, ReplayClock) else None,
+            self.clock if isinstance(self.clock, ReplayClock) else None, run_id=self.run_id,
             checkpoint_steps=cfg.store.checkpoint_steps)
         self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
         if cfg.plugins.enabled:  # loaded now, in name order: every run starts the same way
@@ -329,7 +337,7 @@ class Daemon:
                                                  or "replay finished"))
         self._log_progress(final=True)
 
-    def _restore(self, actors: list[Any], source: ReplaySource) -> None:
+    def _restore(self, actors: list[Any], source: BarSource) -> None:
         """Every actor back to its state at the run's last checkpoint; the feed after it."""
         r = self.resume
         assert r is not None
@@ -402,7 +410,7 @@ class Daemon:
         return (f"{'replay finished' if final and self.feed.done else 'progress'}: "
                 f"{self.feed.bars:,} bars ({self.feed.bars / elapsed:,.0f} bars/s) | data time "
                 f"{iso(self.feed.last_ts)} | trades {self.execution.trades} | open "
-                f"{len(self.broker.positions)} | equity {equity or '-'} | risk "
+                f"{len(self.execution.positions)} | equity {equity or '-'} | risk "
                 f"{self.risk.state}{job}")
 
     def _log_progress(self, final: bool = False) -> None:

@@ -39,7 +39,10 @@ SQL = {
                "action, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
     "orders": "INSERT OR REPLACE INTO orders (run_id, id, seq, ts, symbol, side, qty, "
               "ref_price, purpose, reason, tp_pct, sl_pct, risk_action, risk_reason, "
-              "approved_qty) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+              "approved_qty, client_id, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    "order_events": "INSERT INTO order_events (run_id, seq, ts, client_id, symbol, "
+                    "from_status, to_status, reason) VALUES (?,?,?,?,?,?,?,?)",
+    "order_status": "UPDATE orders SET status=? WHERE run_id=? AND client_id=?",
     "fills": "INSERT INTO fills (run_id, seq, order_id, ts, symbol, side, qty, price, fee, "
              "liquidity, reason) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
     "trades": "INSERT OR REPLACE INTO trades (run_id, id, symbol, quote, side, qty, entry_ts, "
@@ -52,8 +55,8 @@ SQL = {
     "outcomes": "UPDATE samples SET label=?, resolved_at=?, ret_long=?, ret_short=? "
                 "WHERE run_id=? AND symbol=? AND ts=?",
 }
-_ORDER = ("samples", "predictions", "signals", "orders", "fills", "trades", "equity",
-          "risk_events", "outcomes")
+_ORDER = ("samples", "predictions", "signals", "orders", "order_events", "order_status",
+          "fills", "trades", "equity", "risk_events", "outcomes")
 
 
 def step_rows(run_id: int, step: Step, out: dict[str, list[tuple[Any, ...]]]) -> int:
@@ -74,13 +77,23 @@ def step_rows(run_id: int, step: Step, out: dict[str, list[tuple[Any, ...]]]) ->
         out["signals"].extend((run_id, step.seq, s.ts, s.symbol, s.side, s.confidence, s.edge,
                                s.regime, s.action, s.reason) for s in step.signals)
     if step.intents:
+        # an intent risk allowed became an order: its client id and status (`new` here,
+        # later moves update it); a denied one never reached the venue (both NULL)
+        sent = {u.intent_id: u for u in step.orders if u.intent_id}
         decided = {d.intent_id: d for d in step.decisions}
         for i in step.intents:
             d = decided.get(i.id)
+            u = sent.get(i.id)
             out["orders"].append((
                 run_id, i.id, step.seq, i.ts, i.symbol, i.side, i.qty, i.ref_price, i.purpose,
                 i.reason, i.tp_pct, i.sl_pct, d.action if d else "none",
-                d.reason if d else "NO_DECISION", d.qty if d else 0.0))
+                d.reason if d else "NO_DECISION", d.qty if d else 0.0,
+                u.client_id if u else None, u.status if u else None))
+    if step.orders:
+        out["order_events"].extend((run_id, step.seq, u.ts, u.client_id, u.symbol, u.prev,
+                                    u.status, u.reason) for u in step.orders)
+        out["order_status"].extend((u.status, run_id, u.client_id) for u in step.orders
+                                   if not u.intent_id)
     if step.fills:
         out["fills"].extend((run_id, step.seq, f.order_id, f.ts, f.symbol, f.side, f.qty,
                              f.price, f.fee, f.liquidity, f.reason) for f in step.fills)

@@ -308,6 +308,24 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL DEFAULT ''
     );
     """,
+    # the order lifecycle (venue seam): each order's client id and status, and every move
+    """
+    ALTER TABLE orders ADD COLUMN client_id TEXT;
+    ALTER TABLE orders ADD COLUMN status TEXT;
+    CREATE INDEX orders_client ON orders (run_id, client_id);
+    CREATE TABLE order_events (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        client_id TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        from_status TEXT NOT NULL,
+        to_status TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX order_events_order ON order_events (run_id, client_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,7 +12,7 @@ from qtraderd.core.config import load
 from qtraderd.core.costs import CostModel
 from qtraderd.core.messages import Amend, Bar, OrderIntent, PositionView, Step
 from qtraderd.core.messages import replace as evolve
-from qtraderd.venues.paper import PaperBroker
+from tests.helpers import Paper
 
 IV = 300_000
 T0 = 1_700_000_000_000 - (1_700_000_000_000 % IV)
@@ -198,19 +198,19 @@ def test_existing_amends_and_intents_are_kept() -> None:
 def test_trailing_with_the_paper_broker_end_to_end() -> None:
     """Amends apply from the next bar; the stop fires as a trailing stop."""
     m = monitor(time_stop_bars=0)
-    broker = PaperBroker({"USDT": 10_000.0}, CostModel(0.0005, 0.0002, 0.0))
-    broker.submit(OrderIntent("E", SYM, T0, 1, 1.0, 100.0, "entry", "signal", 0.05, 0.01,
+    broker = Paper({"USDT": 10_000.0}, CostModel(0.0005, 0.0002, 0.0))
+    broker.submit_now(OrderIntent("E", SYM, T0, 1, 1.0, 100.0, "entry", "signal", 0.05, 0.01,
                               3.0), 1.0)
 
     def run(i: int, o: float, h: float, lo: float, c: float) -> Step:
         bar = Bar(SYM, T0 + i * IV, o, h, lo, c, 1.0)
-        fills, closed = broker.on_bars((bar,))
+        fills, closed = broker.bars((bar,))
         positions, accounts = broker.snapshot()
         s = Step(seq=i, ts=bar.open_time, close_ts=bar.open_time + IV, bars=(bar,),
                  fills=tuple(fills), closed=tuple(closed), positions=positions,
                  accounts=accounts)
         out = m.handle(s)
-        broker.amend(out.amends)
+        broker.amend_now(out.amends)
         return out
 
     out = run(1, 100.0, 100.5, 99.5, 100.2)  # entry at 100, +0.5 %: not active yet

@@ -81,7 +81,8 @@ async def test_replay_end_to_end_records_everything(world):
     # fills happen strictly after the signal bar, at the next bar's open (+ slippage)
     for oid, fill_ts, price in rows(db, "SELECT order_id, ts, price FROM fills WHERE run_id=? "
                                         "AND reason='entry'", d.run_id)[:50]:
-        order_ts, symbol = rows(db, "SELECT ts, symbol FROM orders WHERE run_id=? AND id=?",
+        order_ts, symbol = rows(db, "SELECT ts, symbol FROM orders WHERE run_id=? AND "
+                                    "client_id=?",
                                 d.run_id, oid)[0]
         assert fill_ts > order_ts
         nxt = rows(db, "SELECT open_time, open FROM bars WHERE symbol=? AND open_time>? "

@@ -1,4 +1,10 @@
-"""PaperBroker: next-open fills, protective orders inside the bar, linear-futures accounting."""
+"""PaperBroker: next-open fills, protective orders inside the bar, linear-futures accounting.
+
+The broker is asynchronous and event-driven (venues/base.py); `Paper` below drives it the
+way the execution actor does — submit, then hand it a bar and drain its events — and
+reads fills and closed trades out of those events. The lifecycle events, cancel and the
+export/reconcile round trip have their own tests (test_paper_events.py).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import pytest
 
 from qtraderd.core.costs import CostModel
 from qtraderd.core.messages import Amend, Bar, OrderIntent
-from qtraderd.venues.paper import PaperBroker, quote_of
+from tests.helpers import Paper
 
 IV = 300_000  # 5m bars
 T0 = 1_700_000_100_000 - (1_700_000_100_000 % IV)
@@ -20,8 +26,8 @@ def costs(slippage: float = SLIP) -> CostModel:
     return CostModel(taker_fee=FEE, maker_fee=0.0002, slippage=slippage)
 
 
-def broker(slippage: float = SLIP) -> PaperBroker:
-    return PaperBroker({"USDT": START, "BTC": 1.0}, costs(slippage))
+def broker(slippage: float = SLIP) -> Paper:
+    return Paper({"USDT": START, "BTC": 1.0}, costs(slippage))
 
 
 def bar(i: int, o: float, h: float, low: float, c: float, symbol: str = SYM) -> Bar:
@@ -48,30 +54,13 @@ def exit_(side: int, qty: float = 2.0, symbol: str = SYM, reason: str = "time_st
 
 
 def opened(side: int, open_price: float = 100.0, qty: float = 2.0, **kw: float
-           ) -> PaperBroker:
+           ) -> Paper:
     """A broker holding one position entered at bar 1's open (a quiet bar)."""
     b = broker()
-    b.submit(entry(side, qty, **kw), qty)
-    fills, closed = b.on_bars((flat(1, open_price),))
+    b.submit_now(entry(side, qty, **kw), qty)
+    fills, closed = b.bars((flat(1, open_price),))
     assert len(fills) == 1 and not closed
     return b
-
-
-# ----------------------------------------------------------------------------- quote_of
-
-
-@pytest.mark.parametrize(("symbol", "quote"), [
-    ("ETHBTC", "BTC"), ("XRPUSDT", "USDT"), ("BTCUSDT", "USDT"), ("BNBETH", "ETH"),
-    ("ETHFDUSD", "FDUSD"), ("ADABTC", "BTC"), ("ETHUSDC", "USDC"), ("BTCTRY", "TRY"),
-])
-def test_quote_of(symbol: str, quote: str) -> None:
-    assert quote_of(symbol) == quote
-
-
-@pytest.mark.parametrize("symbol", ["BTC", "USDT", "FOOBAR", ""])
-def test_quote_of_unknown(symbol: str) -> None:
-    with pytest.raises(ValueError, match="quote currency"):
-        quote_of(symbol)
 
 
 # ----------------------------------------------------------------------------- entries
@@ -79,20 +68,20 @@ def test_quote_of_unknown(symbol: str) -> None:
 
 def test_market_order_waits_for_the_next_bar() -> None:
     b = broker()
-    b.submit(entry(1), 2.0)
+    b.submit_now(entry(1), 2.0)
     assert b.pending_count() == 1
     assert not b.positions
     # a bar of another symbol does not fill it
-    fills, _ = b.on_bars((flat(1, 0.05, "ETHBTC"),))
+    fills, _ = b.bars((flat(1, 0.05, "ETHBTC"),))
     assert fills == [] and b.pending_count() == 1
-    fills, _ = b.on_bars((flat(1, 100.0),))
+    fills, _ = b.bars((flat(1, 100.0),))
     assert len(fills) == 1 and b.pending_count() == 0
 
 
 def test_long_entry_fills_at_next_open_plus_slippage_with_taker_fee() -> None:
     b = broker()
-    b.submit(entry(1, qty=5.0), 2.0)  # the approved qty wins over the intent's
-    fills, closed = b.on_bars((bar(1, 100.0, 100.5, 99.5, 100.3),))
+    b.submit_now(entry(1, qty=5.0), 2.0)  # the approved qty wins over the intent's
+    fills, closed = b.bars((bar(1, 100.0, 100.5, 99.5, 100.3),))
     assert closed == []
     (f,) = fills
     price = 100.0 * (1 + SLIP)
@@ -116,8 +105,8 @@ def test_long_entry_fills_at_next_open_plus_slippage_with_taker_fee() -> None:
 
 def test_short_entry_fills_at_next_open_minus_slippage_with_taker_fee() -> None:
     b = broker()
-    b.submit(entry(-1), 2.0)
-    (f,), _ = b.on_bars((bar(1, 100.0, 100.5, 99.5, 99.8),))
+    b.submit_now(entry(-1), 2.0)
+    (f,), _ = b.bars((bar(1, 100.0, 100.5, 99.5, 99.8),))
     price = 100.0 * (1 - SLIP)
     assert f.price == pytest.approx(99.98)
     assert f.side == -1
@@ -133,8 +122,8 @@ def test_short_entry_fills_at_next_open_minus_slippage_with_taker_fee() -> None:
 
 def test_entry_in_btc_quoted_pair_charges_the_btc_account() -> None:
     b = broker()
-    b.submit(entry(1, qty=1.5, symbol="ETHBTC"), 1.5)
-    (f,), _ = b.on_bars((flat(1, 0.05, "ETHBTC"),))
+    b.submit_now(entry(1, qty=1.5, symbol="ETHBTC"), 1.5)
+    (f,), _ = b.bars((flat(1, 0.05, "ETHBTC"),))
     assert f.price == pytest.approx(0.05 * (1 + SLIP))
     assert b.balances["BTC"] == pytest.approx(1.0 - 1.5 * 0.05 * (1 + SLIP) * FEE)
     assert b.balances["USDT"] == START
@@ -145,8 +134,8 @@ def test_entry_dropped_when_a_position_exists() -> None:
     b = opened(1)
     before = b.balances["USDT"]
     pos = b.positions[SYM]
-    b.submit(entry(1, id="E2"), 2.0)
-    fills, closed = b.on_bars((flat(2, 100.0),))
+    b.submit_now(entry(1, id="E2"), 2.0)
+    fills, closed = b.bars((flat(2, 100.0),))
     assert fills == [] and closed == []
     assert b.positions[SYM].order_id == "E1"
     assert b.positions[SYM].entry_price == pos.entry_price
@@ -156,20 +145,20 @@ def test_entry_dropped_when_a_position_exists() -> None:
 
 def test_second_entry_in_the_same_bar_is_dropped() -> None:
     b = broker()
-    b.submit(entry(1, id="A"), 2.0)
-    b.submit(entry(-1, id="B"), 3.0)
-    fills, _ = b.on_bars((flat(1, 100.0),))
+    b.submit_now(entry(1, id="A"), 2.0)
+    b.submit_now(entry(-1, id="B"), 3.0)
+    fills, _ = b.bars((flat(1, 100.0),))
     assert [f.order_id for f in fills] == ["A"]
     assert b.positions[SYM].side == 1 and b.positions[SYM].qty == 2.0
 
 
 def test_no_protective_orders_when_pcts_are_zero() -> None:
     b = broker()
-    b.submit(entry(1, tp=0.0, sl=0.0), 2.0)
-    b.on_bars((flat(1, 100.0),))
+    b.submit_now(entry(1, tp=0.0, sl=0.0), 2.0)
+    b.bars((flat(1, 100.0),))
     pos = b.positions[SYM]
     assert pos.stop_price == 0.0 and pos.take_price == 0.0
-    fills, closed = b.on_bars((bar(2, 100.0, 150.0, 50.0, 100.0),))
+    fills, closed = b.bars((bar(2, 100.0, 150.0, 50.0, 100.0),))
     assert fills == [] and closed == []
     assert SYM in b.positions
 
@@ -179,8 +168,8 @@ def test_no_protective_orders_when_pcts_are_zero() -> None:
 
 def test_exit_with_no_position_is_a_noop() -> None:
     b = broker()
-    b.submit(exit_(-1), 2.0)
-    fills, closed = b.on_bars((flat(1, 100.0),))
+    b.submit_now(exit_(-1), 2.0)
+    fills, closed = b.bars((flat(1, 100.0),))
     assert fills == [] and closed == []
     assert b.balances == {"USDT": START, "BTC": 1.0}
     assert b.pending_count() == 0
@@ -189,16 +178,16 @@ def test_exit_with_no_position_is_a_noop() -> None:
 
 def test_exit_on_the_same_side_as_the_position_is_ignored() -> None:
     b = opened(1)
-    b.submit(exit_(1), 2.0)
-    fills, closed = b.on_bars((flat(2, 100.0),))
+    b.submit_now(exit_(1), 2.0)
+    fills, closed = b.bars((flat(2, 100.0),))
     assert fills == [] and closed == []
     assert SYM in b.positions
 
 
 def test_long_round_trip_pnl_balance_and_equity() -> None:
     b = broker()
-    b.submit(entry(1), 2.0)
-    b.on_bars((bar(1, 100.0, 101.2, 99.5, 101.0),))
+    b.submit_now(entry(1), 2.0)
+    b.bars((bar(1, 100.0, 101.2, 99.5, 101.0),))
     entry_px = 100.02
     entry_fee = 2.0 * entry_px * FEE
     positions, accounts = b.snapshot()
@@ -213,8 +202,8 @@ def test_long_round_trip_pnl_balance_and_equity() -> None:
     btc = next(a for a in accounts if a.quote == "BTC")
     assert (btc.balance, btc.equity, btc.exposure, btc.open_positions) == (1.0, 1.0, 0.0, 0)
 
-    b.submit(exit_(-1), 2.0)
-    fills, closed = b.on_bars((bar(2, 101.5, 101.6, 101.0, 101.2),))
+    b.submit_now(exit_(-1), 2.0)
+    fills, closed = b.bars((bar(2, 101.5, 101.6, 101.0, 101.2),))
     exit_px = 101.5 * (1 - SLIP)
     exit_fee = 2.0 * exit_px * FEE
     (f,) = fills
@@ -244,8 +233,8 @@ def test_long_round_trip_pnl_balance_and_equity() -> None:
 def test_short_round_trip_profits_when_price_falls() -> None:
     b = opened(-1)
     entry_px = 100.0 * (1 - SLIP)
-    b.submit(exit_(1, reason="flatten"), 2.0)
-    (f,), (t,) = b.on_bars((flat(2, 99.5),))
+    b.submit_now(exit_(1, reason="flatten"), 2.0)
+    (f,), (t,) = b.bars((flat(2, 99.5),))
     exit_px = 99.5 * (1 + SLIP)  # buying back pays up
     assert f.price == pytest.approx(exit_px)
     assert f.side == 1
@@ -260,9 +249,9 @@ def test_short_round_trip_profits_when_price_falls() -> None:
 
 def test_exits_fill_before_entries_reversal() -> None:
     b = opened(1)
-    b.submit(entry(-1, id="E2"), 3.0)  # queued first, but exits go first
-    b.submit(exit_(-1), 2.0)
-    fills, closed = b.on_bars((flat(2, 100.0),))
+    b.submit_now(entry(-1, id="E2"), 3.0)  # queued first, but exits go first
+    b.submit_now(exit_(-1), 2.0)
+    fills, closed = b.bars((flat(2, 100.0),))
     assert [(f.order_id, f.reason) for f in fills] == [("X1", "time_stop"), ("E2", "entry")]
     assert len(closed) == 1 and closed[0].side == 1
     pos = b.positions[SYM]
@@ -271,12 +260,12 @@ def test_exits_fill_before_entries_reversal() -> None:
 
 def test_trade_ids_increase() -> None:
     b = opened(1)
-    b.submit(exit_(-1), 2.0)
-    _, (t1,) = b.on_bars((flat(2, 100.0),))
-    b.submit(entry(1, id="E2"), 2.0)
-    b.on_bars((flat(3, 100.0),))
-    b.submit(exit_(-1, id="X2"), 2.0)
-    _, (t2,) = b.on_bars((flat(4, 100.0),))
+    b.submit_now(exit_(-1), 2.0)
+    _, (t1,) = b.bars((flat(2, 100.0),))
+    b.submit_now(entry(1, id="E2"), 2.0)
+    b.bars((flat(3, 100.0),))
+    b.submit_now(exit_(-1, id="X2"), 2.0)
+    _, (t2,) = b.bars((flat(4, 100.0),))
     assert (t1.id, t2.id) == (1, 2)
 
 
@@ -286,7 +275,7 @@ def test_trade_ids_increase() -> None:
 def test_long_take_profit_fills_at_the_level() -> None:
     b = opened(1)
     take = b.positions[SYM].take_price  # 100.02 * 1.016 = 101.62032
-    (f,), (t,) = b.on_bars((bar(2, 100.5, 102.0, 100.2, 101.0),))
+    (f,), (t,) = b.bars((bar(2, 100.5, 102.0, 100.2, 101.0),))
     assert f.price == pytest.approx(take * (1 - SLIP))
     assert (f.reason, f.order_id, f.side) == ("take_profit", "E1-TP", -1)
     assert t.exit_reason == "take_profit" and t.net_pnl > 0
@@ -297,7 +286,7 @@ def test_long_take_profit_fills_at_the_level() -> None:
 def test_short_take_profit_fills_at_the_level() -> None:
     b = opened(-1)
     take = b.positions[SYM].take_price  # 99.98 * 0.984
-    (f,), (t,) = b.on_bars((bar(2, 99.5, 99.8, 98.0, 98.5),))
+    (f,), (t,) = b.bars((bar(2, 99.5, 99.8, 98.0, 98.5),))
     assert f.price == pytest.approx(take * (1 + SLIP))
     assert f.reason == "take_profit" and f.side == 1
     assert t.net_pnl > 0
@@ -306,7 +295,7 @@ def test_short_take_profit_fills_at_the_level() -> None:
 def test_long_stop_loss_fills_at_the_level() -> None:
     b = opened(1)
     stop = b.positions[SYM].stop_price  # 100.02 * 0.992 = 99.21984
-    (f,), (t,) = b.on_bars((bar(2, 99.8, 100.0, 99.0, 99.5),))
+    (f,), (t,) = b.bars((bar(2, 99.8, 100.0, 99.0, 99.5),))
     assert f.price == pytest.approx(stop * (1 - SLIP))
     assert (f.reason, f.order_id) == ("stop_loss", "E1-SL")
     assert t.exit_reason == "stop_loss" and t.net_pnl < 0
@@ -315,7 +304,7 @@ def test_long_stop_loss_fills_at_the_level() -> None:
 def test_long_stop_first_when_bar_touches_both() -> None:
     b = opened(1)
     stop = b.positions[SYM].stop_price
-    (f,), (t,) = b.on_bars((bar(2, 100.0, 103.0, 98.0, 101.0),))
+    (f,), (t,) = b.bars((bar(2, 100.0, 103.0, 98.0, 101.0),))
     assert f.reason == "stop_loss"
     assert f.price == pytest.approx(stop * (1 - SLIP))
     assert t.exit_reason == "stop_loss"
@@ -324,7 +313,7 @@ def test_long_stop_first_when_bar_touches_both() -> None:
 def test_short_stop_first_when_bar_touches_both() -> None:
     b = opened(-1)
     stop = b.positions[SYM].stop_price  # 99.98 * 1.008
-    (f,), (t,) = b.on_bars((bar(2, 100.0, 102.0, 97.0, 99.0),))
+    (f,), (t,) = b.bars((bar(2, 100.0, 102.0, 97.0, 99.0),))
     assert f.reason == "stop_loss" and f.side == 1
     assert f.price == pytest.approx(stop * (1 + SLIP))
     assert t.net_pnl < 0
@@ -333,7 +322,7 @@ def test_short_stop_first_when_bar_touches_both() -> None:
 def test_long_gap_through_stop_fills_at_the_open() -> None:
     b = opened(1)
     stop = b.positions[SYM].stop_price
-    (f,), (t,) = b.on_bars((bar(2, 98.0, 98.5, 97.5, 98.2),))
+    (f,), (t,) = b.bars((bar(2, 98.0, 98.5, 97.5, 98.2),))
     assert f.price == pytest.approx(98.0 * (1 - SLIP))
     assert f.price < stop * (1 - SLIP)  # worse than the stop
     assert t.exit_reason == "stop_loss"
@@ -342,7 +331,7 @@ def test_long_gap_through_stop_fills_at_the_open() -> None:
 def test_short_gap_through_stop_fills_at_the_open() -> None:
     b = opened(-1)
     stop = b.positions[SYM].stop_price
-    (f,), _ = b.on_bars((bar(2, 102.0, 102.5, 101.5, 102.0),))
+    (f,), _ = b.bars((bar(2, 102.0, 102.5, 101.5, 102.0),))
     assert f.price == pytest.approx(102.0 * (1 + SLIP))
     assert f.price > stop * (1 + SLIP)
 
@@ -350,7 +339,7 @@ def test_short_gap_through_stop_fills_at_the_open() -> None:
 def test_long_gap_beyond_take_fills_at_the_open() -> None:
     b = opened(1)
     take = b.positions[SYM].take_price
-    (f,), _ = b.on_bars((bar(2, 103.0, 103.5, 102.5, 103.0),))
+    (f,), _ = b.bars((bar(2, 103.0, 103.5, 102.5, 103.0),))
     assert f.reason == "take_profit"
     assert f.price == pytest.approx(103.0 * (1 - SLIP))
     assert f.price > take * (1 - SLIP)
@@ -360,20 +349,20 @@ def test_gap_beyond_take_wins_even_if_the_bar_later_reaches_the_stop() -> None:
     # The open is the first price of the bar: the take-profit filled there, before the
     # bar fell through the stop, so "stop first" does not apply.
     b = opened(1)
-    (f,), (t,) = b.on_bars((bar(2, 103.0, 103.5, 98.0, 98.5),))
+    (f,), (t,) = b.bars((bar(2, 103.0, 103.5, 98.0, 98.5),))
     assert f.reason == "take_profit"
     assert f.price == pytest.approx(103.0 * (1 - SLIP))
     assert t.net_pnl > 0
     s = opened(-1)
-    (f,), _ = s.on_bars((bar(2, 97.0, 102.0, 96.5, 101.0),))
+    (f,), _ = s.bars((bar(2, 97.0, 102.0, 96.5, 101.0),))
     assert f.reason == "take_profit"
     assert f.price == pytest.approx(97.0 * (1 + SLIP))
 
 
 def test_position_opened_at_the_open_is_exposed_to_that_bar() -> None:
     b = broker()
-    b.submit(entry(1), 2.0)
-    fills, closed = b.on_bars((bar(1, 100.0, 100.2, 99.0, 99.5),))
+    b.submit_now(entry(1), 2.0)
+    fills, closed = b.bars((bar(1, 100.0, 100.2, 99.0, 99.5),))
     assert [f.reason for f in fills] == ["entry", "stop_loss"]
     (t,) = closed
     assert t.entry_ts == t.exit_ts == T0 + IV
@@ -389,22 +378,22 @@ def test_bars_held_and_best_price_track_each_bar() -> None:
     b = opened(1)  # bar 1: high 100.1
     pos = b.positions[SYM]
     assert pos.bars_held == 1 and pos.best_price == pytest.approx(100.1)
-    b.on_bars((bar(2, 100.0, 100.8, 99.9, 100.5),))
-    b.on_bars((bar(3, 100.5, 100.6, 100.0, 100.2),))
+    b.bars((bar(2, 100.0, 100.8, 99.9, 100.5),))
+    b.bars((bar(3, 100.5, 100.6, 100.0, 100.2),))
     assert pos.bars_held == 3
     assert pos.best_price == pytest.approx(100.8)  # never falls back
     assert pos.mark_price == 100.2
     s = opened(-1)
-    s.on_bars((bar(2, 100.0, 100.1, 99.3, 99.6),))
+    s.bars((bar(2, 100.0, 100.1, 99.3, 99.6),))
     assert s.positions[SYM].best_price == pytest.approx(99.3)
 
 
 def test_amend_moves_levels_and_trailing_stop_reports_its_reason() -> None:
     b = opened(1)
-    b.amend((Amend(SYM, 100.5, 110.0, "trailing"), Amend("XRPUSDT", 1.0, 2.0, "trailing")))
+    b.amend_now((Amend(SYM, 100.5, 110.0, "trailing"), Amend("XRPUSDT", 1.0, 2.0, "trailing")))
     pos = b.positions[SYM]
     assert (pos.stop_price, pos.take_price, pos.trailing) == (100.5, 110.0, True)
-    (f,), (t,) = b.on_bars((bar(2, 100.8, 101.0, 100.4, 100.6),))
+    (f,), (t,) = b.bars((bar(2, 100.8, 101.0, 100.4, 100.6),))
     assert f.reason == "trailing_stop"
     assert f.price == pytest.approx(100.5 * (1 - SLIP))
     assert t.exit_reason == "trailing_stop"
@@ -412,34 +401,34 @@ def test_amend_moves_levels_and_trailing_stop_reports_its_reason() -> None:
 
 def test_non_trailing_amend_keeps_stop_loss_reason() -> None:
     b = opened(1)
-    b.amend((Amend(SYM, 99.9, 120.0, "atr"),))
+    b.amend_now((Amend(SYM, 99.9, 120.0, "atr"),))
     assert b.positions[SYM].trailing is False
-    (f,), _ = b.on_bars((bar(2, 100.0, 100.1, 99.8, 99.9),))
+    (f,), _ = b.bars((bar(2, 100.0, 100.1, 99.8, 99.9),))
     assert f.reason == "stop_loss" and f.price == pytest.approx(99.9 * (1 - SLIP))
 
 
 def test_pending_exit_closes_before_protective_orders_are_checked() -> None:
     b = opened(1)
-    b.submit(exit_(-1), 2.0)
-    fills, closed = b.on_bars((bar(2, 100.0, 100.1, 95.0, 96.0),))  # would hit the stop
+    b.submit_now(exit_(-1), 2.0)
+    fills, closed = b.bars((bar(2, 100.0, 100.1, 95.0, 96.0),))  # would hit the stop
     assert [f.reason for f in fills] == ["time_stop"]
     assert closed[0].exit_price == pytest.approx(100.0 * (1 - SLIP))
 
 
 def test_zero_slippage_fills_exactly_at_levels() -> None:
     b = broker(slippage=0.0)
-    b.submit(entry(1), 2.0)
-    b.on_bars((flat(1, 100.0),))
+    b.submit_now(entry(1), 2.0)
+    b.bars((flat(1, 100.0),))
     assert b.positions[SYM].entry_price == 100.0
-    (f,), _ = b.on_bars((bar(2, 100.0, 100.2, 99.0, 99.5),))
+    (f,), _ = b.bars((bar(2, 100.0, 100.2, 99.0, 99.5),))
     assert f.price == pytest.approx(99.2)
 
 
 def test_two_symbols_in_one_step_are_independent() -> None:
     b = broker()
-    b.submit(entry(1, symbol="ETHBTC", qty=1.0), 1.0)
-    b.submit(entry(-1, symbol="XRPUSDT", qty=100.0, id="E2"), 100.0)
-    fills, _ = b.on_bars((flat(1, 0.05, "ETHBTC"), flat(1, 0.5, "XRPUSDT")))
+    b.submit_now(entry(1, symbol="ETHBTC", qty=1.0), 1.0)
+    b.submit_now(entry(-1, symbol="XRPUSDT", qty=100.0, id="E2"), 100.0)
+    fills, _ = b.bars((flat(1, 0.05, "ETHBTC"), flat(1, 0.5, "XRPUSDT")))
     assert [f.symbol for f in fills] == ["ETHBTC", "XRPUSDT"]
     positions, accounts = b.snapshot()
     assert [p.symbol for p in positions] == ["ETHBTC", "XRPUSDT"]

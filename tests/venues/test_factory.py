@@ -1,0 +1,60 @@
+"""The venue factory: what is built is built; anything else is refused at start (exit 2)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qtraderd.core.clock import ReplayClock
+from qtraderd.core.config import load, with_changes
+from qtraderd.venues.factory import VenueError, build_venue, check_venue
+from qtraderd.venues.paper import PaperBroker
+from qtraderd.venues.replay import ReplaySource
+from tests.conftest import REPO
+
+
+def test_paper_with_replay_is_built(tmp_path: Path) -> None:
+    source, broker, clock = build_venue(load(env={}), tmp_path, ["ETHBTC"])
+    assert isinstance(source, ReplaySource) and source.symbols == ["ETHBTC"]
+    assert isinstance(broker, PaperBroker) and isinstance(clock, ReplayClock)
+
+
+@pytest.mark.parametrize(("changes", "msgs"), [
+    ({"mode": "live"}, ["config key 'mode': \"live\" is not built yet (exists today: "
+                        "\"paper\")"]),
+    ({"feed": {"source": "binance"}}, ["config key 'feed.source': \"binance\" is not built "
+                                       "yet (exists today: \"replay\")"]),
+    ({"mode": "live", "feed": {"source": "binance"}}, ["'mode': \"live\"",
+                                                       "'feed.source': \"binance\""]),
+])
+def test_unbuilt_combinations_are_refused_naming_the_key(changes, msgs) -> None:
+    with pytest.raises(VenueError) as err:
+        check_venue(with_changes(load(env={}), **changes))
+    assert all(m in str(err.value) for m in msgs)
+
+
+@pytest.mark.parametrize(("toml", "msg"), [
+    ('mode = "live"\n', "config key 'mode': \"live\" is not built yet (exists today: "
+                        "\"paper\")"),
+    ('[feed]\nsource = "binance"\n', "config key 'feed.source': \"binance\" is not built yet "
+                                     "(exists today: \"replay\")"),
+])
+def test_qtraderd_run_refuses_with_exit_2(tmp_path: Path, toml: str, msg: str) -> None:
+    """Live mode with credentials, or the Binance feed, used to paper-trade stored candles
+    silently; now the process exits 2 before touching the state dir."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("QT_") and k != "CREDENTIALS_DIRECTORY"}
+    env.update({"QT_BINANCE_API_KEY": "k" * 64, "QT_BINANCE_API_SECRET": "s" * 64})
+    out = subprocess.run([sys.executable, "-m", "qtraderd", "run", "--config", str(cfg),
+                          "--state-dir", str(tmp_path / "state"), "--models-dir",
+                          str(tmp_path / "models")],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert msg in out.stderr
+    assert not (tmp_path / "state").exists() and not (tmp_path / "models").exists()
