@@ -147,3 +147,9 @@ class ExecutionActor(Actor):
             "pending_orders": self.broker.pending_count(),
             "equity": {a.quote: round(a.equity, 8) for a in self.accounts},
         }
+
+    def publish(self) -> dict[str, Any]:
+        """Adds the broker's open positions (frozen views, marked at the last bar) and the
+        accounts as of the last bar."""
+        positions, _ = self.broker.snapshot()
+        return {**self.status(), "positions": positions, "accounts": self.accounts}

@@ -95,3 +95,6 @@ class FeedActor(Actor):
     def status(self) -> dict[str, Any]:
         return {"steps": self.seq, "bars": self.bars, "last_bar": iso(self.last_ts),
                 "finished": self.done}
+
+    def publish(self) -> dict[str, Any]:
+        return {**self.status(), "last_ts": self.last_ts}

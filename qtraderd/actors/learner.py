@@ -257,6 +257,7 @@ class LearnerActor(StepActor):
         job = ready[0]
         self.queue.remove(job)
         self.current = job
+        self.changed()
         if self.hold_clock:
             # The whole chain waits for this job by design: tell the watchdog how long.
             self.busy_until = trio.current_time() + self.lc.job_timeout_s + 180.0
@@ -341,6 +342,7 @@ class LearnerActor(StepActor):
             "decision": json.dumps(decision, default=str) if decision else None,
             "detail": detail or decision.get("reason", "")}))
         self.current = None
+        self.changed()
 
     async def _decide(self, job: Job, result: dict[str, Any], ts: int) -> dict[str, Any]:
         family, version = job.family, result["version"]
@@ -490,6 +492,7 @@ class LearnerActor(StepActor):
                 result: Any = await self.command(cmd.name, cmd.args)
             except (KeyError, ValueError, ArtifactError) as exc:
                 result = {"error": str(exc).strip("'\"")}
+            self.changed()
             answer(cmd, result)
 
     async def command(self, name: str, args: dict[str, Any]) -> Any:
@@ -551,6 +554,9 @@ class LearnerActor(StepActor):
                 "jobs_failed": self.jobs_failed,
                 "current_job": self.current.family if self.current else "",
                 "queued": len(self.queue)}
+
+    def publish(self) -> dict[str, Any]:
+        return {**self.status(), "next_eval": self.next_eval, "mode": self.lc.mode}
 
     def _record(self, *recs: Record) -> None:
         for rec in recs:

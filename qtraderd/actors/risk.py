@@ -107,6 +107,7 @@ class RiskActor(StepActor):
                 result: Any = self.command(cmd.name, cmd.args)
             except (KeyError, ValueError) as exc:
                 result = {"error": str(exc)}
+            self.changed()
             answer(cmd, result)
 
     def reconfigure(self, cfg: Config) -> None:
@@ -338,6 +339,9 @@ class RiskActor(StepActor):
                              "daily_loss_pct": round(100 * a.daily_loss, 3)}
                          for q, a in sorted(self.accounts.items())},
         }
+
+    def publish(self) -> dict[str, Any]:
+        return {**self.status(), "state": self.state, "portfolio": self.portfolio.stats()}
 
 
 def _symbol(args: dict[str, Any]) -> str:
