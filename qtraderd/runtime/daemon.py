@@ -43,7 +43,7 @@ from qtraderd.core.config import INTERVAL_MS, Config
 from qtraderd.core.costs import CostModel
 from qtraderd.core.messages import Command, Record, Step
 from qtraderd.features.labels import Barriers
-from qtraderd.learning.registry import RegistryView
+from qtraderd.learning.registry import RegistryView, reconcile
 from qtraderd.learning.rl import restore
 from qtraderd.models.onnx_model import LoadedModel, load_champions
 from qtraderd.plugins.host import PluginHost
@@ -173,6 +173,8 @@ class Daemon:
         conn = self._open_store()
         try:
             symbols = self._symbols(conn)
+            if self.models_dir.is_dir():  # before anything reads either side
+                reconcile(conn, self.models_dir)
             if self.models is None:
                 self.models, errors = load_champions(self.models_dir)
                 for err in errors:
