@@ -267,3 +267,9 @@ class ExecutionActor(Actor):
             **self.book.status(),
             "equity": {a.quote: round(a.equity, 8) for a in self.accounts},
         }
+
+    def publish(self) -> dict[str, Any]:
+        """Adds the broker's open positions (frozen views, marked at the last bar) and the
+        accounts as of the last bar."""
+        positions = tuple(v for _, v in sorted(self.positions.items()))
+        return {**self.status(), "positions": positions, "accounts": self.accounts}

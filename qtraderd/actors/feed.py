@@ -92,6 +92,15 @@ class FeedActor(Actor):
             return
         await trio.sleep(max(0, ts - self.last_ts) / 1000.0 / self.speed)
 
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Continue a resumed run after its last recorded step (the feed's own position
+        is that step: nothing else of it needs storing)."""
+        self.seq, self.bars, self.last_ts = state["seq"], state["bars"], state["last_ts"]
+        self.source.last_ts = state["last_ts"]
+
     def status(self) -> dict[str, Any]:
         return {"steps": self.seq, "bars": self.bars, "last_bar": iso(self.last_ts),
                 "finished": self.done}
+
+    def publish(self) -> dict[str, Any]:
+        return {**self.status(), "last_ts": self.last_ts}

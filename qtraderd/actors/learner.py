@@ -45,7 +45,7 @@ from qtraderd.learning import gate
 from qtraderd.learning.registry import RegistryView
 from qtraderd.learning.triggers import HOUR_MS, Trigger, TriggerState, plan
 from qtraderd.models.artifacts import ArtifactError, ModelMeta, families, list_versions
-from qtraderd.runtime.supervisor import StepActor, answer, offer, pass_on
+from qtraderd.runtime.supervisor import StepActor, answer, pass_on
 
 log = logging.getLogger("qtraderd.learner")
 
@@ -131,6 +131,8 @@ class LearnerActor(StepActor):
         self.jobs_failed = 0
         self.decisions: list[dict[str, Any]] = []
         self._nursery: trio.Nursery | None = None
+        # model sets for the predictor, in order (live: sent by `_pusher`, off the chain)
+        self._pushes_tx, self._pushes_rx = trio.open_memory_channel[dict[str, Any]](math.inf)
         self._seen_files: set[tuple[str, str]] = set(registry.entries)
         for family in self.families:
             champ = registry.champion(family)
@@ -142,6 +144,7 @@ class LearnerActor(StepActor):
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._command_loop)
+            nursery.start_soon(self._pusher)
             try:
                 async for step in self.inbox:
                     if step.seal:
@@ -222,7 +225,7 @@ class LearnerActor(StepActor):
                                                          for t in triggers],
                           "plan": todo, "data_ready": ready, "new_files": new_files}
         cur_id = self.evaluations
-        self._record(Record("learner_evaluations", {
+        await self._record(Record("learner_evaluations", {
             "at": _now(), "clock_ts": ts,
             "triggers": json.dumps([t.__dict__ for t in triggers]),
             "plan": json.dumps(todo), "detail": json.dumps(detail, default=str)}))
@@ -260,6 +263,7 @@ class LearnerActor(StepActor):
         job = ready[0]
         self.queue.remove(job)
         self.current = job
+        self.changed()
         if self.hold_clock:
             # The whole chain waits for this job by design: tell the watchdog how long.
             self.busy_until = trio.current_time() + self.lc.job_timeout_s + 180.0
@@ -335,7 +339,7 @@ class LearnerActor(StepActor):
                 self.queue.append(Job(job.family, job.reasons, job.priority,
                                       job.evaluation_id, job.attempt + 1,
                                       self.clock.now_ms() + int(backoff * 1000), job.version))
-        self._record(Record("retrain_jobs", {
+        await self._record(Record("retrain_jobs", {
             "evaluation_id": job.evaluation_id, "family": job.family,
             "reason": "; ".join(job.reasons), "priority": job.priority,
             "attempt": job.attempt, "started_at": started, "clock_ts": ts,
@@ -344,6 +348,7 @@ class LearnerActor(StepActor):
             "decision": json.dumps(decision, default=str) if decision else None,
             "detail": detail or decision.get("reason", "")}))
         self.current = None
+        self.changed()
 
     async def _decide(self, job: Job, result: dict[str, Any], ts: int) -> dict[str, Any]:
         family, version = job.family, result["version"]
@@ -357,7 +362,7 @@ class LearnerActor(StepActor):
         meta_metrics = {**meta.metrics, "gate_decision": action, "gate_reason": reason}
         meta = ModelMeta(**{**meta.__dict__, "metrics": meta_metrics})
         if not self.registry.knows(family, version):
-            self._record(*self.registry.register(meta, Path(result["path"]), "candidate",
+            await self._record(*self.registry.register(meta, Path(result["path"]), "candidate",
                                                  "; ".join(job.reasons), ts))
         self._seen_files.add((family, version))
         applied = action
@@ -370,14 +375,14 @@ class LearnerActor(StepActor):
         if applied == "deploy":
             await self.deploy(family, version, f"gate: {reason}", ts)
         elif applied == "canary":
-            self._record(*self.registry.set_status(family, version, "canary", reason, ts))
+            await self._record(*self.registry.set_status(family, version, "canary", reason, ts))
             champ = self.registry.champion(family)
             if champ:
                 self.watches[f"canary:{family}"] = Watch("canary", family, version, champ, ts)
             self.shadow.setdefault(family, []).append(version)
             await self._push_models()
         elif applied in ("keep", "reject"):
-            self._record(*self.registry.set_status(
+            await self._record(*self.registry.set_status(
                 family, version, "rejected" if applied == "reject" else "retired", reason, ts))
         out = {"family": family, "version": version, "action": action, "applied": applied,
                "reason": reason, "clock": iso(ts)}
@@ -388,7 +393,7 @@ class LearnerActor(StepActor):
     async def deploy(self, family: str, version: str, reason: str, ts: int,
                      watch: bool = True) -> None:
         previous = self.registry.champion(family)
-        self._record(*self.registry.set_status(family, version, "champion", reason, ts))
+        await self._record(*self.registry.set_status(family, version, "champion", reason, ts))
         self.triggers.note_deploy(family, ts)
         self.shadow[family] = [v for v in self.shadow.get(family, []) if v != version]
         self.watches.pop(f"canary:{family}", None)
@@ -420,7 +425,7 @@ class LearnerActor(StepActor):
                     await self.deploy(fam, w.subject, f"canary won live: {change:+.2f} % over "
                                       f"{len(pairs)} outcomes", ts)
                 else:
-                    self._record(*self.registry.set_status(
+                    await self._record(*self.registry.set_status(
                         fam, w.subject, "retired", f"canary lost live: {change:+.2f} %", ts))
                     log.info("canary retired: %s %s (%+.2f %% over %d outcomes)", fam,
                              w.subject, change, len(pairs))
@@ -451,9 +456,9 @@ class LearnerActor(StepActor):
             raise ValueError(f"{family} has no previous champion to roll back to")
         self.watches.pop(f"rollback:{family}", None)
         if current:
-            self._record(*self.registry.set_status(family, current, "retired",
+            await self._record(*self.registry.set_status(family, current, "retired",
                                                    f"rolled back: {reason}", ts))
-        self._record(*self.registry.set_status(family, to, "champion",
+        await self._record(*self.registry.set_status(family, to, "champion",
                                                f"rollback: {reason}", ts))
         self.shadow[family] = [v for v in self.shadow.get(family, []) if v not in (to,
                                                                                    current)]
@@ -474,13 +479,30 @@ class LearnerActor(StepActor):
         return retired[-1].version if retired else None
 
     async def _push_models(self) -> None:
-        """Tell the predictor what to serve and shadow, and wait until it has staged it."""
+        """Tell the predictor what to serve and shadow.
+
+        In a replay that holds the clock this waits until the predictor has loaded and
+        staged the set, so the swap lands at the same bar every run. Otherwise it only
+        queues the request for `_pusher` and returns: the step in hand moves on while the
+        predictor loads the files in a worker thread and swaps them in between two later
+        steps; no bar waits on a deploy.
+        """
         serving = {f: v for f in families(self.models_dir)
                    if (v := self.registry.champion(f)) is not None}
         shadow = [[f, v] for f, vs in sorted(self.shadow.items()) for v in vs]
+        spec = {"serving": serving, "shadow": shadow}
+        if self.hold_clock:
+            await self._send_models(spec)
+        else:
+            self._pushes_tx.send_nowait(spec)  # unbounded: requests are rare and in order
+
+    async def _pusher(self) -> None:
+        async for spec in self._pushes_rx:
+            await self._send_models(spec)
+
+    async def _send_models(self, spec: dict[str, Any]) -> None:
         reply_tx, reply_rx = trio.open_memory_channel[Any](1)
-        await self.predictor.send(Command("set_models", {"serving": serving, "shadow": shadow},
-                                          reply_tx))
+        await self.predictor.send(Command("set_models", spec, reply_tx))
         with trio.move_on_after(120):
             result = await reply_rx.receive()
             for err in result.get("errors", []):
@@ -493,6 +515,7 @@ class LearnerActor(StepActor):
                 result: Any = await self.command(cmd.name, cmd.args)
             except (KeyError, ValueError, ArtifactError) as exc:
                 result = {"error": str(exc).strip("'\"")}
+            self.changed()
             answer(cmd, result)
 
     async def command(self, name: str, args: dict[str, Any]) -> Any:
@@ -508,7 +531,7 @@ class LearnerActor(StepActor):
                     raise ValueError(f"no model {family}/{version} in {self.models_dir}")
                 meta = ModelMeta.from_json((self.models_dir / family / f"{version}.json")
                                            .read_text())
-                self._record(*self.registry.register(meta, self.models_dir / family /
+                await self._record(*self.registry.register(meta, self.models_dir / family /
                                                      f"{version}.onnx", "candidate",
                                                      "ctl promote", ts))
             await self.deploy(family, version, "ctl promote (gate bypassed)", ts)
@@ -555,10 +578,14 @@ class LearnerActor(StepActor):
                 "current_job": self.current.family if self.current else "",
                 "queued": len(self.queue)}
 
-    def _record(self, *recs: Record) -> None:
+    def publish(self) -> dict[str, Any]:
+        return {**self.status(), "next_eval": self.next_eval, "mode": self.lc.mode}
+
+    async def _record(self, *recs: Record) -> None:
+        """Registry rows, evaluations and jobs are durable: sent with backpressure (the
+        recorder drains its record channel every flush), never dropped when it is full."""
         for rec in recs:
-            if not offer(self.records, rec):
-                log.warning("learner record dropped (recorder busy): %s", rec.table)
+            await self.records.send(rec)
 
 
 def _now() -> str:

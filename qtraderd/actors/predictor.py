@@ -99,6 +99,7 @@ class PredictorActor(StepActor):
         self._windows_needed = False
         self._ens_version = ""
         self.predictions = 0
+        self.samples = 0
         self.outcomes = 0
         self.in_sample_skipped = 0
         self.swaps = 0
@@ -277,6 +278,7 @@ class PredictorActor(StepActor):
                 assert raw is not None  # 64-bar windows are ready long before features
                 raws.append(raw)
         self.outcomes += len(outcomes)
+        self.samples += len(samples)
         outputs: list[ModelOutput] = []
         predictions: list[Prediction] = []
         if rows:
@@ -365,11 +367,18 @@ class PredictorActor(StepActor):
             "shadow": [f"{m.family}/{m.version}" for m in self.models.shadow],
             "symbols": len(self._symbols),
             "predictions": self.predictions,
+            "samples": self.samples,
             "outcomes": self.outcomes,
             "in_sample_skipped": self.in_sample_skipped,
             "swaps": self.swaps,
             "regimes": dict(self._last_regime),
         }
+
+    def publish(self) -> dict[str, Any]:
+        """Adds the served set (`ctl models`) and the predictions still waiting for their
+        outcome in memory (`ctl learning`)."""
+        return {**self.status(), "served": self.models.describe(),
+                "awaiting_outcome": sum(len(st.pending) for st in self._symbols.values())}
 
 
 def _not_temp(_change: object, path: str) -> bool:

@@ -119,6 +119,7 @@ class RiskActor(StepActor):
                         "args": json.dumps(cmd.args, sort_keys=True, default=str)}))
             except (KeyError, ValueError) as exc:
                 result = {"error": str(exc)}
+            self.changed()
             answer(cmd, result)
 
     def reconfigure(self, cfg: Config) -> None:
@@ -140,6 +141,8 @@ class RiskActor(StepActor):
         cfg = self.portfolio.cfg
         put(self, state, self._STATE)
         self.portfolio.reconfigure(cfg)  # the limits in force now, not the stored ones
+        if state.get("reapply"):
+            self.reapply(state["reapply"])
 
     def reapply(self, commands: list[tuple[str, dict[str, Any]]]) -> None:
         """Commands given after the restored checkpoint (recorded in `risk_commands`),
@@ -382,6 +385,9 @@ class RiskActor(StepActor):
                              "daily_loss_pct": round(100 * a.daily_loss, 3)}
                          for q, a in sorted(self.accounts.items())},
         }
+
+    def publish(self) -> dict[str, Any]:
+        return {**self.status(), "state": self.state, "portfolio": self.portfolio.stats()}
 
 
 def _symbol(args: dict[str, Any]) -> str:

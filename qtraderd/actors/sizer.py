@@ -278,3 +278,6 @@ class SizerActor(StepActor):
             out.update(rl_updates=self.agent.updates, rl_pending=len(self._pending),
                        rl_open=len(self._open))
         return out
+
+    def publish(self) -> dict[str, Any]:
+        return {**self.status(), "rl": self.rl_status()}

@@ -1,37 +1,81 @@
 """What the control socket can ask of a running daemon.
 
-Read-only answers come from the actors' published status and read-only store queries;
-commands that change state (halt, resume, flatten, pause, resume-symbol) are messages to
-the actor that owns that state (risk), answered once it has applied them.
+Read-only answers come from the actors' published snapshots (`DaemonView.snapshot`, never
+an actor's attributes) and from read-only store queries, which run in a worker thread on a
+connection of their own, bounded by LIMITs and an interrupt after `QUERY_TIMEOUT_S`, so a
+big store never stalls the event loop that carries the bars. Commands that change state
+(halt, resume, flatten, pause, resume-symbol; promote, rollback, retrain) are messages to
+the actor that owns that state, answered once it has applied them.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from qtraderd.control.server import ControlError, Handler
-from qtraderd.core.clock import iso
+from qtraderd.core.clock import Clock, iso
+from qtraderd.core.config import Config
 from qtraderd.core.messages import Command
 from qtraderd.learning.registry import list_models
 from qtraderd.store.db import connect
 
-if TYPE_CHECKING:
-    from qtraderd.runtime.daemon import Daemon
-
 RISK_COMMANDS = ("halt", "resume", "flatten", "pause", "resume-symbol")
 LEARNER_COMMANDS = ("promote", "rollback", "retrain")
+QUERY_TIMEOUT_S = 2.0  # a store query running longer is interrupted (ctl answers an error)
+MAX_ROWS = 10_000
+
+T = TypeVar("T")
+
+
+class DaemonView(Protocol):
+    """What control reads of the daemon (qtraderd.runtime.daemon.Daemon): settings, the
+    status summary and the actors' snapshots. A Protocol, so control does not import the
+    daemon (which imports control)."""
+
+    cfg: Config
+    state_dir: Path
+    run_id: int
+    socket_path: Path | None
+    credentials: Any  # runtime.secrets.Credentials: only its `source` is shown
+    clock: Clock
+    plugins: Any  # plugins.host.PluginHost | None: a service beside the actors
+
+    def status(self) -> dict[str, Any]: ...
+
+    def actors(self) -> dict[str, dict[str, Any]]: ...
+
+    def snapshot(self, name: str) -> Mapping[str, Any]: ...
+
+
+def run_query(state_dir: Path, query: Callable[[sqlite3.Connection], T],
+              timeout_s: float = QUERY_TIMEOUT_S) -> T:
+    """Run `query` on a read-only connection of its own (in the calling thread), and
+    interrupt it after `timeout_s`."""
+    conn = connect(state_dir, readonly=True)
+    deadline = time.monotonic() + timeout_s
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    try:
+        return query(conn)
+    except sqlite3.OperationalError as exc:
+        if "interrupted" in str(exc):
+            raise ControlError(f"store query took longer than {timeout_s:g} s") from exc
+        raise
+    finally:
+        conn.close()
 
 
 class ControlAPI:
-    def __init__(self, daemon: Daemon, commands: trio.MemorySendChannel[Command],
+    def __init__(self, daemon: DaemonView, commands: trio.MemorySendChannel[Command],
                  learner: trio.MemorySendChannel[Command] | None = None) -> None:
         self.d = daemon
         self.commands = commands
-        self.learner = learner
-        self._ro: sqlite3.Connection | None = None
+        self.learner_commands = learner
 
     def handlers(self) -> dict[str, Handler]:
         h: dict[str, Handler] = {
@@ -51,17 +95,20 @@ class ControlAPI:
             h[name] = self._learner_command(name)
         return h
 
-    def _db(self) -> sqlite3.Connection:
-        if self._ro is None:
-            self._ro = connect(self.d.state_dir, readonly=True)
-        return self._ro
+    async def _query(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """`query` in a worker thread; the event loop keeps carrying bars meanwhile."""
+        return await trio.to_thread.run_sync(run_query, self.d.state_dir, query,
+                                             abandon_on_cancel=True)
+
+    def _learning_on(self) -> bool:
+        return self.learner_commands is not None and bool(self.d.snapshot("learner"))
 
     async def status(self, args: dict[str, Any]) -> Any:
         return self.d.status()
 
     async def modules(self, args: dict[str, Any]) -> Any:
         d = self.d
-        sup = d.supervisor.status() if d.supervisor else {}
+        sup = d.actors()
         rows: list[dict[str, Any]] = []
 
         def add(module: str, status: str, detail: str) -> None:
@@ -81,16 +128,18 @@ class ControlAPI:
                                if k not in ("state", "restarts", "last_error")
                                and not isinstance(v, dict))
             add(f"actor:{name}", status, detail)
-        models = d.predictor.models.serving if d.supervisor else {}
+        models = d.snapshot("predictor").get("models", {})
         add("models", "ok" if models else "none",
-            ", ".join(f"{f}/{m.version}" for f, m in models.items()) or
+            ", ".join(f"{f}/{v}" for f, v in models.items()) or
             "no model loaded: predicting nothing")
-        add("learner", "ok" if d.learner else "disabled",
-            "" if d.learner is None else
-            f"{d.cfg.learning.mode}, {d.learner.evaluations} evaluations, "
-            f"{d.learner.jobs_done} jobs, next evaluation at {iso(d.learner.next_eval)}")
-        add("risk", d.risk.state, d.risk.reason or "within limits")
-        paused = d.risk.portfolio.paused()
+        learner = d.snapshot("learner")
+        add("learner", "ok" if learner else "disabled",
+            "" if not learner else
+            f"{d.cfg.learning.mode}, {learner['evaluations']} evaluations, "
+            f"{learner['jobs_done']} jobs, next evaluation at {iso(learner['next_eval'])}")
+        risk = d.snapshot("risk")
+        add("risk", risk.get("state", "-"), risk.get("reason") or "within limits")
+        paused = risk.get("paused_symbols", {})
         add("portfolio", "ok" if not paused else "paused symbols",
             ", ".join(f"{s} ({r})" for s, r in paused.items()) or "no pauses")
         add("plugins", "ok" if d.plugins is not None else "disabled",
@@ -104,7 +153,7 @@ class ControlAPI:
              "entry": p.entry_price, "mark": p.mark_price, "stop": p.stop_price,
              "take": p.take_price, "unrealized": p.unrealized, "bars_held": p.bars_held,
              "trailing": p.trailing}
-            for _, p in sorted(self.d.execution.positions.items())
+            for p in self.d.snapshot("execution").get("positions", ())
         ]
 
     async def trades(self, args: dict[str, Any]) -> Any:
@@ -112,10 +161,11 @@ class ControlAPI:
             limit = int(args.get("limit", 20))
         except (TypeError, ValueError) as exc:
             raise ControlError(f"limit must be an integer, got {args.get('limit')!r}") from exc
-        rows = self._db().execute(
+        run_id, n = self.d.run_id, max(1, min(limit, MAX_ROWS))
+        rows = await self._query(lambda db: db.execute(
             "SELECT id, symbol, side, qty, entry_ts, entry_price, exit_ts, exit_price, net_pnl,"
             " return_pct, exit_reason FROM trades WHERE run_id=? ORDER BY id DESC LIMIT ?",
-            (self.d.run_id, max(1, min(limit, 10_000)))).fetchall()
+            (run_id, n)).fetchall())
         return [{"id": r[0], "symbol": r[1], "side": "long" if r[2] > 0 else "short",
                  "qty": r[3], "entry": iso(r[4]), "entry_price": r[5], "exit": iso(r[6]),
                  "exit_price": r[7], "net_pnl": r[8], "return_pct": round(r[9], 3),
@@ -126,40 +176,46 @@ class ControlAPI:
             {"quote": a.quote, "balance": a.balance, "equity": a.equity,
              "start": self.d.cfg.account.balances.get(a.quote),
              "exposure": a.exposure, "open_positions": a.open_positions}
-            for a in self.d.execution.accounts
+            for a in self.d.snapshot("execution").get("accounts", ())
         ]
-        symbols = [{"symbol": s, **st} for s, st in self.d.risk.portfolio.stats().items()]
+        stats = self.d.snapshot("risk").get("portfolio", {})
+        symbols = [{"symbol": s, **st} for s, st in stats.items()]
         return {"accounts": accounts, "symbols": symbols}
 
     async def models(self, args: dict[str, Any]) -> Any:
-        served = self.d.predictor.models.describe()
-        if self.learner is not None and self.d.learner is not None:
-            learned = await self._ask(self.learner, "models", "learner")(args)
+        served = list(self.d.snapshot("predictor").get("served", ()))
+        if self.learner_commands is not None and self._learning_on():
+            learned = await self._ask(self.learner_commands, "models", "learner")(args)
             return {"served": served, **learned}
         registry = [{"family": r["family"], "version": r["version"], "status": r["status"],
-                     "created_at": r["created_at"]} for r in list_models(self._db())]
+                     "created_at": r["created_at"]} for r in await self._query(list_models)]
         return {"served": served, "registry": registry}
 
     async def learning(self, args: dict[str, Any]) -> Any:
-        db = self._db()
-        labelled, unlabelled = db.execute(
-            "SELECT sum(label IS NOT NULL), sum(label IS NULL) FROM samples").fetchone()
-        here = db.execute("SELECT count(*) FROM samples WHERE run_id=?",
-                          (self.d.run_id,)).fetchone()[0]
-        samples = {"with_outcome": labelled or 0, "without_outcome": unlabelled or 0,
-                   "this_run": here,
-                   "awaiting_outcome_in_memory": sum(
-                       len(st.pending) for st in self.d.predictor._symbols.values())}
+        """Sample counts without counting the samples table: this run's come from the
+        predictor's snapshot (rows produced, outcomes known), the store's total is its
+        highest id (one b-tree descent), so the answer costs the same at any store size."""
+        pred = self.d.snapshot("predictor")
+        produced, labelled = pred.get("samples", 0), pred.get("outcomes", 0)
+
+        def query(db: sqlite3.Connection) -> tuple[int, list[dict[str, object]]]:
+            stored = db.execute("SELECT max(id) FROM samples").fetchone()[0] or 0
+            return stored, list_models(db)
+
+        stored, listed = await self._query(query)
+        samples = {"with_outcome": labelled, "without_outcome": max(0, produced - labelled),
+                   "this_run": produced, "stored_all_runs": stored,
+                   "awaiting_outcome_in_memory": pred.get("awaiting_outcome", 0)}
         versions = [{"family": r["family"], "version": r["version"], "status": r["status"]}
-                    for r in list_models(db)]
-        if self.learner is None or self.d.learner is None:
+                    for r in listed]
+        if self.learner_commands is None or not self._learning_on():
             return {"samples": samples, "versions": versions,
                     "learner": "disabled ([learning] enabled = false)"}
-        report = await self._ask(self.learner, "learning", "learner")(args)
+        report = await self._ask(self.learner_commands, "learning", "learner")(args)
         return {"samples": samples, "versions": versions, **report}
 
     async def rl(self, args: dict[str, Any]) -> Any:
-        return self.d.sizer.rl_status()
+        return dict(self.d.snapshot("sizer").get("rl", {"enabled": False}))
 
     async def plugins(self, args: dict[str, Any]) -> Any:
         """Every plugin file seen: version, state, hooks, calls, errors, last error."""
@@ -169,9 +225,9 @@ class ControlAPI:
 
     def _learner_command(self, name: str) -> Handler:
         async def handler(args: dict[str, Any]) -> Any:
-            if self.learner is None or self.d.learner is None:
+            if self.learner_commands is None or not self._learning_on():
                 raise ControlError("the learner is disabled ([learning] enabled = false)")
-            return await self._ask(self.learner, name, "learner", timeout_s=30.0)(args)
+            return await self._ask(self.learner_commands, name, "learner", timeout_s=30.0)(args)
 
         return handler
 

@@ -2,18 +2,28 @@
 
 It lives in SQLite: `models` holds one row per immutable version (lineage, metrics,
 status) and `model_history` is append-only, so "which version served at time T" is always
-answerable. The `champion` pointer files in the models directory mirror it.
+answerable. The `champion` pointer files in the models directory mirror it; they are what
+the predictor loads.
 
-Two writers, one set of rows: inside the daemon the learner owns the registry through
-`RegistryView` (an in-memory view whose every change becomes Records for the recorder, so
-the store keeps one writer, plus an atomic pointer-file write for champions); outside it
-(`qtraderd train`, a stopped daemon) the functions at the end write directly.
+One set of rules, two ways of writing them down. `RegistryView` is the registry in
+memory: every change (register, set_status) updates it and returns the `Record`s that
+store the change. Inside the daemon the learner owns a view and sends those Records to the
+recorder (the store keeps one writer); outside it (`qtraderd train`, a stopped daemon) the
+module functions load a view from the store, make the same change and `apply` its Records
+in one transaction. So both paths build the same rows and retire the same champions.
+
+A new champion's pointer file is written before its rows are stored, and `reconcile` (at
+daemon start) lets a valid pointer win over the rows: after a crash between the two, the
+deploy stands; a pointer edited by hand (the documented way to switch models) is adopted.
+The registry wins where the pointer cannot be served: missing, unreadable, or naming a
+version with no complete artifact; the pointer is then rewritten to the registry's
+champion.
 """
-
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,12 +31,53 @@ from pathlib import Path
 from typing import Any
 
 from qtraderd.core.messages import Record
-from qtraderd.models.artifacts import ModelMeta, read_champion, write_champion
+from qtraderd.models.artifacts import (
+    ArtifactError,
+    ModelMeta,
+    families,
+    list_versions,
+    meta_path,
+    onnx_path,
+    read_champion,
+    write_champion,
+)
 from qtraderd.store.db import Transaction
+
+log = logging.getLogger("qtraderd.registry")
+
+STATUSES = ("champion", "candidate", "canary", "retired", "rejected")
+MAX_LISTED = 1000  # `ctl models` / `ctl learning` list at most this many versions
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _check(status: str) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"unknown model status {status!r}")
+
+
+def model_row(meta: ModelMeta, path: Path, status: str) -> dict[str, Any]:
+    """The `models` row of a version (the only place it is built)."""
+    return {
+        "family": meta.family, "version": meta.version, "path": str(path),
+        "sha256": meta.sha256, "created_at": meta.created_at or _now(),
+        "train_start": meta.train_start, "train_end": meta.train_end,
+        "data_end": meta.data_end, "n_train": meta.n_train,
+        "features": json.dumps(meta.features),
+        "metrics": json.dumps(meta.metrics, sort_keys=True, default=str),
+        "params": json.dumps(meta.params, sort_keys=True, default=str),
+        "status": status, "data_sha256": meta.data_sha256,
+        "code_version": meta.code_version, "input_kind": meta.input_kind,
+    }
+
+
+def history_row(family: str, version: str, status: str, reason: str,
+                clock_ts: int | None) -> dict[str, Any]:
+    """The `model_history` row of a status change (the only place it is built)."""
+    return {"at": _now(), "clock_ts": clock_ts, "family": family, "version": version,
+            "status": status, "reason": reason}
 
 
 @dataclass
@@ -39,12 +90,14 @@ class Entry:
 
 @dataclass
 class RegistryView:
-    models_dir: Path
+    """The registry in memory. `models_dir` None: champion pointers are not written."""
+
+    models_dir: Path | None
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, conn: sqlite3.Connection | None, models_dir: Path) -> RegistryView:
-        view = cls(Path(models_dir))
+    def load(cls, conn: sqlite3.Connection | None, models_dir: Path | None) -> RegistryView:
+        view = cls(Path(models_dir) if models_dir is not None else None)
         if conn is None:
             return view
         cur = conn.execute("SELECT * FROM models")
@@ -55,39 +108,43 @@ class RegistryView:
                 row["family"], row["version"], row["status"], row)
         return view
 
+    def champions(self) -> dict[str, str]:
+        """{family: version} as the registry has them (pointers not consulted)."""
+        return {e.family: e.version for e in self.entries.values() if e.status == "champion"}
+
     def champion(self, family: str) -> str | None:
+        """The registry's champion, else the pointer file (a version placed by hand)."""
         for e in self.entries.values():
             if e.family == family and e.status == "champion":
                 return e.version
+        if self.models_dir is None:
+            return None
         try:
-            return read_champion(self.models_dir, family)  # registered by hand, or older
-        except Exception:
+            return read_champion(self.models_dir, family)
+        except ArtifactError:
             return None
 
     def knows(self, family: str, version: str) -> bool:
         return (family, version) in self.entries
 
     def register(self, meta: ModelMeta, path: Path, status: str, reason: str,
-                 clock_ts: int) -> list[Record]:
-        row = {
-            "family": meta.family, "version": meta.version, "path": str(path),
-            "sha256": meta.sha256, "created_at": meta.created_at or _now(),
-            "train_start": meta.train_start, "train_end": meta.train_end,
-            "data_end": meta.data_end, "n_train": meta.n_train,
-            "features": json.dumps(meta.features),
-            "metrics": json.dumps(meta.metrics, sort_keys=True, default=str),
-            "params": json.dumps(meta.params, sort_keys=True, default=str),
-            "status": status, "data_sha256": meta.data_sha256,
-            "code_version": meta.code_version, "input_kind": meta.input_kind,
-        }
+                 clock_ts: int | None) -> list[Record]:
+        """Add a version (idempotent: versions are immutable, a known one is kept)."""
+        _check(status)
+        if self.knows(meta.family, meta.version):
+            return []
+        row = model_row(meta, path, status)
         self.entries[(meta.family, meta.version)] = Entry(meta.family, meta.version, status,
                                                           row)
         return [Record("models", row, mode="replace"),
-                self._history(meta.family, meta.version, status, reason, clock_ts)]
+                Record("model_history", history_row(meta.family, meta.version, status,
+                                                    reason, clock_ts))]
 
     def set_status(self, family: str, version: str, status: str, reason: str,
-                   clock_ts: int) -> list[Record]:
-        """Change a version's status (a new champion retires the old one) -> Records."""
+                   clock_ts: int | None) -> list[Record]:
+        """Change a version's status -> Records. A new champion retires the old one (with
+        its own history row) and gets its pointer file, written before any row is."""
+        _check(status)
         entry = self.entries.get((family, version))
         if entry is None:
             raise KeyError(f"no model {family}/{version} in the registry")
@@ -97,22 +154,18 @@ class RegistryView:
                 if other.family == family and other.status == "champion" and \
                         other.version != version:
                     out += self._change(other, "retired", f"replaced by {version}", clock_ts)
-            write_champion(self.models_dir, family, version)
+            if self.models_dir is not None:
+                write_champion(self.models_dir, family, version)
         out += self._change(entry, status, reason, clock_ts)
         return out
 
-    def _change(self, entry: Entry, status: str, reason: str, clock_ts: int) -> list[Record]:
+    def _change(self, entry: Entry, status: str, reason: str,
+                clock_ts: int | None) -> list[Record]:
         entry.status = status
         entry.row = {**entry.row, "status": status}
         return [Record("models", entry.row, mode="replace"),
-                self._history(entry.family, entry.version, status, reason, clock_ts)]
-
-    @staticmethod
-    def _history(family: str, version: str, status: str, reason: str,
-                 clock_ts: int) -> Record:
-        return Record("model_history", {"at": _now(), "clock_ts": clock_ts, "family": family,
-                                        "version": version, "status": status,
-                                        "reason": reason})
+                Record("model_history", history_row(entry.family, entry.version, status,
+                                                    reason, clock_ts))]
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -124,74 +177,52 @@ class RegistryView:
                         "auc_long": metrics.get("auc_long"),
                         "auc_short": metrics.get("auc_short"),
                         "gate": metrics.get("gate_decision")})
-        return out
+        return out[-MAX_LISTED:]
 
 
+# -------------------------------------------------------------------- direct writers
 
 
-
-STATUSES = ("champion", "candidate", "canary", "retired", "rejected")
-
-
+def apply(conn: sqlite3.Connection, records: list[Record]) -> None:
+    """Store a view's Records in one transaction (what the recorder does in the daemon)."""
+    with Transaction(conn):
+        for rec in records:
+            cols = list(rec.row)
+            verb = "INSERT OR REPLACE" if rec.mode == "replace" else "INSERT"
+            conn.execute(f"{verb} INTO {rec.table} ({', '.join(cols)}) "
+                         f"VALUES ({', '.join('?' * len(cols))})", list(rec.row.values()))
 
 
 def register(conn: sqlite3.Connection, meta: ModelMeta, path: Path, status: str,
              reason: str, clock_ts: int | None = None) -> None:
     """Record a new version with its lineage and metrics (idempotent per version)."""
-    if status not in STATUSES:
-        raise ValueError(f"unknown model status {status!r}")
-    with Transaction(conn):
-        conn.execute(
-            "INSERT OR IGNORE INTO models (family, version, path, sha256, created_at, "
-            "train_start, train_end, data_end, n_train, features, metrics, params, status, "
-            "data_sha256, code_version, input_kind) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (meta.family, meta.version, str(path), meta.sha256, meta.created_at or _now(),
-             meta.train_start, meta.train_end, meta.data_end, meta.n_train,
-             json.dumps(meta.features), json.dumps(meta.metrics, sort_keys=True, default=str),
-             json.dumps(meta.params, sort_keys=True, default=str), status, meta.data_sha256,
-             meta.code_version, meta.input_kind),
-        )
-        conn.execute(
-            "INSERT INTO model_history (at, clock_ts, family, version, status, reason) "
-            "VALUES (?,?,?,?,?,?)",
-            (_now(), clock_ts, meta.family, meta.version, status, reason),
-        )
+    apply(conn, RegistryView.load(conn, None).register(meta, path, status, reason, clock_ts))
 
 
 def set_status(conn: sqlite3.Connection, family: str, version: str, status: str, reason: str,
-               clock_ts: int | None = None) -> None:
-    if status not in STATUSES:
-        raise ValueError(f"unknown model status {status!r}")
-    with Transaction(conn):
-        if status == "champion":
-            conn.execute(
-                "UPDATE models SET status='retired' WHERE family=? AND status='champion' "
-                "AND version<>?", (family, version))
-        cur = conn.execute("UPDATE models SET status=? WHERE family=? AND version=?",
-                           (status, family, version))
-        if cur.rowcount == 0:
-            raise KeyError(f"no model {family}/{version} in the registry")
-        conn.execute(
-            "INSERT INTO model_history (at, clock_ts, family, version, status, reason) "
-            "VALUES (?,?,?,?,?,?)", (_now(), clock_ts, family, version, status, reason))
+               clock_ts: int | None = None, models_dir: Path | None = None) -> None:
+    """Change a version's status in the store; with `models_dir`, a new champion's pointer
+    file is written too (first, as in the daemon)."""
+    view = RegistryView.load(conn, models_dir)
+    apply(conn, view.set_status(family, version, status, reason, clock_ts))
 
 
 def promote(conn: sqlite3.Connection, models_dir: Path, family: str, version: str,
             reason: str, clock_ts: int | None = None) -> None:
     """Make a version champion in SQLite and in the `champion` pointer file."""
-    set_status(conn, family, version, "champion", reason, clock_ts)
-    write_champion(models_dir, family, version)
+    set_status(conn, family, version, "champion", reason, clock_ts, models_dir)
 
 
 def champions(conn: sqlite3.Connection) -> dict[str, str]:
-    rows = conn.execute("SELECT family, version FROM models WHERE status='champion'").fetchall()
-    return {f: v for f, v in rows}
+    return RegistryView.load(conn, None).champions()
 
 
 def list_models(conn: sqlite3.Connection) -> list[dict[str, object]]:
+    """The most recent MAX_LISTED versions, oldest first per family."""
     cur = conn.execute(
-        "SELECT family, version, status, created_at, train_start, train_end, data_end, "
-        "n_train, metrics FROM models ORDER BY family, created_at, version")
+        "SELECT * FROM (SELECT family, version, status, created_at, train_start, train_end, "
+        "data_end, n_train, metrics FROM models ORDER BY created_at DESC, version DESC "
+        "LIMIT ?) ORDER BY family, created_at, version", (MAX_LISTED,))
     cols = [d[0] for d in cur.description]
     out = []
     for row in cur.fetchall():
@@ -199,3 +230,45 @@ def list_models(conn: sqlite3.Connection) -> list[dict[str, object]]:
         item["metrics"] = json.loads(item["metrics"] or "{}")
         out.append(item)
     return out
+
+
+# -------------------------------------------------------------------- start-up repair
+
+
+def reconcile(conn: sqlite3.Connection, models_dir: Path) -> list[str]:
+    """Make the registry's champions and the pointer files agree (see the module doc for
+    which side wins and why). Logs and returns one line per repair."""
+    models_dir = Path(models_dir)
+    view = RegistryView.load(conn, models_dir)
+    registry = view.champions()
+    repairs: list[str] = []
+    records: list[Record] = []
+    for family in sorted(set(registry) | set(families(models_dir))):
+        on_disk = list_versions(models_dir, family)
+        try:
+            pointer = read_champion(models_dir, family)
+        except ArtifactError as exc:
+            pointer, bad = None, f"unreadable pointer ({exc})"
+        else:
+            bad = "no pointer file" if pointer is None else \
+                f"pointer names {pointer}, which has no complete artifact"
+        ours = registry.get(family)
+        if pointer is not None and pointer in on_disk:
+            if ours == pointer:
+                continue
+            if not view.knows(family, pointer):
+                meta = ModelMeta.from_json(meta_path(models_dir, family, pointer).read_text())
+                records += view.register(meta, onnx_path(models_dir, family, pointer),
+                                         "candidate", "found by the start-up check", None)
+            records += view.set_status(family, pointer, "champion",
+                                       f"start-up check: the champion pointer names it "
+                                       f"(registry had {ours or 'none'})", None)
+            repairs.append(f"{family} champion {ours or 'none'} -> {pointer} "
+                           "(the pointer file wins: it names a complete artifact)")
+        elif ours is not None and ours in on_disk:
+            write_champion(models_dir, family, ours)
+            repairs.append(f"{family} pointer -> {ours} (the registry wins: {bad})")
+    apply(conn, records)
+    for line in repairs:
+        log.warning("registry repaired: %s", line)
+    return repairs

@@ -170,18 +170,17 @@ def run_arm(plan: Plan, arm: str, toml: Path, total_bars: int) -> tuple[int, flo
     t0 = time.monotonic()
 
     def line(final: bool = False) -> None:
-        feed, learner = daemon.feed, getattr(daemon, "learner", None)
-        if feed is None:
+        feed, learner = daemon.snapshot("feed"), daemon.snapshot("learner")
+        if not feed:
             return
         wall = max(time.monotonic() - t0, 1e-9)
-        job = (f" | retraining {learner.current.family}" if learner is not None
-               and learner.current is not None and not final else "")
-        jobs = f" | retrains {learner.jobs_done + learner.jobs_failed}" if learner else ""
-        ex = getattr(daemon, "execution", None)
+        current = learner.get("current_job")
+        job = f" | retraining {current}" if current and not final else ""
+        jobs = f" | retrains {learner['jobs_done'] + learner['jobs_failed']}" if learner else ""
         log.info("walkforward: %s %s: %s/%s bars (%s bars/s) | data time %s | trades %d%s%s",
-                 label, "finished" if final else "running", f"{feed.bars:,}",
-                 f"{total_bars:,}", f"{feed.bars / wall:,.0f}", iso(feed.last_ts),
-                 ex.trades if ex else 0, jobs, job)
+                 label, "finished" if final else "running", f"{feed['bars']:,}",
+                 f"{total_bars:,}", f"{feed['bars'] / wall:,.0f}", iso(feed["last_ts"]),
+                 daemon.snapshot("execution").get("trades", 0), jobs, job)
 
     async def main() -> int:
         async with trio.open_nursery() as nursery:
@@ -189,7 +188,7 @@ def run_arm(plan: Plan, arm: str, toml: Path, total_bars: int) -> tuple[int, flo
                 shown, at = -1, 0.0
                 while True:  # every 2 s while bars move, every 20 s while a job holds them
                     await trio.sleep(2.0)
-                    bars = daemon.feed.bars if daemon.feed is not None else 0
+                    bars = daemon.snapshot("feed").get("bars", 0)
                     if bars != shown or time.monotonic() - at >= 20.0:
                         line()
                         shown, at = bars, time.monotonic()

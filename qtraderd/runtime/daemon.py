@@ -18,6 +18,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +44,7 @@ from qtraderd.core.costs import CostModel
 from qtraderd.core.instruments import InstrumentError, load_state_dir, quote_asset
 from qtraderd.core.messages import Command, Record, Step
 from qtraderd.features.labels import Barriers
-from qtraderd.learning.registry import RegistryView
+from qtraderd.learning.registry import RegistryView, reconcile
 from qtraderd.learning.rl import restore
 from qtraderd.models.onnx_model import LoadedModel, load_champions
 from qtraderd.plugins.host import PluginHost
@@ -51,10 +52,9 @@ from qtraderd.runtime import resume as resume_mod
 from qtraderd.runtime.process import LockError, StateLock
 from qtraderd.runtime.reload import ReloadRejected, config_line, reload_config, write_job_config
 from qtraderd.runtime.secrets import Credentials
-from qtraderd.runtime.supervisor import Supervisor, offer
+from qtraderd.runtime.supervisor import EMPTY, Supervisor, offer
 from qtraderd.runtime.systemd import Service
 from qtraderd.store.db import connect
-from qtraderd.venues.base import BarSource
 from qtraderd.venues.factory import VenueError, build_venue, check_venue
 from qtraderd.venues.replay import stored_span, stored_symbols
 
@@ -198,6 +198,8 @@ class Daemon:
                 self.quotes = {quote_asset(s) for s in symbols}
             except InstrumentError as exc:
                 raise DaemonError(str(exc)) from None
+            if self.models_dir.is_dir():  # before anything reads either side
+                reconcile(conn, self.models_dir)
             if self.models is None:
                 self.models, errors = load_champions(self.models_dir)
                 for err in errors:
@@ -299,7 +301,7 @@ class Daemon:
         if self.learner is not None:
             actors.insert(4, self.learner)
         if self.resume is not None:
-            self._restore(actors, source)
+            self._restore(actors)
         self.supervisor = Supervisor(
             intensity=cfg.runtime.restart_intensity, period_s=cfg.runtime.restart_period_s,
             backoff_s=cfg.runtime.restart_backoff_s,
@@ -337,8 +339,9 @@ class Daemon:
                                                  or "replay finished"))
         self._log_progress(final=True)
 
-    def _restore(self, actors: list[Any], source: BarSource) -> None:
-        """Every actor back to its state at the run's last checkpoint; the feed after it."""
+    def _restore(self, actors: list[Any]) -> None:
+        """Every actor back to its state at the run's last checkpoint (the feed: to the
+        bar after it; risk: plus the ctl commands given after it)."""
         r = self.resume
         assert r is not None
         for actor in actors:
@@ -347,11 +350,7 @@ class Daemon:
             elif actor.export_state() is not None:
                 log.warning("resume: no stored state for actor %s; it starts empty",
                             actor.name)
-        if r.risk_commands:
-            self.risk.reapply(r.risk_commands)
-        source.last_ts = r.ts
-        self.feed.seq, self.feed.bars, self.feed.last_ts = r.seq, r.bars, r.ts
-        accounts = self.execution.accounts
+        accounts = r.states.get("execution", {}).get("accounts", ())
         log.info("resuming run %d from %s (start %d): %d open positions, equity %s",
                  self.run_id, iso(r.ts + INTERVAL_MS[self.cfg.feed.interval]), r.starts + 1,
                  sum(a.open_positions for a in accounts),
@@ -397,24 +396,32 @@ class Daemon:
             await trio.sleep(self.progress_every_s)
             self._log_progress()
 
+    def snapshot(self, name: str) -> Mapping[str, Any]:
+        """Actor `name`'s published snapshot (empty before the actors start)."""
+        return self.supervisor.snapshot(name) if self.supervisor is not None else EMPTY
+
+    def actors(self) -> dict[str, dict[str, Any]]:
+        return self.supervisor.status() if self.supervisor is not None else {}
+
     def progress_line(self, final: bool = False) -> str:
         """One line on what the daemon is doing: the progress log and systemd's STATUS."""
-        if self.feed is None:
+        feed = self.snapshot("feed")
+        if not feed:
             return "starting"
         elapsed = max(1e-9, time.monotonic() - self.started_wall)
-        equity = " ".join(f"{a.quote} {a.equity:,.6g}" for a in self.execution.accounts
+        ex = self.snapshot("execution")
+        equity = " ".join(f"{a.quote} {a.equity:,.6g}" for a in ex["accounts"]
                           if a.quote in self.quotes)
-        learner = self.learner
-        job = f" | learner: retraining {learner.current.family}" if (
-            learner is not None and learner.current is not None and not final) else ""
-        return (f"{'replay finished' if final and self.feed.done else 'progress'}: "
-                f"{self.feed.bars:,} bars ({self.feed.bars / elapsed:,.0f} bars/s) | data time "
-                f"{iso(self.feed.last_ts)} | trades {self.execution.trades} | open "
-                f"{len(self.execution.positions)} | equity {equity or '-'} | risk "
-                f"{self.risk.state}{job}")
+        current = self.snapshot("learner").get("current_job")
+        job = f" | learner: retraining {current}" if current and not final else ""
+        return (f"{'replay finished' if final and feed['finished'] else 'progress'}: "
+                f"{feed['bars']:,} bars ({feed['bars'] / elapsed:,.0f} bars/s) | data time "
+                f"{iso(feed['last_ts'])} | trades {ex['trades']} | open "
+                f"{len(ex['positions'])} | equity {equity or '-'} | risk "
+                f"{self.snapshot('risk')['state']}{job}")
 
     def _log_progress(self, final: bool = False) -> None:
-        if self.feed is not None:
+        if self.snapshot("feed"):
             log.info("%s", self.progress_line(final))
 
     def _finish(self, conn: sqlite3.Connection) -> None:
@@ -427,7 +434,7 @@ class Daemon:
                       self.run_id))
 
     def status(self) -> dict[str, Any]:
-        feed = self.feed
+        feed = self.snapshot("feed")
         elapsed = max(1e-9, time.monotonic() - self.started_wall)
         return {
             "version": __version__,
@@ -440,14 +447,14 @@ class Daemon:
             "models_dir": str(self.models_dir.resolve()),
             "clock": iso(self.clock.now_ms()),
             "clock_ms": self.clock.now_ms(),
-            "bars": feed.bars if feed else 0,
-            "steps": feed.seq if feed else 0,
-            "bars_per_s": round((feed.bars if feed else 0) / elapsed, 1),
-            "risk_state": self.risk.state,
+            "bars": feed.get("bars", 0),
+            "steps": feed.get("steps", 0),
+            "bars_per_s": round(feed.get("bars", 0) / elapsed, 1),
+            "risk_state": self.snapshot("risk").get("state", "-"),
             "stopping": self.stopping,
             "config": str(self.config_path) if self.config_path else "defaults (no --config)",
             "systemd": self.service.summary(),
-            "actors": self.supervisor.status() if self.supervisor else {},
+            "actors": self.actors(),
             "queues": {name: f"{st.current_buffer_used}/{st.max_buffer_size}"
                        for name, st in ((n, ch.statistics()) for n, ch in self.channels.items())},
         }

@@ -180,8 +180,7 @@ def apply_live(daemon: Daemon, cfg: Config) -> None:
         rt = cfg.runtime
         sup.intensity, sup.period_s = rt.restart_intensity, rt.restart_period_s
         sup.backoff_s, sup.backoff_max_s = rt.restart_backoff_s, rt.restart_backoff_max_s
-        for handle in sup.handles.values():
-            handle.actor.reconfigure(cfg)
+        sup.reconfigure(cfg)
     plugins = getattr(daemon, "plugins", None)  # a service beside the actors, not one
     if plugins is not None:
         plugins.reconfigure(cfg)

@@ -50,8 +50,8 @@ class Resume:
     ts: int  # its bar open time: the feed continues after it
     bars: int
     starts: int
-    states: dict[str, Any]  # actor name -> its restored state
-    risk_commands: list[tuple[str, dict[str, Any]]]  # ctl commands after that checkpoint
+    states: dict[str, Any]  # actor name -> its restored state (feed: where to continue;
+    # risk: with "reapply", the ctl commands given after the checkpoint)
 
 
 def _now() -> str:
@@ -118,7 +118,10 @@ def plan(conn: sqlite3.Connection, cfg: Config, fresh: bool) -> Resume | None:
     commands = [(name, json.loads(args)) for name, args in conn.execute(
         "SELECT name, args FROM risk_commands WHERE run_id=? AND after_seq>=? ORDER BY rowid",
         (run_id, seq))]
-    return Resume(run_id, seq, ts, bars, starts, states, commands)
+    states["feed"] = {"seq": seq, "bars": bars, "last_ts": ts}  # the next bar after it
+    if "risk" in states:
+        states["risk"]["reapply"] = commands
+    return Resume(run_id, seq, ts, bars, starts, states)
 
 
 def mark_started(conn: sqlite3.Connection, run_id: int, resume: Resume | None) -> None:

@@ -17,8 +17,9 @@ import contextlib
 import logging
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -32,8 +33,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("qtraderd.runtime.supervisor")
 
 
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
 class Actor:
-    """Base class: an actor has a name, a `run()` loop and a published status."""
+    """Base class: an actor has a name, a `run()` loop and a published snapshot.
+
+    Nothing outside an actor reads its attributes: control, the daemon's progress line,
+    reload and walk-forward read `snapshot()` (through `Supervisor.snapshot(name)`) and
+    change state only by commands on the actor's channels. tests/runtime/test_boundaries.py
+    enforces it.
+    """
 
     name = "actor"
 
@@ -42,11 +52,15 @@ class Actor:
         # Trio time until which this actor may hold up the chain on purpose (a learner job
         # that holds the replay clock); the watchdog does not call that a wedge.
         self.busy_until: float | None = None
+        self._revision = 0  # bumped by changes that are not steps (commands, jobs)
+        self._snap: Mapping[str, Any] = EMPTY
+        self._snap_key: tuple[int, int] = (-1, -1)
 
     async def run(self) -> None:
         raise NotImplementedError
 
     def status(self) -> dict[str, Any]:
+        """Small scalar summary: `ctl status` actors, `ctl modules`, the watchdog."""
         return {}
 
     def export_state(self) -> Any:
@@ -65,6 +79,31 @@ class Actor:
         if state is None:
             return step
         return replace(step, state=(*step.state, ActorState(self.name, pack(state))))
+
+    def publish(self) -> dict[str, Any]:
+        """Everything readers may see of this actor (defaults to `status()`); built from
+        the actor's own state, as fresh containers a reader cannot use to reach back in."""
+        return self.status()
+
+    def changed(self) -> None:
+        """State changed outside a step (a command applied, a job finished)."""
+        self._revision += 1
+
+    def snapshot(self) -> Mapping[str, Any]:
+        """The published, read-only snapshot as of the last step or command.
+
+        Built on demand and cached per (steps processed, revision): a replay runs ~10k
+        steps/s and a snapshot costs a few microseconds per actor, so publishing eagerly
+        after every step would cost more than everything else the chain does per step,
+        for readers that look once a second. Actors hand steps on synchronously between
+        checkpoints, so whenever another task runs, every actor is between two steps and
+        the snapshot is consistent.
+        """
+        key = (self.processed, self._revision)
+        if key != self._snap_key:
+            self._snap = MappingProxyType(self.publish())
+            self._snap_key = key
+        return self._snap
 
     def inboxes(self) -> list[trio.MemoryReceiveChannel[Any]]:
         """The channels this actor reads (every actor keeps them as attributes)."""
@@ -255,3 +294,13 @@ class Supervisor:
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {name: h.summary() for name, h in self.handles.items()}
+
+    def snapshot(self, name: str) -> Mapping[str, Any]:
+        """Actor `name`'s published snapshot; empty when there is no such actor."""
+        handle = self.handles.get(name)
+        return handle.actor.snapshot() if handle is not None else EMPTY
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Every actor adopts the live keys of `cfg` (runtime/reload.py), in one go."""
+        for handle in self.handles.values():
+            handle.actor.reconfigure(cfg)

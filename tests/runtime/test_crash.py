@@ -262,3 +262,90 @@ def test_a_ctl_halt_survives_kill_9_and_start_refusals_name_the_way_out(crash_wo
         conn.close()
     assert events == [("HALTED", "MANUAL")]  # re-applied, not recorded twice
     assert status == [("stopped", 2)]
+
+
+LEARNING = """
+[learning]
+enabled = true
+families = ["xgboost"]
+eval_every_hours = 1
+retrain_interval_hours = 6
+min_retrain_gap_hours = 3
+train_window_days = 4
+eval_window_days = 1
+[train]
+n_estimators = 25
+max_depth = 3
+[feed]
+start = "2018-01-20 06:00"
+end = "2018-01-22 06:00"
+"""
+
+
+def _champions(db: Path, models: Path) -> tuple[dict[str, str], dict[str, str]]:
+    from qtraderd.models.artifacts import champions_on_disk
+
+    conn = sqlite3.connect(db)
+    try:
+        registry = dict(conn.execute(
+            "SELECT family, version FROM models WHERE status='champion'").fetchall())
+    finally:
+        conn.close()
+    return registry, champions_on_disk(models)[0]
+
+
+@pytest.mark.slow
+def test_kill_9_with_the_learner_on_resumes_and_keeps_the_registry_honest(crash_world,
+                                                                           tmp_path):
+    """Learning on, a short span: killed at random moments (jobs included), it resumes,
+    duplicates nothing, and after every restart the registry and the champion pointers
+    agree (a deploy cut between its pointer and its rows is repaired at the next start)."""
+    w = crash_world
+    models = tmp_path / "models"
+    shutil.copytree(w["models"], models)
+    cfg = tmp_path / "learning.toml"
+    cfg.write_text(CONFIG.replace("[learning]\nenabled = false\n", "") + LEARNING)
+    db = w["killed"] / "qtraderd.db"
+    rng = random.Random(7)
+    kills, last, log = 0, None, []
+    while True:
+        proc = _start(w["killed"], models, cfg, w["sock"])
+        started = _wait_started(proc, log)
+        assert started, "\n".join(log[-30:])
+        registry, pointers = _champions(db, models)  # the start reconciled them
+        assert registry == pointers, f"after kill {kills}: {registry} != {pointers}"
+        if kills == 4:
+            _, err = proc.communicate(timeout=600)
+            log.extend(err.decode(errors="replace").splitlines())
+            break
+        last = _wait_for_checkpoint(db, after=last)
+        if last is None:
+            proc.wait(timeout=60)
+            break
+        time.sleep(rng.uniform(0.0, 1.5))  # a random moment, jobs included
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        kills += 1
+        assert _integrity(db) == "ok"
+    assert proc.returncode == 0, "\n".join(log[-40:])
+    assert kills >= 2, f"the span ended after {kills} kills"
+    conn = sqlite3.connect(db)
+    try:
+        fills = [r[0] for r in conn.execute("SELECT order_id FROM fills")]
+        equity = conn.execute("SELECT count(*), count(DISTINCT seq || quote) FROM equity"
+                              ).fetchone()
+        samples = conn.execute("SELECT count(*), count(DISTINCT symbol || ts) FROM samples"
+                               ).fetchone()
+        runs = conn.execute("SELECT count(*), max(status), max(starts) FROM runs").fetchone()
+        jobs = conn.execute("SELECT count(*) FROM retrain_jobs").fetchone()[0]
+    finally:
+        conn.close()
+    assert len(fills) == len(set(fills)), "an order filled twice"
+    assert equity[0] == equity[1] and samples[0] == samples[1], "a step recorded twice"
+    assert runs == (1, "finished", kills + 1)
+    registry, pointers = _champions(db, models)
+    assert registry == pointers
+    print(f"\nlearning crash test: {kills} kills, {jobs} retrain jobs recorded, "
+          f"{len(fills)} fills, {equity[0]} equity rows")
