@@ -30,20 +30,20 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from qtraderd.core.clock import Clock, iso
+from qtraderd.core.clock import Clock, iso, wall_iso
 from qtraderd.core.config import Config, per_quote
 from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import Command, Record, Scored, Step
 from qtraderd.learning import gate
 from qtraderd.learning.registry import RegistryView
 from qtraderd.learning.triggers import HOUR_MS, Trigger, TriggerState, plan
+from qtraderd.learning.watch import Watch
 from qtraderd.models.artifacts import ArtifactError, ModelMeta, families, list_versions
 from qtraderd.runtime.supervisor import StepActor, answer, pass_on
 
@@ -62,31 +62,6 @@ class Job:
     attempt: int = 1
     not_before: int = 0
     version: str | None = None  # evaluate an existing (dropped-in) artifact, no training
-
-
-@dataclass
-class Watch:
-    """Live comparison of two versions on the same bars (canary, or rollback guard)."""
-
-    kind: str  # "canary" | "rollback"
-    family: str
-    subject: str  # the canary, or the new champion
-    other: str  # the champion, or the previous champion
-    since: int
-    pairs: dict[tuple[str, int], dict[str, Scored]] = field(default_factory=dict)
-    n_complete: int = 0  # bars with both versions' outcomes (checked every step: counted)
-
-    def add(self, s: Scored) -> None:
-        if s.model == self.family and s.version in (self.subject, self.other):
-            p = self.pairs.setdefault((s.symbol, s.ts), {})
-            had = self.subject in p and self.other in p
-            p[s.version] = s
-            if not had and self.subject in p and self.other in p:
-                self.n_complete += 1
-
-    def complete(self) -> list[tuple[Scored, Scored]]:
-        return [(p[self.subject], p[self.other]) for _, p in sorted(self.pairs.items())
-                if self.subject in p and self.other in p]
 
 
 class LearnerActor(StepActor):
@@ -226,7 +201,7 @@ class LearnerActor(StepActor):
                           "plan": todo, "data_ready": ready, "new_files": new_files}
         cur_id = self.evaluations
         await self._record(Record("learner_evaluations", {
-            "at": _now(), "clock_ts": ts,
+            "at": wall_iso(), "clock_ts": ts,
             "triggers": json.dumps([t.__dict__ for t in triggers]),
             "plan": json.dumps(todo), "detail": json.dumps(detail, default=str)}))
         if todo or new_files:
@@ -296,7 +271,7 @@ class LearnerActor(StepActor):
         return margin * self.cfg.sizing.leverage / bal if bal > 0 else 0.05
 
     async def _run_job(self, job: Job, ts: int) -> None:
-        started = _now()
+        started = wall_iso()
         t0 = trio.current_time()
         log.info("retrain started: %s (attempt %d; %s)", job.family, job.attempt,
                  "; ".join(job.reasons))
@@ -343,7 +318,7 @@ class LearnerActor(StepActor):
             "evaluation_id": job.evaluation_id, "family": job.family,
             "reason": "; ".join(job.reasons), "priority": job.priority,
             "attempt": job.attempt, "started_at": started, "clock_ts": ts,
-            "finished_at": _now(), "wall_s": round(wall, 3), "status": status,
+            "finished_at": wall_iso(), "wall_s": round(wall, 3), "status": status,
             "version": (result or {}).get("version"),
             "decision": json.dumps(decision, default=str) if decision else None,
             "detail": detail or decision.get("reason", "")}))
@@ -588,8 +563,6 @@ class LearnerActor(StepActor):
             await self.records.send(rec)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 async def _kill(proc: trio.Process) -> None:

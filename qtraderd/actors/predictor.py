@@ -115,15 +115,12 @@ class PredictorActor(StepActor):
         self._windows_needed = models.needs_windows()
         self._ens_version = ",".join(f"{f}={m.version}"
                                      for f, m in sorted(models.serving.items()))
-        for family in set(old.serving) - set(models.serving):
-            self.ensemble.remove_model(family)
-        for family, m in models.serving.items():
-            prev = old.serving.get(family)
-            if prev is None or prev.version != m.version:
-                self.ensemble.add_model(family)  # a new version's record starts afresh
-                log.info("serving model %s/%s%s (abstains on its training data up to %s)",
-                         family, m.version, f" (was {prev.version})" if prev else "",
-                         iso(m.data_end))
+        before = {f: m.version for f, m in old.serving.items()}
+        for family in self._follow_versions(before):
+            m = models.serving[family]
+            log.info("serving model %s/%s%s (abstains on its training data up to %s)",
+                     family, m.version, f" (was {before[family]})" if family in before else "",
+                     iso(m.data_end))
         old_shadow = {(m.family, m.version) for m in old.shadow}
         for m in models.shadow:
             if (m.family, m.version) not in old_shadow:
@@ -131,6 +128,16 @@ class PredictorActor(StepActor):
                          m.family, m.version)
         if not models.serving:
             log.warning("no models loaded: predicting nothing (train with `qtraderd train`)")
+
+    def _follow_versions(self, before: dict[str, str]) -> list[str]:
+        """The ensemble's records follow the served versions: a family no longer served is
+        dropped, a new version's record starts afresh. Returns the families (re)started."""
+        for family in set(before) - set(self.models.serving):
+            self.ensemble.remove_model(family)
+        started = [f for f, m in self.models.serving.items() if before.get(f) != m.version]
+        for family in started:
+            self.ensemble.add_model(family)
+        return started
 
     def stage(self, models: ModelSet) -> None:
         self._staged = models
@@ -234,11 +241,7 @@ class PredictorActor(StepActor):
 
     def restore_state(self, state: dict[str, Any]) -> None:
         put(self, state, self._STATE)
-        for family, m in self.models.serving.items():
-            if state["served"].get(family) != m.version:  # changed while we were down
-                self.ensemble.add_model(family)  # its record starts afresh, as on a swap
-        for family in set(state["served"]) - set(self.models.serving):
-            self.ensemble.remove_model(family)
+        self._follow_versions(state["served"])  # champions changed while we were down
 
     # -- one step ----------------------------------------------------------------------
     def handle(self, step: Step) -> Step:

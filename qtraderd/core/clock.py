@@ -28,6 +28,12 @@ def iso(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def wall_iso() -> str:
+    """Wall-clock UTC now to the second, for the stores' `at` columns: when something
+    happened on this machine, never trading time (that is a Clock's)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 class ReplayClock:
     """Data time. Advanced by the feed, strictly forward, while no bar is in flight."""
 

@@ -26,10 +26,10 @@ import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from qtraderd.core.clock import wall_iso
 from qtraderd.core.messages import Record
 from qtraderd.models.artifacts import (
     ArtifactError,
@@ -42,6 +42,7 @@ from qtraderd.models.artifacts import (
     write_champion,
 )
 from qtraderd.store.db import Transaction
+from qtraderd.store.rows import write_record
 
 log = logging.getLogger("qtraderd.registry")
 
@@ -49,8 +50,6 @@ STATUSES = ("champion", "candidate", "canary", "retired", "rejected")
 MAX_LISTED = 1000  # `ctl models` / `ctl learning` list at most this many versions
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _check(status: str) -> None:
@@ -62,7 +61,7 @@ def model_row(meta: ModelMeta, path: Path, status: str) -> dict[str, Any]:
     """The `models` row of a version (the only place it is built)."""
     return {
         "family": meta.family, "version": meta.version, "path": str(path),
-        "sha256": meta.sha256, "created_at": meta.created_at or _now(),
+        "sha256": meta.sha256, "created_at": meta.created_at or wall_iso(),
         "train_start": meta.train_start, "train_end": meta.train_end,
         "data_end": meta.data_end, "n_train": meta.n_train,
         "features": json.dumps(meta.features),
@@ -76,7 +75,7 @@ def model_row(meta: ModelMeta, path: Path, status: str) -> dict[str, Any]:
 def history_row(family: str, version: str, status: str, reason: str,
                 clock_ts: int | None) -> dict[str, Any]:
     """The `model_history` row of a status change (the only place it is built)."""
-    return {"at": _now(), "clock_ts": clock_ts, "family": family, "version": version,
+    return {"at": wall_iso(), "clock_ts": clock_ts, "family": family, "version": version,
             "status": status, "reason": reason}
 
 
@@ -187,10 +186,7 @@ def apply(conn: sqlite3.Connection, records: list[Record]) -> None:
     """Store a view's Records in one transaction (what the recorder does in the daemon)."""
     with Transaction(conn):
         for rec in records:
-            cols = list(rec.row)
-            verb = "INSERT OR REPLACE" if rec.mode == "replace" else "INSERT"
-            conn.execute(f"{verb} INTO {rec.table} ({', '.join(cols)}) "
-                         f"VALUES ({', '.join('?' * len(cols))})", list(rec.row.values()))
+            write_record(conn, rec)
 
 
 def register(conn: sqlite3.Connection, meta: ModelMeta, path: Path, status: str,

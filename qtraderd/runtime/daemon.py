@@ -38,7 +38,7 @@ from qtraderd.actors.sizer import SizerActor
 from qtraderd.control.api import ControlAPI
 from qtraderd.control.client import daemon_socket_path
 from qtraderd.control.server import ControlError, ControlServer
-from qtraderd.core.clock import ReplayClock, iso
+from qtraderd.core.clock import ReplayClock, iso, wall_iso
 from qtraderd.core.config import INTERVAL_MS, Config
 from qtraderd.core.costs import CostModel
 from qtraderd.core.instruments import InstrumentError, load_state_dir, quote_asset
@@ -157,14 +157,14 @@ class Daemon:
         cur = conn.execute(
             "INSERT INTO runs (started_at, mode, source, seed, config, symbols, interval, status)"
             " VALUES (?,?,?,?,?,?,?,?)",
-            (datetime.now(UTC).isoformat(timespec="seconds"), self.cfg.mode,
+            (wall_iso(), self.cfg.mode,
              self.cfg.feed.source, self.cfg.seed, json.dumps(self.cfg.to_dict()),
              json.dumps(symbols), self.cfg.feed.interval, "running"))
         return int(cur.lastrowid or 0)
 
     def _actor_event(self, actor: str, event: str, detail: str, restarts: int) -> None:
         if not offer(self._records, Record("actor_events", {
-                "run_id": self.run_id, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "run_id": self.run_id, "at": wall_iso(),
                 "clock_ts": self.clock.now_ms(), "actor": actor, "event": event,
                 "detail": detail, "restarts": restarts})):
             log.warning("actor event not recorded (recorder busy or gone): %s %s", actor, event)
@@ -430,7 +430,7 @@ class Daemon:
         status = "escalated" if self.exit_code else (
             "stopped" if self.stopping else "finished")
         conn.execute("UPDATE runs SET ended_at=?, status=?, exit_code=? WHERE id=?",
-                     (datetime.now(UTC).isoformat(timespec="seconds"), status, self.exit_code,
+                     (wall_iso(), status, self.exit_code,
                       self.run_id))
 
     def status(self) -> dict[str, Any]:

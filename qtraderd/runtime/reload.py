@@ -48,18 +48,19 @@ JOB_CONFIG_NAME = "job-config.toml"
 # ------------------------------------------------------------------------- comparing
 
 
-def flat(cfg: Config) -> dict[str, Any]:
-    """Every key as "section.key" (or a top-level name) -> its plain value."""
+def flat(cfg: Config | dict[str, Any]) -> dict[str, Any]:
+    """Every key as "section.key" (or a top-level name) -> its plain value; `cfg` may also
+    be `Config.to_dict()` as stored with a run (every dict at the top is a section)."""
     out: dict[str, Any] = {}
-    for name, value in cfg.to_dict().items():
-        if isinstance(value, dict) and hasattr(getattr(cfg, name), "__dataclass_fields__"):
+    for name, value in (cfg if isinstance(cfg, dict) else cfg.to_dict()).items():
+        if isinstance(value, dict):
             out.update({f"{name}.{k}": v for k, v in value.items()})
         else:
             out[name] = value
     return out
 
 
-def changed_keys(old: Config, new: Config) -> list[str]:
+def changed_keys(old: Config | dict[str, Any], new: Config | dict[str, Any]) -> list[str]:
     a, b = flat(old), flat(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 

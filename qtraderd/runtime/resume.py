@@ -22,12 +22,12 @@ import logging
 import os
 import sqlite3
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from qtraderd.core.checkpoint import StateError, unpack
-from qtraderd.core.clock import iso
+from qtraderd.core.clock import iso, wall_iso
 from qtraderd.core.config import Config
+from qtraderd.runtime.reload import changed_keys
 
 log = logging.getLogger("qtraderd.resume")
 
@@ -54,25 +54,6 @@ class Resume:
     # risk: with "reapply", the ctl commands given after the checkpoint)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and not prefix:
-            out.update(_flat(v, f"{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def changed_settings(stored: str, cfg: Config) -> list[str]:
-    """Keys whose value differs between a run's stored config and `cfg`."""
-    a = _flat(json.loads(stored))
-    b = _flat(json.loads(json.dumps(cfg.to_dict())))
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def plan(conn: sqlite3.Connection, cfg: Config, fresh: bool) -> Resume | None:
@@ -87,11 +68,11 @@ def plan(conn: sqlite3.Connection, cfg: Config, fresh: bool) -> Resume | None:
         why = ("--fresh" if fresh else "it died before its first checkpoint: nothing to "
                "resume")
         conn.execute("UPDATE runs SET status='crashed', ended_at=coalesce(ended_at, ?) "
-                     "WHERE id=?", (_now(), run_id))
+                     "WHERE id=?", (wall_iso(), run_id))
         log.warning("run %d (%s, last bar %s) closed as crashed without resuming: %s",
                     run_id, status, iso(last_ts), why)
         return None
-    changed = changed_settings(stored, cfg)
+    changed = changed_keys(json.loads(stored), cfg)
     blocking = [k for k in changed if any(k == p or (p.endswith(".") and k.startswith(p))
                                           for p in RESUME_KEYS)]
     if blocking:
@@ -134,5 +115,5 @@ def mark_started(conn: sqlite3.Connection, run_id: int, resume: Resume | None) -
     conn.execute(
         "INSERT INTO run_starts (run_id, at, pid, kind, resume_seq, resume_ts) "
         "VALUES (?,?,?,?,?,?)",
-        (run_id, _now(), os.getpid(), "resume" if resume else "new",
+        (run_id, wall_iso(), os.getpid(), "resume" if resume else "new",
          resume.seq if resume else None, resume.ts if resume else None))

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
+from qtraderd.core.clock import wall_iso
 from qtraderd.core.config import INTERVAL_MS
 from qtraderd.store.db import Transaction
 
@@ -153,7 +154,7 @@ def import_file(conn: sqlite3.Connection, path: str | Path, symbol: str | None =
         conn.execute(
             "INSERT INTO imports (at, path, sha256, symbol, interval, rows_read, rows_added, "
             "rows_rejected) VALUES (?,?,?,?,?,?,?,?)",
-            (datetime.now(UTC).isoformat(timespec="seconds"), str(path.resolve()),
+            (wall_iso(), str(path.resolve()),
              hashlib.sha256(data).hexdigest(), symbol, interval, parsed.rows_read, added,
              parsed.rejected_count),
         )

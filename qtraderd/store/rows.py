@@ -135,10 +135,10 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> int:
             if rows[table]:
                 conn.executemany(SQL[table], rows[table])
         for rec in batch.records:
-            _write_record(conn, run_id, rec)
+            write_record(conn, rec, run_id)
         for step in batch.steps:
             for rec in step.records:
-                _write_record(conn, run_id, rec)
+                write_record(conn, rec, run_id)
         if batch.steps:
             last_step = batch.steps[-1]
             if last_step.checkpoint:
@@ -168,8 +168,10 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> int:
     return n + len(batch.records)
 
 
-def _write_record(conn: sqlite3.Connection, run_id: int, rec: Record) -> None:
-    row = rec.row if ("run_id" in rec.row or rec.table in NO_RUN_ID) else {
+def write_record(conn: sqlite3.Connection, rec: Record, run_id: int | None = None) -> None:
+    """One Record as a row (inside the caller's transaction); rows of run-scoped tables
+    get `run_id` unless they carry their own."""
+    row = rec.row if (run_id is None or "run_id" in rec.row or rec.table in NO_RUN_ID) else {
         "run_id": run_id, **rec.row}
     cols = list(row)
     verb = "INSERT OR REPLACE" if rec.mode == "replace" else "INSERT"

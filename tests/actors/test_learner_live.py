@@ -14,11 +14,12 @@ import sys
 import trio
 import trio.testing
 
-from qtraderd.actors.learner import Job, LearnerActor, Watch
+from qtraderd.actors.learner import Job, LearnerActor
 from qtraderd.core.clock import ReplayClock
 from qtraderd.core.config import load, with_changes
 from qtraderd.core.messages import LABEL_LONG, Scored, Step
 from qtraderd.learning.registry import RegistryView
+from qtraderd.learning.watch import Watch
 from qtraderd.store.db import connect
 
 T0 = 1_516_600_000_000
