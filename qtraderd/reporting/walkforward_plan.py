@@ -20,7 +20,8 @@ from qtraderd.venues.replay import stored_span, stored_symbols
 
 DAY_MS, HOUR_MS = 86_400_000, 3_600_000
 ARMS = {"continuous": "continuous learning", "frozen": "never retrained",
-        "buy_hold": "buy-and-hold", "random": "random entries"}
+        "buy_hold": "buy-and-hold", "buy_hold_exposure": "buy-and-hold at exposure",
+        "random": "random entries"}
 HIT_N = 100  # outcomes before / after each retrain for the hit-rate comparison
 
 

@@ -1,14 +1,15 @@
-"""What `qtraderd walkforward` measures and writes: four arms on one test period.
+"""What `qtraderd walkforward` measures and writes: five arms on one test period.
 
 Why the numbers are computed here and not taken from the daemon's own end-of-run summary:
-the four arms must be compared on the same bars with the same definitions. So every arm
+the arms must be compared on the same bars with the same definitions. So every arm
 becomes an equity multiple on one time grid (the bar closes of the test period, 1.0 at
-its start), and return, drawdown and Sharpe are computed from that curve the way
-report.py computes them from the equity table (annualised per-bar Sharpe, worst
-peak-to-trough). The daemon arms' curves come from their `equity` tables (marked to
-market each bar), trades and entries from `trades` / `fills`; buy-and-hold and random
-entries are computed from the bars with the same cost model. Nothing is filtered for
-looking good: every retrain job appears, whatever its decision.
+its start, marked to market), and return, drawdown and the one Sharpe per arm are
+computed from that curve (walkforward_arms: how each arm is built and why it is fair).
+The daemon summaries quoted at the end therefore leave their own Sharpe out: it covers
+the whole replay, not the test period. Every per-window and per-job line carries its
+sample size and a 95 % interval: Student-t on the mean net trade return, Wilson on hit
+rates. Nothing is filtered for looking good: every retrain job appears, whatever its
+decision.
 """
 
 from __future__ import annotations
@@ -16,178 +17,32 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from bisect import bisect_left
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from qtraderd.control.tables import format_kv, format_table
 from qtraderd.core.clock import iso
 from qtraderd.core.config import per_quote
 from qtraderd.core.costs import CostModel
 from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import LABEL_LONG, LABEL_SHORT
-from qtraderd.features.labels import Barriers, triple_barrier
-from qtraderd.reporting.report import YEAR_MS, render, summarize
+from qtraderd.reporting.report import sections, summarize
+from qtraderd.reporting.walkforward_arms import (
+    Arm,
+    at_exposure,
+    buy_hold_arm,
+    daemon_arm,
+    entry_fractions,
+    load_bars,
+    pct,
+    period_grid,
+    random_arm,
+)
 from qtraderd.reporting.walkforward_plan import ARMS, HIT_N, Plan
+from qtraderd.reporting.walkforward_sim import t_interval, wilson
 from qtraderd.store.db import connect
-
-
-@dataclass
-class Arm:
-    """One arm on the common time grid of the test period (value 1.0 = its start)."""
-
-    key: str
-    values: np.ndarray  # equity multiple at the close of every grid bar
-    entries: int
-    trades: int  # closed
-    wins: int
-    net_pnl: dict[str, float]  # per quote currency, realised
-    note: str = ""
-
-    def stats(self, interval_ms: int) -> dict[str, Any]:
-        """Return, drawdown and Sharpe as report.py computes them, on the test period."""
-        v = np.concatenate([[1.0], self.values])
-        peak = np.maximum.accumulate(v)
-        rets = np.diff(v) / v[:-1]
-        sd = float(np.std(rets))
-        return {"arm": ARMS[self.key], "entries": self.entries, "trades": self.trades,
-                "win_rate_pct": 100.0 * self.wins / self.trades if self.trades else None,
-                "net_pnl": self.net_pnl, "return_pct": 100.0 * (v[-1] - 1.0),
-                "max_drawdown_pct": 100.0 * float(np.max(1.0 - v / peak)),
-                "sharpe": (float(np.mean(rets)) / sd * math.sqrt(YEAR_MS / interval_ms)
-                           if sd > 0 else None), "note": self.note}
-
-
-def load_bars(conn: sqlite3.Connection, plan: Plan) -> dict[str, np.ndarray]:
-    """(n, 5) arrays of open_time, open, high, low, close per symbol, up to the test end."""
-    out = {}
-    for sym in plan.symbols:
-        rows = conn.execute("SELECT open_time, open, high, low, close FROM bars WHERE "
-                            "symbol=? AND interval=? AND open_time<=? ORDER BY open_time",
-                            (sym, plan.cfg.feed.interval, plan.test_end)).fetchall()
-        out[sym] = np.array(rows, dtype=np.float64).reshape(-1, 5)
-    return out
-
-
-def period_grid(bars: dict[str, np.ndarray], plan: Plan) -> np.ndarray:
-    ts = np.concatenate([a[:, 0] for a in bars.values()]).astype(np.int64)
-    return np.unique(ts[(ts >= plan.test_start) & (ts <= plan.test_end)])
-
-
-def ffill(grid: np.ndarray, ts: np.ndarray, values: np.ndarray, before: float) -> np.ndarray:
-    """values at the last ts <= each grid time (`before` where there is none yet)."""
-    idx = np.searchsorted(ts, grid, side="right") - 1
-    return np.where(idx >= 0, values[np.maximum(idx, 0)], before)
-
-
-def daemon_arm(conn: sqlite3.Connection, run_id: int, plan: Plan, grid: np.ndarray,
-               key: str) -> Arm:
-    """A daemon arm from its store: equity (marked to market) and trades in the test period.
-
-    With several quote currencies the multiple is the mean of each account's multiple.
-    """
-    curves, pnl = [], {}
-    for q in sorted({quote_asset(s) for s in plan.symbols}):
-        rows = np.array(conn.execute("SELECT ts, equity FROM equity WHERE run_id=? AND "
-                                     "quote=? ORDER BY seq", (run_id, q)).fetchall(),
-                        dtype=np.float64).reshape(-1, 2)
-        pre = rows[rows[:, 0] < plan.test_start]
-        base = float(pre[-1, 1]) if len(pre) else per_quote(plan.cfg.account.balances, q)
-        curves.append(ffill(grid, rows[:, 0], rows[:, 1], base) / base)
-        pnl[q] = float(conn.execute(
-            "SELECT coalesce(sum(net_pnl), 0) FROM trades WHERE run_id=? AND quote=? AND "
-            "entry_ts>=?", (run_id, q, plan.test_start)).fetchone()[0])
-    n, wins = conn.execute("SELECT count(*), coalesce(sum(net_pnl > 0), 0) FROM trades WHERE "
-                           "run_id=? AND entry_ts>=?", (run_id, plan.test_start)).fetchone()
-    entries, early = conn.execute(
-        "SELECT coalesce(sum(ts>=?), 0), coalesce(sum(ts<?), 0) FROM fills WHERE run_id=? "
-        "AND reason='entry'", (plan.test_start, plan.test_start, run_id)).fetchone()
-    open_now = conn.execute("SELECT count(*) FROM positions WHERE run_id=? AND qty>0",
-                            (run_id,)).fetchone()[0]
-    note = f"{open_now} position(s) still open at the end, marked to market" if open_now \
-        else ""
-    if early:
-        note += f"; {early} entries before the test period left out"
-    return Arm(key, np.mean(curves, axis=0), int(entries), int(n), int(wins), pnl, note)
-
-
-def buy_hold_arm(bars: dict[str, np.ndarray], plan: Plan, grid: np.ndarray) -> Arm:
-    """Equal weight per symbol: buy at the first test bar's open, mark at each close,
-    one cost-model round trip (fees + slippage) taken off."""
-    rt = CostModel.from_config(plan.cfg.costs).round_trip()
-    rel, nets, pnl = [], {}, {}
-    for sym, a in bars.items():
-        a = a[a[:, 0] >= plan.test_start]
-        if not len(a):
-            continue  # no bar in the test period: nothing to buy
-        rel.append(ffill(grid, a[:, 0], a[:, 4] / a[0, 1], 1.0))
-        nets[sym] = float(a[-1, 4] / a[0, 1] - 1.0 - rt)
-    for q in sorted({quote_asset(s) for s in nets}):
-        mine = [r for s, r in nets.items() if quote_asset(s) == q]
-        pnl[q] = per_quote(plan.cfg.account.balances, q) * float(np.mean(mine))
-    wins = sum(r > 0 for r in nets.values())
-    return Arm("buy_hold", np.mean(rel, axis=0) - rt, len(nets), len(nets), wins, pnl,
-               "fully invested (the trading arms commit a fraction per trade)")
-
-
-def random_arm(bars: dict[str, np.ndarray], plan: Plan, grid: np.ndarray, n_entries: int,
-               seed: int) -> tuple[Arm, list[tuple[str, int, int, int, float]]]:
-    """`n_entries` seeded random entries at out-of-sample bars with random sides.
-
-    Each trade is the triple-barrier outcome (entry at the next open, the configured TP/SL
-    and horizon) minus one cost-model round trip, at the configured notional (margin x
-    leverage, no RL multiplier). A symbol holds one position at a time: sample t occupies
-    [t, settled bar), so a sample at a previous trade's settled bar may trade, as in
-    gate.trade_sides. Candidates are visited in a seeded random order until n_entries fit.
-    """
-    s = plan.cfg.sizing
-    b = Barriers(s.take_profit_pct / 100, s.stop_loss_pct / 100, plan.cfg.labels.horizon_bars)
-    rt = CostModel.from_config(plan.cfg.costs).round_trip()
-    cands, info = [], {}
-    for sym, a in bars.items():
-        label, settled, rl, rs = triple_barrier(a[:, 1], a[:, 2], a[:, 3], a[:, 4], b)
-        info[sym] = (a[:, 0].astype(np.int64), settled, rl, rs)
-        cands += [(sym, int(t)) for t in np.flatnonzero((a[:, 0] >= plan.test_start)
-                                                        & (label >= 0))]
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(cands))
-    sides = np.where(rng.random(len(cands)) < 0.5, 1, -1) if s.allow_short else \
-        np.ones(len(cands), dtype=np.int64)
-    busy: dict[str, list[tuple[int, int]]] = {sym: [] for sym in bars}
-    taken: list[tuple[str, int, int, int, float]] = []  # symbol, sample ts, exit ts, side,
-    # net return
-    exits: list[tuple[int, str, float]] = []
-    for i in order:
-        if len(taken) >= n_entries:
-            break
-        sym, t = cands[i]
-        ts, settled, rl, rs = info[sym]
-        r = int(settled[t])
-        occ = busy[sym]
-        j = bisect_left(occ, (t, r))
-        if (j > 0 and occ[j - 1][1] > t) or (j < len(occ) and occ[j][0] < r):
-            continue
-        occ.insert(j, (t, r))
-        net = float((rl[t] if sides[i] > 0 else rs[t]) - rt)
-        taken.append((sym, int(ts[t]), int(ts[r]), int(sides[i]), net))
-        exits.append((int(ts[r]), sym, net))
-    exits.sort()
-    curves, pnl = [], {}
-    for q in sorted({quote_asset(sym) for sym in plan.symbols}):
-        notional = per_quote(s.margin, q) * s.leverage
-        bal = per_quote(plan.cfg.account.balances, q)
-        mine = [(t, notional * net) for t, sym, net in exits if quote_asset(sym) == q]
-        ts_q = np.array([t for t, _ in mine], dtype=np.int64)
-        cum = np.cumsum([p for _, p in mine]) if mine else np.zeros(0)
-        curves.append(1.0 + ffill(grid, ts_q, cum, 0.0) / bal)
-        pnl[q] = float(cum[-1]) if mine else 0.0
-    note = "" if len(taken) == n_entries else \
-        f"only {len(taken)} of {n_entries} entries fit (one position per symbol)"
-    wins = sum(net > 0 for *_, net in taken)
-    return Arm("random", np.mean(curves, axis=0), len(taken), len(taken), wins, pnl,
-               note), taken
 
 
 def window_returns(arms: dict[str, Arm], grid: np.ndarray, edges: np.ndarray
@@ -222,7 +77,8 @@ def hit_rates(conn: sqlite3.Connection, run_id: int, jobs: list[dict[str, Any]],
               n: int = HIT_N) -> list[dict[str, Any]]:
     """Per retrain job: the family's directional hit rate on decisive outcomes (label long
     or short: did the side it favoured win? as the learner's performance trigger counts
-    it) over the last n outcomes settled before the job and the first n bars after it."""
+    it) over the last n outcomes settled before the job and the first n bars after it,
+    each with its sample size and Wilson 95 % interval."""
     sql = ("SELECT p.p_long >= p.p_short, s.label, p.version FROM predictions p JOIN samples s "
            "ON s.run_id=p.run_id AND s.symbol=p.symbol AND s.ts=p.ts WHERE p.run_id=? AND "
            "p.model=? AND p.role='serving' AND s.label IN (?, ?) AND ")
@@ -239,6 +95,8 @@ def hit_rates(conn: sqlite3.Connection, run_id: int, jobs: list[dict[str, Any]],
             hits = [(lng == 1) == (lab == LABEL_LONG) for lng, lab, _ in rows]
             row[f"n_{side}"] = len(rows)
             row[f"hit_{side}_pct"] = 100.0 * sum(hits) / len(hits) if hits else None
+            row[f"hit_{side}_ci95_pct"] = [None if x is None else 100.0 * x
+                                           for x in wilson(sum(hits), len(hits))]
             row[f"served_{side}"] = "+".join(sorted({v for *_, v in rows})) or None
         out.append(row)
     return out
@@ -303,8 +161,10 @@ def headline(st: dict[str, dict[str, Any]], deploys: int, jobs: int) -> str:
     same = " - identical results" if math.isclose(c, r["frozen"], abs_tol=1e-12) else ""
     text = (f"**Continuous learning {_beat(c, r['frozen'])} beat never retrained** "
             f"({c:+.3f} % vs {r['frozen']:+.3f} %{same}); it {_beat(c, r['buy_hold'])} beat "
-            f"buy-and-hold ({r['buy_hold']:+.3f} %) and {_beat(c, r['random'])} beat random "
-            f"entries ({r['random']:+.3f} %) - net of costs, same test period.")
+            f"buy-and-hold ({r['buy_hold']:+.3f} %), {_beat(c, r['buy_hold_exposure'])} beat "
+            f"buy-and-hold at its exposure ({r['buy_hold_exposure']:+.3f} %) and "
+            f"{_beat(c, r['random'])} beat random entries ({r['random']:+.3f} %) - net of "
+            "costs, same test period.")
     if jobs == 0:
         text += " The learner ran no retrain in the test period."
     elif deploys == 0:
@@ -315,8 +175,45 @@ def headline(st: dict[str, dict[str, Any]], deploys: int, jobs: int) -> str:
     return text
 
 
+def window_validation(arms: dict[str, Arm], grid: np.ndarray, edges: np.ndarray,
+                      windows: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """One line per window and arm: bars, closed trades (by exit time), their mean net
+    return on notional with its Student-t 95 % interval, and the window's return."""
+    out = []
+    for i in range(len(edges) - 1):
+        lo, hi = int(edges[i]), int(edges[i + 1])
+        bars = int(np.count_nonzero((grid >= lo) & (grid < hi)))
+        for key, arm in arms.items():
+            rets = [r for t, r in arm.trade_returns if lo <= t < hi]
+            mean, a, b = t_interval(rets)
+            out.append({"window": i, "from": lo, "arm": key, "bars": bars,
+                        "trades": len(rets), "mean_trade_pct": pct(mean),
+                        "ci95_pct": [pct(a), pct(b)], "return_pct": windows[key][i]})
+    return out
+
+
+def _ci(pair: list[float | None], nd: int = 3) -> str:
+    lo, hi = pair
+    return "-" if lo is None or hi is None else f"[{lo:+.{nd}f}, {hi:+.{nd}f}]"
+
+
+def summary_text(conn: sqlite3.Connection, run_id: int) -> str:
+    """The daemon's `qtraderd report` text without its Sharpe column: that one covers the
+    whole replay; the walk-forward shows one Sharpe per arm, on the test period only."""
+    parts = []
+    for sec in sections(summarize(conn, run_id)):
+        if sec.kind == "kv":
+            parts.append(format_kv(sec.body, title=sec.title))
+        elif sec.kind == "table":
+            rows = [{k: v for k, v in r.items() if k != "Sharpe"} for r in sec.body]
+            parts.append(format_table(rows, title=sec.title))
+        else:
+            parts.append(sec.body)
+    return "\n\n".join(parts) + "\n"
+
+
 def measure(plan: Plan, runs: dict[str, int]) -> dict[str, Any]:
-    """All four arms and the learning history of arm 1, from the stores."""
+    """All five arms and the learning history of arm 1, from the stores."""
     work = plan.work
     base = connect(work / "base" / "state", readonly=True)
     try:
@@ -330,18 +227,20 @@ def measure(plan: Plan, runs: dict[str, int]) -> dict[str, Any]:
         conn = connect(work / key / "state", readonly=True)
         try:
             arms[key] = daemon_arm(conn, runs[key], plan, grid, key)
-            out[f"summary_{key}"] = render(summarize(conn, runs[key]))
+            out[f"summary_{key}"] = summary_text(conn, runs[key])
             if key == "continuous":
                 out["history"] = learning_history(conn, runs[key])
                 out["hits"] = hit_rates(conn, runs[key], out["history"]["jobs"])
+                sizes = entry_fractions(conn, runs[key], plan)
         finally:
             conn.close()
     arms["buy_hold"] = buy_hold_arm(bars, plan, grid)
-    arms["random"], out["random_trades"] = random_arm(bars, plan, grid,
-                                                      arms["continuous"].entries,
-                                                      plan.cfg.seed)
-    out.update(grid=grid, arms=arms, edges=plan.edges(),
-               windows=window_returns(arms, grid, plan.edges()),
+    arms["buy_hold_exposure"] = at_exposure(arms["buy_hold"], arms["continuous"].exposure,
+                                            ARMS["continuous"])
+    arms["random"], out["random_trades"] = random_arm(bars, plan, grid, sizes, plan.cfg.seed)
+    windows = window_returns(arms, grid, plan.edges())
+    out.update(grid=grid, arms=arms, edges=plan.edges(), windows=windows,
+               validation=window_validation(arms, grid, plan.edges(), windows),
                stats={k: a.stats(plan.interval_ms) for k, a in arms.items()})
     return out
 
@@ -395,7 +294,15 @@ def write_report(plan: Plan, runs: dict[str, int], walls: dict[str, float],
                  "win rate %": _f(v["win_rate_pct"], 1), "net PnL (closed)": _pnl(v["net_pnl"]),
                  "return %": _f(v["return_pct"], 3, True),
                  "max DD %": _f(v["max_drawdown_pct"], 3), "Sharpe": _f(v["sharpe"], 2),
+                 "exposure %": _f(v["exposure_pct"], 2),
+                 "in market %": _f(v["time_in_market_pct"], 1),
+                 "mean trade %": _f(v["mean_trade_pct"], 3, True),
+                 "95 % CI (t)": _ci(v["mean_trade_ci95_pct"]),
                  "note": v["note"] or ""} for v in st.values()]
+    val_rows = [{"window": f"{iso(v['from'])}", "arm": ARMS[v["arm"]], "bars": v["bars"],
+                 "closed trades": v["trades"], "mean trade %": _f(v["mean_trade_pct"], 3, True),
+                 "95 % CI (t)": _ci(v["ci95_pct"]), "return %": _f(v["return_pct"], 3, True)}
+                for v in m["validation"] if v["arm"] != "buy_hold_exposure"]
     win_rows = []
     for i in range(len(edges) - 1):
         row = {"window": f"{iso(int(edges[i]))} .. {iso(int(min(edges[i + 1], end)))}"}
@@ -419,8 +326,10 @@ def write_report(plan: Plan, runs: dict[str, int], walls: dict[str, float],
     hit_rows = [{"job": h["job"], "data time": iso(h["ts"]), "family": h["family"],
                  "decision": h["decision"], "served before": h["served_before"] or "-",
                  "n before": h["n_before"], "hit before %": _f(h["hit_before_pct"], 1),
+                 "95 % CI before": _ci(h["hit_before_ci95_pct"], 1),
                  "served after": h["served_after"] or "-", "n after": h["n_after"],
                  "hit after %": _f(h["hit_after_pct"], 1),
+                 "95 % CI after": _ci(h["hit_after_ci95_pct"], 1),
                  "change (pp)": _f(None if h["hit_before_pct"] is None or h["hit_after_pct"]
                                    is None else h["hit_after_pct"] - h["hit_before_pct"],
                                    1, True)} for h in hits]
@@ -429,20 +338,36 @@ def write_report(plan: Plan, runs: dict[str, int], walls: dict[str, float],
         headline(st, deploys, len(hist["jobs"])),
         f"Buy-and-hold is fully invested in the symbols; the trading arms commit "
         f"{100 * frac:.2f} % of the account as notional per trade, so their returns are "
-        "on a smaller scale. Random entries take the same number of entries as continuous "
-        "learning, with seeded random sides and bars.",
+        "on a smaller scale. Buy-and-hold at exposure is the same purchase with only the "
+        "continuous arm's average exposure invested (its open notional over its equity, "
+        "averaged over the test period's bars; the rest held as cash), so its return is "
+        "exactly that exposure times buy-and-hold's. Random entries take as many entries "
+        "as continuous learning, at seeded random bars and sides, with its sizes (the "
+        "k-th random entry commits the fraction of the account the k-th real one did) "
+        "and the daemon's exits (TP/SL, trailing stop, time stop).",
         "## Settings", _table([{"setting": k, "value": v} for k, v in settings.items()]),
         "## Results per arm (net of fees and slippage, test period only)",
         _table(arm_rows),
-        "Return, max drawdown and Sharpe (annualised, per bar) come from each arm's equity "
-        "curve over the test period, marked to market every bar; win rate and net PnL from "
-        "closed trades.",
+        f"Return, max drawdown and Sharpe come from each arm's equity curve over the test "
+        f"period, marked to market at every {cfg.feed.interval} bar close; Sharpe is the "
+        f"same for every arm: mean / std of the per-bar returns x sqrt(bars per year), and "
+        "it is the only Sharpe given per arm (the daemon summaries below leave theirs out: "
+        "they span the whole replay). Exposure: open notional / equity, averaged over the "
+        "bars; in market: share of bars with a position open. Win rate, net PnL and the "
+        "mean trade (net return on the trade's notional, Student-t 95 % interval of the "
+        "mean) from closed trades.",
         "![equity curves](equity.png)",
         f"## Per window ({plan.retrain_hours:g} h each)",
         _table(win_rows),
         f"Continuous learning beat never retrained in {won} of {len(win_rows)} windows and "
         f"lost in {lost} ({tied} tied).",
         "![per-window returns](windows.png)",
+        "### Per window and arm: sample size and 95 % interval",
+        "Closed trades are counted in the window their exit falls in; the interval is the "
+        "Student-t 95 % interval of the mean net trade return (none below 2 trades). "
+        "Buy-and-hold holds one position through the whole period, so it has no trades "
+        "per window.",
+        _table(val_rows),
         "## Model versions over time (continuous learning)",
         "What served when (from the predictions each version made):",
         _table(period_rows),
@@ -456,7 +381,7 @@ def write_report(plan: Plan, runs: dict[str, int], walls: dict[str, float],
         "Every job is listed, whatever the gate decided; after a keep or reject the same "
         "model serves on both sides, so its change shows how much these rates move "
         "without any retrain: N outcomes span only about N / symbols bars, and "
-        "neighbouring outcomes overlap.",
+        "neighbouring outcomes overlap. Intervals: Wilson 95 % on the hit rate, from n.",
         _table(hit_rows),
         hit_change_summary(hits),
         "## Daemon run summaries (as `qtraderd report` prints them)",
@@ -468,6 +393,7 @@ def write_report(plan: Plan, runs: dict[str, int], walls: dict[str, float],
     doc = {"settings": settings, "test_start": plan.test_start, "test_end": plan.test_end,
            "runs": runs, "arms": st, "windows": {"edges": [int(e) for e in edges],
                                                  "returns_pct": w},
+           "validation": m["validation"],
            "versions": hist["periods"], "jobs": hist["jobs"], "hit_rates": hits,
            "initial_models": [{k: v for k, v in i.items() if k in ("family", "version")}
                               for i in initial],
