@@ -176,7 +176,7 @@ def at_exposure(bh: Arm, exposure: float, of: str) -> Arm:
 
 def random_arm(bars: dict[str, np.ndarray], plan: Plan, grid: np.ndarray,
                sizes: list[float], seed: int, max_open: int | None = None
-               ) -> tuple[Arm, list[tuple[str, int, int, int, float | None]]]:
+               ) -> tuple[Arm, list[tuple[str, int, int, int, float, float | None]]]:
     """len(sizes) seeded random entries at out-of-sample bars with random sides.
 
     Each is a decision at a test-period bar, entered at the next open and taken through
@@ -186,7 +186,8 @@ def random_arm(bars: dict[str, np.ndarray], plan: Plan, grid: np.ndarray,
     the bar its previous position closed in, as in the daemon) and at most `max_open`
     (risk.max_open_positions) are open at once. Candidates are visited in a seeded random
     order until all fit; positions open at the end are marked to market, like the daemon's.
-    -> (arm, [(symbol, decision ts, exit ts or -1, side, net return on notional)]).
+    -> (arm, [(symbol, decision ts, exit ts or -1, side, notional, net return on the
+    notional or None while open)]).
     """
     cfg = plan.cfg
     rules = ExitRules.from_config(cfg)
@@ -233,7 +234,7 @@ def random_arm(bars: dict[str, np.ndarray], plan: Plan, grid: np.ndarray,
 
 def _random_curves(bars: dict[str, np.ndarray], plan: Plan, grid: np.ndarray,
                    picked: list[tuple[str, int, int, SimTrade]], sizes: list[float]
-                   ) -> tuple[Arm, list[tuple[str, int, int, int, float | None]]]:
+                   ) -> tuple[Arm, list[tuple[str, int, int, int, float, float | None]]]:
     """Size the picked trades, then mark every account to market at each grid bar."""
     cfg = plan.cfg
     quotes = sorted({quote_asset(s) for s in plan.symbols})
@@ -269,7 +270,7 @@ def _random_curves(bars: dict[str, np.ndarray], plan: Plan, grid: np.ndarray,
         expo[q] += ffill(grid, ts, notional, 0.0)
         held |= ffill(grid, ts, notional, 0.0) > 0
         taken.append((sym, int(ts[t]), int(ts[tr.exit_i]) if tr.exit_i >= 0 else -1, side,
-                      tr.net_return if tr.exit_i >= 0 else None))
+                      qty * tr.entry_price, tr.net_return if tr.exit_i >= 0 else None))
     curves, exposures = [], []
     for q in quotes:
         bal = per_quote(cfg.account.balances, q)

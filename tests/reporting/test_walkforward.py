@@ -22,8 +22,14 @@ import numpy as np
 import pytest
 
 from qtraderd.core.config import load, to_toml
+from qtraderd.reporting.walkforward_arms import (
+    entry_fractions,
+    load_bars,
+    period_grid,
+    random_arm,
+)
 from qtraderd.reporting.walkforward_plan import make_plan
-from qtraderd.reporting.walkforward_report import load_bars, period_grid, random_arm
+from qtraderd.reporting.walkforward_sim import ExitRules, simulate
 from tests.conftest import REPO, make_store
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -83,7 +89,7 @@ def wf(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_four_arms_with_numbers_from_the_stores(wf: dict) -> None:
     arms, runs = wf["doc"]["arms"], wf["doc"]["runs"]
-    assert list(arms) == ["continuous", "frozen", "buy_hold", "random"]
+    assert list(arms) == ["continuous", "frozen", "buy_hold", "buy_hold_exposure", "random"]
     for key, db in (("continuous", wf["cont_db"]), ("frozen", wf["frozen_db"])):
         run = runs[key]
         n_trades = rows(db, "SELECT count(*) FROM trades WHERE run_id=?", run)[0][0]
@@ -123,20 +129,18 @@ def test_buy_and_hold_matches_a_hand_computation(wf: dict) -> None:
 def test_random_arm_has_arm_1_entries_and_is_deterministic_for_a_seed(wf: dict) -> None:
     doc = wf["doc"]
     n = doc["arms"]["continuous"]["entries"]
-    assert doc["arms"]["random"]["entries"] == n and doc["arms"]["random"]["note"] == ""
-    args = argparse.Namespace(config=wf["config"], state_dir=wf["state"], out=wf["out"],
-                              train_days=4.0, test_days=3.0, retrain_hours=24.0,
-                              symbols=None, seed=7)
-    plan = make_plan(args)
-    conn = sqlite3.connect(wf["state"] / "qtraderd.db")
-    bars = load_bars(conn, plan)
-    conn.close()
+    assert doc["arms"]["random"]["entries"] == n and "fit" not in doc["arms"]["random"]["note"]
+    plan, bars = _plan_and_bars(wf)
     grid = period_grid(bars, plan)
-    a, trades = random_arm(bars, plan, grid, n, seed=7)
-    b, again = random_arm(bars, plan, grid, n, seed=7)
+    conn = sqlite3.connect(wf["cont_db"])
+    sizes = entry_fractions(conn, doc["runs"]["continuous"], plan)
+    conn.close()
+    assert len(sizes) == n
+    a, trades = random_arm(bars, plan, grid, sizes, seed=7)
+    b, again = random_arm(bars, plan, grid, sizes, seed=7)
     assert trades == again and np.array_equal(a.values, b.values)
     assert [list(t) for t in trades] == doc["random_trades"]
-    _, other = random_arm(bars, plan, grid, n, seed=8)
+    _, other = random_arm(bars, plan, grid, sizes, seed=8)
     assert other != trades
     assert all(t[1] >= doc["test_start"] for t in trades)  # out-of-sample bars only
     # one position per symbol at a time: a symbol's next entry comes at or after the bar
@@ -144,6 +148,88 @@ def test_random_arm_has_arm_1_entries_and_is_deterministic_for_a_seed(wf: dict) 
     for sym in {t[0] for t in trades}:
         mine = sorted((t[1], t[2]) for t in trades if t[0] == sym)
         assert all(b[0] >= a[1] for a, b in itertools.pairwise(mine))
+
+
+def _plan_and_bars(wf: dict) -> tuple:
+    args = argparse.Namespace(config=wf["config"], state_dir=wf["state"], out=wf["out"],
+                              train_days=4.0, test_days=3.0, retrain_hours=24.0,
+                              symbols=None, seed=7)
+    plan = make_plan(args)
+    conn = sqlite3.connect(wf["state"] / "qtraderd.db")
+    bars = load_bars(conn, plan)
+    conn.close()
+    return plan, bars
+
+
+def test_the_random_arms_exits_reproduce_the_daemons_own_trades(wf: dict) -> None:
+    """The exit simulator the random arm uses, fed the daemon's entries (bar, side,
+    quantity), gives every one of its trades back: same exit bar, price, reason and net
+    PnL - TP/SL, trailing and time stops included."""
+    plan, bars = _plan_and_bars(wf)
+    rules = ExitRules.from_config(plan.cfg)
+    trades = rows(wf["cont_db"], "SELECT symbol, side, qty, entry_ts, entry_price, exit_ts, "
+                                 "exit_price, net_pnl, exit_reason FROM trades WHERE run_id=?",
+                  wf["doc"]["runs"]["continuous"])
+    assert len(trades) > 20
+    assert {"trailing_stop", "stop_loss"} <= {t[-1] for t in trades}
+    for sym, side, qty, ets, ep, xts, xp, net, reason in trades:
+        a = bars[sym]
+        entry = int(np.searchsorted(a[:, 0], ets))
+        tr = simulate(a[:, 1], a[:, 2], a[:, 3], entry - 1, side, qty, rules)
+        assert (int(a[tr.exit_i, 0]), tr.reason) == (xts, reason)
+        assert (tr.entry_price, tr.exit_price, tr.net) == pytest.approx((ep, xp, net),
+                                                                        rel=1e-12, abs=1e-15)
+
+
+def test_buy_and_hold_at_the_strategys_exposure(wf: dict) -> None:
+    doc = wf["doc"]
+    arms, start = doc["arms"], doc["test_start"]
+    eq = rows(wf["cont_db"], "SELECT ts, exposure / equity FROM equity WHERE run_id=? "
+                             "AND quote='BTC' ORDER BY seq", doc["runs"]["continuous"])
+    plan, bars = _plan_and_bars(wf)
+    grid = period_grid(bars, plan)
+    ts = np.array([t for t, _ in eq])
+    idx = np.searchsorted(ts, grid, side="right") - 1
+    by_hand = float(np.mean(np.array([e for _, e in eq])[idx]))
+    assert 0 < by_hand < 1 and ts[0] < start
+    assert arms["continuous"]["exposure_pct"] == pytest.approx(100 * by_hand)
+    assert arms["buy_hold_exposure"]["exposure_pct"] == pytest.approx(100 * by_hand)
+    assert arms["buy_hold_exposure"]["return_pct"] == pytest.approx(
+        by_hand * arms["buy_hold"]["return_pct"], rel=1e-9)
+    assert "buy-and-hold at its exposure" in wf["md"]
+
+
+def test_one_sharpe_per_arm(wf: dict) -> None:
+    """The results table is the only place a Sharpe appears: the daemon summaries quoted
+    below it (whole replay, not the test period) leave theirs out."""
+    md = wf["md"]
+    header = next(line for line in md.splitlines() if line.startswith("| arm | entries"))
+    assert header.count("Sharpe") == 1
+    assert md.count("| Sharpe |") == 1
+    assert "Sharpe" not in md.split("## Daemon run summaries")[1]
+    for a in wf["doc"]["arms"].values():
+        assert a["bars"] == wf["doc"]["arms"]["continuous"]["bars"]  # one grid for all
+
+
+def test_validation_lines_carry_sample_size_and_interval(wf: dict) -> None:
+    doc = wf["doc"]
+    lines = doc["validation"]
+    assert len(lines) == 3 * len(doc["arms"])  # 3 windows x every arm
+    for key in ("continuous", "random"):
+        mine = [v for v in lines if v["arm"] == key]
+        assert sum(v["bars"] for v in mine) == doc["arms"][key]["bars"]
+        assert sum(v["trades"] for v in mine) == doc["arms"][key]["trades"]
+        for v in mine:
+            if v["trades"] >= 2:
+                lo, hi = v["ci95_pct"]
+                assert lo < v["mean_trade_pct"] < hi
+    assert "Student-t 95 % interval" in wf["md"]
+    assert "| window | arm | bars | closed trades | mean trade % | 95 % CI (t) |" in wf["md"]
+    for h in doc["hit_rates"]:
+        if h["n_after"]:
+            lo, hi = h["hit_after_ci95_pct"]
+            assert lo <= h["hit_after_pct"] <= hi
+    assert "95 % CI before" in wf["md"] and "Wilson 95 %" in wf["md"]
 
 
 def test_report_markdown_and_pngs(wf: dict) -> None:
