@@ -184,6 +184,7 @@ def summarize(conn: sqlite3.Connection, run_id: int | None = None) -> dict[str, 
         "symbols": per_symbol,
         "exit_reasons": exits,
         "denied_orders": denied,
+        "filter_vetoes": filter_vetoes(conn, run_id),
         "models": models,
         "learning": {"evaluations": evaluations, "jobs": learning, "champion_changes": swaps},
     }
@@ -270,7 +271,35 @@ def sections(s: dict[str, Any]) -> list[Section]:
     if s["denied_orders"]:
         out.append(Section("text", None, "Denied by risk: " + ", ".join(
             f"{k} {v}" for k, v in s["denied_orders"].items())))
+    out.extend(filter_sections(s))
     return out
+
+
+def filter_vetoes(conn: sqlite3.Connection, run_id: int) -> list[dict[str, Any]]:
+    """What the plugins' signal filters did to entries that passed the rule, per plugin
+    and reason: `vetoed` (no order; the signal is stored with action "veto") and `scaled`
+    (entered smaller; action "enter", the reason names the filter). Both reasons read
+    "plugin:NAME:why" (plugins.host.filter_signal). Without this an operator sees fewer
+    trades and no cause: vetoes never reach risk, so "Denied by risk" cannot show them."""
+    out = []
+    for reason, vetoed, scaled in conn.execute(
+            "SELECT reason, sum(action='veto'), sum(action='enter') FROM signals WHERE "
+            "run_id=? AND reason LIKE 'plugin:%' AND action IN ('veto', 'enter') GROUP BY "
+            "reason ORDER BY 2 DESC, 3 DESC, 1", (run_id,)).fetchall():
+        _, plugin, why = [*reason.split(":", 2), "", ""][:3]
+        out.append({"plugin": plugin, "reason": why, "vetoed": vetoed, "scaled": scaled})
+    return out
+
+
+def filter_sections(s: dict[str, Any]) -> list[Section]:
+    """The plugin filter table (none when no filter acted), for the text and HTML reports."""
+    rows = s.get("filter_vetoes") or []
+    if not rows:
+        return []
+    total = sum(r["vetoed"] for r in rows)
+    return [Section("table", f"Plugin signal filters ({total} entries vetoed)", [
+        {"plugin": r["plugin"], "reason": r["reason"], "vetoed": r["vetoed"],
+         "scaled down": r["scaled"]} for r in rows])]
 
 
 def render(s: dict[str, Any]) -> str:
