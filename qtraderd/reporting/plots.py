@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from qtraderd.reporting.walkforward_plots import DECISION_STYLE
+from qtraderd.reporting.walkforward_plots import DECISION_STYLE, place_labels
 
 MAX_POINTS = 2000  # per plotted series, after decimation
 DPI = 110
@@ -59,12 +59,16 @@ def _dates(ts: np.ndarray) -> np.ndarray:
     return np.asarray(ts, dtype=float) / 86_400_000.0
 
 
+def _date_ticks(ax: Any) -> None:
+    loc = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(loc)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+
+
 def _png(fig: Any, *axes: Any) -> bytes:
     """The figure as PNG bytes, the time axes of `axes` dated and gridded."""
     for ax in axes:
-        loc = mdates.AutoDateLocator()
-        ax.xaxis.set_major_locator(loc)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+        _date_ticks(ax)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -153,13 +157,21 @@ def pnl_png(per_quote: dict[str, dict[str, Any]]) -> bytes:
 
 def versions_png(versions: list[dict[str, Any]], jobs: list[dict[str, Any]],
                  events: list[dict[str, Any]], start: int, end: int) -> bytes:
+    return _png(*versions_fig(versions, jobs, events, start, end))
+
+
+def versions_fig(versions: list[dict[str, Any]], jobs: list[dict[str, Any]],
+                 events: list[dict[str, Any]], start: int, end: int) -> tuple[Any, Any]:
     """One lane per model family: which version served when (bars labelled with its live
     hit rate), shadow/canary versions as thin hatched bars, every retrain job's gate
-    decision (markers) and every deploy / rollback (lines)."""
+    decision (markers) and every deploy / rollback (lines). Version labels are staggered
+    and thinned (walkforward_plots.place_labels): short-lived versions sit close
+    together, and their labels used to print on top of each other."""
     fams = sorted({v["model"] for v in versions if v["model"] != "ensemble"}
                   | {j["family"] for j in jobs})
     fig, ax = plt.subplots(figsize=(11, 1.4 + 0.9 * max(1, len(fams))))
     colours = plt.get_cmap("tab20").colors
+    labels: list[tuple[Any, float]] = []
     for lane, fam in enumerate(fams):
         mine = [v for v in versions if v["model"] == fam]
         for k, v in enumerate(mine):
@@ -170,8 +182,8 @@ def versions_png(versions: list[dict[str, Any]], jobs: list[dict[str, Any]],
                     alpha=0.75 if serving else 0.5, hatch=None if serving else "//")
             if serving:
                 hit = "-" if v["hit_rate_pct"] is None else f"{v['hit_rate_pct']:.0f}%"
-                ax.text(a, lane + 0.27, f"{v['version'][-12:]} hit {hit} n={v['decisive']}",
-                        fontsize=6.5)
+                labels.append((ax.text(a, lane + 0.27, f"{v['version'][-12:]} hit {hit} "
+                                       f"n={v['decisive']}", fontsize=6.5), lane + 0.27))
     seen: set[str] = set()
     for j in jobs:
         if j["family"] not in fams:
@@ -189,7 +201,10 @@ def versions_png(versions: list[dict[str, Any]], jobs: list[dict[str, Any]],
                  "retrain decisions", fontsize=10)
     if seen or events:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _png(fig, ax)
+    _date_ticks(ax)
+    ax.grid(alpha=0.3)
+    place_labels(fig, labels, (0.0, 0.2, -0.2))
+    return fig, ax
 
 
 def hit_rate_png(buckets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
