@@ -7,9 +7,11 @@ real daemon and the real learner, and compares over one out-of-sample test perio
 1. continuous learning - `[learning] enabled`, retraining every `--retrain-hours` on a
    `--train-days` sliding window; jobs hold the replay clock, so the run is deterministic;
 2. never retrained - the same initial models, `[learning] enabled = false`;
-3. buy-and-hold - equal weight across the symbols, from the bars;
-4. random entries - as many entries as arm 1, seeded random side and bar, the same
-   barriers and notional, one position per symbol (does the model beat a coin?).
+3. buy-and-hold - equal weight across the symbols, from the bars, fully invested;
+4. buy-and-hold at exposure - the same, with only arm 1's average exposure invested;
+5. random entries - as many entries as arm 1, seeded random side and bar, arm 1's sizes
+   and the daemon's exits (TP/SL, trailing and time stops), one position per symbol
+   (does the model beat a coin?). walkforward_arms says why each is fair.
 
 Layout. The test period starts `--train-days` + `learning.eval_window_days` after the first
 stored bar: that is exactly the history a learner job needs (sliding window + held-out
