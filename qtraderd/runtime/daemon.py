@@ -50,7 +50,13 @@ from qtraderd.models.onnx_model import LoadedModel, load_champions
 from qtraderd.plugins.host import PluginHost
 from qtraderd.runtime import resume as resume_mod
 from qtraderd.runtime.process import LockError, StateLock
-from qtraderd.runtime.reload import ReloadRejected, config_line, reload_config, write_job_config
+from qtraderd.runtime.reload import (
+    ReloadRejected,
+    config_line,
+    reload_config,
+    stored_config,
+    write_job_config,
+)
 from qtraderd.runtime.secrets import Credentials
 from qtraderd.runtime.supervisor import EMPTY, Supervisor, offer
 from qtraderd.runtime.systemd import Service
@@ -161,7 +167,7 @@ class Daemon:
             "INSERT INTO runs (started_at, mode, source, seed, config, symbols, interval, status)"
             " VALUES (?,?,?,?,?,?,?,?)",
             (wall_iso(), self.cfg.mode,
-             self.cfg.feed.source, self.cfg.seed, json.dumps(self.cfg.to_dict()),
+             self.cfg.feed.source, self.cfg.seed, json.dumps(stored_config(self.cfg)),
              json.dumps(symbols), self.cfg.feed.interval, "running"))
         return int(cur.lastrowid or 0)
 
