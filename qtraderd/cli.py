@@ -65,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load candles into the store. Accepts CSV with a header "
                        "(time column open_time/timestamp/date/time in epoch s/ms/us or "
                        "ISO-8601) and Binance public-data kline CSVs (12 columns, no header), "
-                       "plain, .gz or .zip. Re-importing adds nothing; bad rows are rejected "
-                       "with their line numbers; gaps stay gaps.")
+                       "plain, .gz or .zip (streamed: memory stays small whatever the file "
+                       "inflates to). Re-importing adds nothing; bad rows are rejected "
+                       "with their line numbers; gaps stay gaps. Exit 2 if a file is missing "
+                       "(checked first: nothing is imported), cannot be read as candles, or "
+                       "yields none (every row rejected).")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--symbol", default=None, help="symbol (default: from the file name)")
     p.add_argument("--interval", default=None,
@@ -182,7 +185,7 @@ def _error(msg: str, code: int = EXIT_USAGE) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from qtraderd.runtime import logs as logsetup
-    from qtraderd.store.db import StoreError, connect
+    from qtraderd.store.db import StoreError, connect, db_path, store_error
     from qtraderd.store.importer import CandleImportError, import_file
 
     logsetup.setup("INFO")
@@ -203,10 +206,10 @@ def cmd_import(args: argparse.Namespace) -> int:
             _error(str(exc))
             failed += 1
             continue
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:  # locked by a writer, or damaged pages
             conn.close()
-            return _error(f"store {args.state_dir} is busy or locked ({exc}); is a daemon "
-                          f"writing to it? Nothing from {path} was imported")
+            return _error(f"{store_error(db_path(args.state_dir), exc)}; nothing from "
+                          f"{path} was imported")
         print(f"{path}: {res.summary()}")
         for line, reason in res.rejected[:20]:
             print(f"  rejected line {line}: {reason}")
