@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from qtraderd import __version__
 
@@ -63,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load candles into the store. Accepts CSV with a header "
                        "(time column open_time/timestamp/date/time in epoch s/ms/us or "
                        "ISO-8601) and Binance public-data kline CSVs (12 columns, no header), "
-                       "plain, .gz or .zip. Re-importing adds nothing; bad rows are rejected "
-                       "with their line numbers; gaps stay gaps.")
+                       "plain, .gz or .zip (streamed: memory stays small whatever the file "
+                       "inflates to). Re-importing adds nothing; bad rows are rejected "
+                       "with their line numbers; gaps stay gaps. Exit 2 if a file is missing "
+                       "(checked first: nothing is imported), cannot be read as candles, or "
+                       "yields none (every row rejected).")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--symbol", default=None, help="symbol (default: from the file name)")
     p.add_argument("--interval", default=None,
@@ -180,10 +185,15 @@ def _error(msg: str, code: int = EXIT_USAGE) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from qtraderd.runtime import logs as logsetup
-    from qtraderd.store.db import StoreError, connect
+    from qtraderd.store.db import StoreError, connect, db_path, store_error
     from qtraderd.store.importer import CandleImportError, import_file
 
     logsetup.setup("INFO")
+    # Every file is checked before the store is opened: a typo must not create an empty
+    # store (or import half of a list) and then fail.
+    unreadable = [f"{p} ({why})" for p in args.files if (why := _unreadable(p))]
+    if unreadable:
+        return _error(f"cannot import {', '.join(unreadable)}; nothing was imported")
     try:
         conn = connect(args.state_dir)
     except StoreError as exc:
@@ -192,14 +202,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             res = import_file(conn, path, args.symbol, args.interval)
-        except CandleImportError as exc:
-            print(f"qtraderd: error: {exc}", file=sys.stderr)
+        except CandleImportError as exc:  # includes "every row rejected": nothing stored
+            _error(str(exc))
             failed += 1
             continue
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:  # locked by a writer, or damaged pages
             conn.close()
-            return _error(f"store {args.state_dir} is busy or locked ({exc}); is a daemon "
-                          f"writing to it? Nothing from {path} was imported")
+            return _error(f"{store_error(db_path(args.state_dir), exc)}; nothing from "
+                          f"{path} was imported")
         print(f"{path}: {res.summary()}")
         for line, reason in res.rejected[:20]:
             print(f"  rejected line {line}: {reason}")
@@ -207,6 +217,17 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"  ... and {res.rejected_count - 20} more rejected rows")
     conn.close()
     return EXIT_USAGE if failed else EXIT_OK
+
+
+def _unreadable(path: Path) -> str:
+    """Why `path` cannot be imported, or "" if it is a readable file."""
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a file"
+    if not os.access(path, os.R_OK):
+        return "not readable by this user"
+    return ""
 
 
 def bundled_files() -> list[Path]:
@@ -251,7 +272,7 @@ def _train_argv(args: argparse.Namespace) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from qtraderd.training.cli import train_main
 
-    return train_main(_train_argv(args))
+    return train_main(_train_argv(args), json_errors=False)  # failures: stderr only
 
 
 def train_subprocess(state_dir: Path, models_dir: Path, config: Path | None,
@@ -274,16 +295,10 @@ def train_subprocess(state_dir: Path, models_dir: Path, config: Path | None,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import trio
-
     from qtraderd.core import config as config_mod
-    from qtraderd.models.artifacts import families, list_versions
-    from qtraderd.reporting.report import render, summarize
     from qtraderd.runtime import logs as logsetup
     from qtraderd.runtime import secrets
-    from qtraderd.runtime.daemon import Daemon, DaemonError, unwrap
-    from qtraderd.runtime.systemd import Notifier
-    from qtraderd.store.db import StoreError, connect
+    from qtraderd.runtime.process import LockError, StateLock
 
     try:
         cfg = config_mod.load(args.config)
@@ -302,6 +317,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_venue(cfg)
     except VenueError as exc:
         return _error(str(exc))
+    # The state-dir lock comes before anything touches the state or models directory: a
+    # second instance must be refused before it imports, trains or writes a run row.
+    lock = StateLock(args.state_dir)
+    try:
+        lock.acquire()  # waits a few seconds for a predecessor's store writer to finish
+    except LockError as exc:
+        return _error(str(exc))
+    except OSError as exc:
+        return _error(f"cannot lock state directory {args.state_dir} (not writable?): "
+                      f"{exc.strerror or exc}")
+    try:
+        return _run_locked(args, cfg, credentials, lock)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, cfg: Any, credentials: Any, lock: Any) -> int:
+    """`run` once the state directory is ours: candles, initial models, the daemon."""
+    import trio
+
+    from qtraderd.models.artifacts import families, list_versions
+    from qtraderd.reporting.report import render, summarize
+    from qtraderd.runtime import logs as logsetup
+    from qtraderd.runtime.daemon import Daemon, DaemonError, unwrap
+    from qtraderd.runtime.systemd import Notifier
+    from qtraderd.store.db import StoreError, connect, db_path, store_error
+
     try:
         if cfg.feed.source == "replay":
             ensure_candles(args.state_dir, cfg.feed.interval)
@@ -322,16 +364,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = Daemon(cfg, args.state_dir, args.models_dir, config_path=args.config,
                         progress_every_s=60.0 if logsetup.journal_stream() else 1.0,
                         credentials=credentials, fresh=args.fresh,
-                        plugins_dir=args.plugins_dir or Path(cfg.plugins.dir))
+                        plugins_dir=args.plugins_dir or Path(cfg.plugins.dir),
+                        held_lock=lock)
         try:
             code = trio.run(daemon.run)
         except BaseExceptionGroup as group:
             leaf = unwrap(group)
-            if isinstance(leaf, DaemonError | StoreError):
+            if isinstance(leaf, DaemonError | StoreError | sqlite3.DatabaseError):
                 raise leaf from None
             raise
     except (DaemonError, StoreError) as exc:
         return _error(str(exc))
+    except sqlite3.DatabaseError as exc:  # e.g. reading the candles before the daemon starts
+        return _error(str(store_error(db_path(args.state_dir), exc)))
     except OSError as exc:
         return _error(f"{exc}", EXIT_FAILED)
     conn = connect(args.state_dir, readonly=True)

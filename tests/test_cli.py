@@ -52,12 +52,13 @@ def test_import_reports_rows_and_rejects_and_fails_on_bad_files(tmp_path):
     lines = (OHLCV / "ETHBTC-5m.csv").read_text().splitlines()[:30]
     lines[5] = lines[5].split(",")[0] + ",1,0.5,2,1,10"  # high < low
     bad.write_text("\n".join(lines) + "\n")
-    missing = tmp_path / "nope.csv"
-    out = qt("import", bad, missing, "--state-dir", tmp_path / "s")
+    junk = tmp_path / "LTCBTC-5m.csv"
+    junk.write_text("open_time,open,high,low,close,volume\n1515560100000,1,0.5,2,1,10\n")
+    out = qt("import", bad, junk, "--state-dir", tmp_path / "s")
     assert out.returncode == 2
     assert "28 added" in out.stdout and "1 rejected" in out.stdout
     assert "rejected line 6" in out.stdout
-    assert str(missing) in out.stderr
+    assert f"{junk}: no candles imported: all 1 rows were rejected" in out.stderr
     again = qt("import", bad, "--state-dir", tmp_path / "s")
     assert again.returncode == 0 and "0 added, 28 already stored" in again.stdout
 

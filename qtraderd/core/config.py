@@ -14,19 +14,32 @@ import os
 import tomllib
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from qtraderd.core.config_values import ENV_PREFIX, ConfigError, coerce
+from qtraderd.core.config_env import check_unknown, env_overrides, named_by_plugins
+from qtraderd.core.config_values import ConfigError, coerce
 
 
 def _spec(default: Any = MISSING, *, lo: float | None = None, hi: float | None = None,
           choices: tuple[str, ...] | None = None, positive: bool = False,
-          default_factory: Any = MISSING, help: str = "") -> Any:
-    meta = {"lo": lo, "hi": hi, "choices": choices, "positive": positive, "help": help}
+          items: tuple[str, ...] | None = None, default_factory: Any = MISSING,
+          help: str = "") -> Any:
+    """A config key: default, bounds (numbers, and each value of a QUOTE table), choices
+    (a string) or items (each element of a non-empty list)."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "positive": positive, "items": items,
+            "help": help}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# Model families qtraderd can train (qtraderd.training: trees.FAMILIES + nets_train.FAMILIES;
+# the config cannot import the training package, tests/core/test_config.py keeps them equal).
+MODEL_FAMILIES = ("xgboost", "lightgbm", "nhits", "patchtst")
+# No real amount of any quote currency comes near this; 1e30 is a typo, not a setting.
+MAX_AMOUNT = 1e12
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ class FeedConfig:
 @dataclass(frozen=True)
 class AccountConfig:
     balances: dict[str, float] = _spec(
-        default_factory=lambda: {"BTC": 1.0, "USDT": 10_000.0},
+        default_factory=lambda: {"BTC": 1.0, "USDT": 10_000.0}, positive=True, hi=MAX_AMOUNT,
         help="starting paper balance per quote currency",
     )
 
@@ -60,7 +73,7 @@ class SizingConfig:
     # Margin per trade in the pair's quote currency: a number for every quote, or a table.
     # 0.025 BTC was the seed's $300 at January-2018 prices (the bundled demo data).
     margin: dict[str, float] = _spec(
-        default_factory=lambda: {"BTC": 0.025, "USDT": 300.0},
+        default_factory=lambda: {"BTC": 0.025, "USDT": 300.0}, positive=True, hi=MAX_AMOUNT,
         help="per trade, in the quote currency (number or {QUOTE = amount})",
     )
     leverage: float = _spec(3.0, positive=True, hi=125.0)
@@ -94,7 +107,7 @@ class MonitorConfig:
 class RiskConfig:
     max_order_notional_pct: float = _spec(25.0, positive=True,
                                           help="per order, % of the quote account's equity")
-    max_order_notional: dict[str, float] = _spec(default_factory=dict,
+    max_order_notional: dict[str, float] = _spec(default_factory=dict, hi=MAX_AMOUNT,
                                                  help="absolute cap per quote currency")
     max_leverage: float = _spec(5.0, positive=True, hi=125.0)
     max_open_positions: int = _spec(5, lo=0, hi=10_000)
@@ -150,7 +163,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    families: tuple[str, ...] = _spec(("xgboost", "lightgbm"))
+    families: tuple[str, ...] = _spec(("xgboost", "lightgbm"), items=MODEL_FAMILIES)
     train_fraction: float = _spec(0.5, lo=0.05, hi=0.95,
                                   help="share of the stored span used to train; the rest "
                                        "is out-of-sample for the replay")
@@ -168,7 +181,7 @@ class LearningConfig:
     mode: str = _spec("ENFORCED", choices=("ENFORCED", "ADVISORY"),
                       help="ADVISORY trains, evaluates and reports, never deploys")
     auto_deploy: bool = _spec(True, help="false: gate winners wait for `ctl promote`")
-    families: tuple[str, ...] = _spec(("xgboost", "lightgbm", "nhits", "patchtst"))
+    families: tuple[str, ...] = _spec(MODEL_FAMILIES, items=MODEL_FAMILIES)
     eval_every_hours: float = _spec(1.0, positive=True, hi=24 * 365,
                                     help="trigger evaluation period, clock time")
     retrain_interval_hours: float = _spec(24.0, positive=True, hi=24 * 3650,
@@ -298,10 +311,11 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} as TOML")
 
 
-def to_toml(cfg: Config, header: str) -> str:
+def to_toml(cfg: Config | dict[str, Any], header: str) -> str:
     """The whole configuration as TOML (every key, `header` as comment lines) that `load`
-    reads back to an equal Config: learner jobs' snapshot, walk-forward arms' configs."""
-    d = cfg.to_dict()
+    reads back to an equal Config: learner jobs' snapshot, walk-forward arms' configs.
+    `cfg` may be `Config.to_dict()` after changes (a redacted copy, say)."""
+    d = cfg if isinstance(cfg, dict) else cfg.to_dict()
     lines = [f"# {line}" for line in header.splitlines()]
     lines += [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
     for k, v in d.items():
@@ -324,7 +338,7 @@ _SECTIONS = {f.name: f for f in fields(Config)
 # ----------------------------------------------------------------------------- loading
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str, from_env: set[str]) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str, from_env: dict[str, str]) -> Any:
     known = {f.name: f for f in fields(cls)}
     for key in data:
         if key not in known:
@@ -339,7 +353,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, from_env: set[str]) -> 
                 raise ConfigError(f"config key '{full}': expected a table [{full}], got {raw!r}")
             kwargs[name] = _build(_SECTION_TYPES[full], raw, f"{full}.", from_env)
         else:
-            kwargs[name] = coerce(full, f, raw, full in from_env)
+            kwargs[name] = coerce(full, f, raw, from_env.get(full))
     return cls(**kwargs)
 
 
@@ -347,52 +361,7 @@ _SECTION_TYPES: dict[str, type] = {
     name: typing.get_type_hints(Config)[name] for name in _SECTIONS
 }
 _SECTION_KEYS = set(_SECTION_TYPES)
-
-
-# The seed's switch names, kept working (they map onto [learning]).
-SEED_ENV = {
-    "QT_CONTINUOUS_LEARNING": "learning.enabled",
-    "QT_AI_RETRAINING_ENABLED": "learning.enabled",
-    "QT_AI_RETRAINING_MODE": "learning.mode",
-    "QT_AI_RETRAINING_AUTO_DEPLOY": "learning.auto_deploy",
-    "QT_RETRAIN_INTERVAL_HOURS": "learning.retrain_interval_hours",
-}
-
-
-def _env_overrides(env: typing.Mapping[str, str]) -> tuple[dict[str, Any], set[str]]:
-    """Map QT_<SECTION>_<KEY> (and QT_<TOPLEVEL>) variables onto config keys.
-
-    A variable whose second word is a known section but whose key is unknown is an error;
-    other QT_* variables (Qt's own QT_QPA_PLATFORM, say) are not ours and are ignored.
-    """
-    data: dict[str, Any] = {}
-    used: set[str] = set()
-    top = {f.name for f in fields(Config) if f.name not in _SECTION_KEYS}
-    for var, value in sorted(env.items()):
-        if var in SEED_ENV:
-            section, key = SEED_ENV[var].split(".")
-            data.setdefault(section, {})[key] = value.upper() if key == "mode" else value
-            used.add(SEED_ENV[var])
-            continue
-        if not var.startswith(ENV_PREFIX):
-            continue
-        rest = var[len(ENV_PREFIX):].lower()
-        if rest in top:
-            data[rest] = value
-            used.add(rest)
-            continue
-        section, _, key = rest.partition("_")
-        if section not in _SECTION_KEYS or not key:
-            continue
-        known = {f.name for f in fields(_SECTION_TYPES[section])}
-        if key not in known:
-            raise ConfigError(
-                f"unknown config key '{section}.{key}' (from environment variable {var}; "
-                f"known keys in [{section}]: {', '.join(sorted(known))})"
-            )
-        data.setdefault(section, {})[key] = value
-        used.add(f"{section}.{key}")
-    return data, used
+_TOP = {f.name for f in fields(Config) if f.name not in _SECTION_KEYS}
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -418,13 +387,19 @@ def load(path: str | Path | None = None, env: typing.Mapping[str, str] | None = 
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
-    env_data, from_env = _env_overrides(os.environ if env is None else env)
+    env_data, from_env, unknown = env_overrides(os.environ if env is None else env, _TOP,
+                                                _SECTION_TYPES)
     cfg = _build(Config, _merge(data, env_data), "", from_env)
+    check_unknown(unknown, named_by_plugins(cfg.plugins.settings), _TOP, _SECTION_TYPES)
     _cross_check(cfg)
     return cfg
 
 
 def _cross_check(cfg: Config) -> None:
+    _check_feed_span(cfg.feed)
+    if not cfg.account.balances:
+        raise ConfigError("config key 'account.balances': expected at least one QUOTE = "
+                          "amount > 0, got an empty table")
     s = cfg.sizing
     if s.take_profit_pct <= s.stop_loss_pct:
         raise ConfigError(
@@ -443,6 +418,27 @@ def _cross_check(cfg: Config) -> None:
             f"config key 'sizing.leverage': expected <= risk.max_leverage "
             f"({cfg.risk.max_leverage}), got {s.leverage}"
         )
+
+
+def parse_time(key: str, text: str) -> int | None:
+    """feed.start / feed.end -> epoch ms (None when empty); naive times are UTC."""
+    if not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"config key '{key}': expected an ISO-8601 date/time like "
+                          f"2024-01-31 or 2024-01-31T12:00Z, got {text!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _check_feed_span(feed: FeedConfig) -> None:
+    start, end = parse_time("feed.start", feed.start), parse_time("feed.end", feed.end)
+    if start is not None and end is not None and end <= start:
+        raise ConfigError(f"config keys 'feed.end' ({feed.end!r}) and 'feed.start' "
+                          f"({feed.start!r}): the end must come after the start")
 
 
 def with_changes(cfg: Config, **sections: dict[str, Any]) -> Config:

@@ -30,14 +30,20 @@ def _describe(f: Any) -> str:
     if f.name == "settings":
         return "a table of tables, [plugins.settings.NAME] (JSON in the environment)"
     if "dict" in str(t):
-        return "a number or a table of QUOTE = number"
+        return "a number or a table of QUOTE = number" + _bounds(meta, " ")
     if "tuple[float" in str(t):
         return "a list of numbers > 0"
     if "tuple" in str(t):
+        if meta.get("items"):
+            return "a non-empty list of " + ", ".join(repr(c) for c in meta["items"])
         return "a list of strings"
     if "bool" in str(t):
         return "true or false"
     kind = "an integer" if "int" in str(t) else "a number"
+    return kind + _bounds(meta, " ")
+
+
+def _bounds(meta: Any, sep: str) -> str:
     lo, hi = meta.get("lo"), meta.get("hi")
     bounds = []
     if meta.get("positive"):
@@ -46,17 +52,28 @@ def _describe(f: Any) -> str:
         bounds.append(f">= {lo:g}")
     if hi is not None:
         bounds.append(f"<= {hi:g}")
-    return kind + (" " + " and ".join(bounds) if bounds else "")
+    return sep + " and ".join(bounds) if bounds else ""
 
 
-def coerce(key: str, f: Any, raw: Any, from_env: bool) -> Any:
-    """Turn a TOML value (or an environment string) into the field's type, or raise."""
+def _in_bounds(meta: Any, value: float) -> bool:
+    return not ((meta.get("positive") and not value > 0)
+                or (meta.get("lo") is not None and value < meta["lo"])
+                or (meta.get("hi") is not None and value > meta["hi"]))
+
+
+def coerce(key: str, f: Any, raw: Any, env: str | None) -> Any:
+    """Turn a TOML value (or the string of environment variable `env`) into the field's
+    type, or raise ConfigError naming the key, the variable, what was expected and what
+    was given."""
     t = str(f.type)
     expected = _describe(f)
-    where = f" (from {ENV_PREFIX}{key.upper().replace('.', '_')})" if from_env else ""
+    from_env = env is not None
+    where = f" (from {env})" if from_env else ""
+
+    given = raw  # what the operator wrote, before any parsing below
 
     def bad() -> ConfigError:
-        return ConfigError(f"config key '{key}': expected {expected}, got {raw!r}{where}")
+        return ConfigError(f"config key '{key}': expected {expected}, got {given!r}{where}")
 
     meta = f.metadata
     if f.name == "speed":
@@ -85,8 +102,16 @@ def coerce(key: str, f: Any, raw: Any, from_env: bool) -> Any:
         return tuple(float(n) for n in nums if n is not None)
     if t.startswith("tuple"):
         if from_env and isinstance(raw, str):
+            if not raw.strip(" ,"):  # set but empty: "" must not widen to "every symbol"
+                raise ConfigError(
+                    f"config key '{key}': environment variable {env} is set but empty "
+                    f"(expected {expected}); unset it to keep the file's or the default "
+                    f"value")
             raw = [p.strip() for p in raw.split(",") if p.strip()]
         if not isinstance(raw, list | tuple) or not all(isinstance(x, str) and x for x in raw):
+            raise bad()
+        items = meta.get("items")
+        if items and (not raw or any(x not in items for x in raw)):
             raise bad()
         return tuple(raw)
     if f.name == "settings":
@@ -101,7 +126,7 @@ def coerce(key: str, f: Any, raw: Any, from_env: bool) -> Any:
         out: dict[str, float] = {}
         for k, v in raw.items():
             num = _number(v, from_env)
-            if num is None or num < 0 or not isinstance(k, str):
+            if num is None or num < 0 or not isinstance(k, str) or not _in_bounds(meta, num):
                 raise bad()
             out[k.upper() if k != "*" else k] = num
         return out
@@ -122,11 +147,7 @@ def coerce(key: str, f: Any, raw: Any, from_env: bool) -> Any:
         if value != int(value):
             raise bad()
         value = int(value)
-    if meta.get("positive") and not value > 0:
-        raise bad()
-    if meta.get("lo") is not None and value < meta["lo"]:
-        raise bad()
-    if meta.get("hi") is not None and value > meta["hi"]:
+    if not _in_bounds(meta, value):
         raise bad()
     return value
 

@@ -30,7 +30,10 @@ class ReportError(ValueError):
 
 
 def latest_run(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT max(id) FROM runs").fetchone()
+    """The run a report means by default: the newest one that is running or recorded a
+    step; a run that never got going (no bars, not running) must not hide the live one."""
+    row = conn.execute("SELECT id FROM runs ORDER BY (bars > 0 OR status = 'running') DESC, "
+                       "id DESC LIMIT 1").fetchone()
     if row is None or row[0] is None:
         raise ReportError("no runs recorded in this store yet (start one with `qtraderd run`)")
     return int(row[0])

@@ -50,11 +50,17 @@ from qtraderd.models.onnx_model import LoadedModel, load_champions
 from qtraderd.plugins.host import PluginHost
 from qtraderd.runtime import resume as resume_mod
 from qtraderd.runtime.process import LockError, StateLock
-from qtraderd.runtime.reload import ReloadRejected, config_line, reload_config, write_job_config
+from qtraderd.runtime.reload import (
+    ReloadRejected,
+    config_line,
+    reload_config,
+    stored_config,
+    write_job_config,
+)
 from qtraderd.runtime.secrets import Credentials
 from qtraderd.runtime.supervisor import EMPTY, Supervisor, offer
 from qtraderd.runtime.systemd import Service
-from qtraderd.store.db import connect
+from qtraderd.store.db import check_store, connect, db_path, store_error
 from qtraderd.venues.factory import VenueError, build_venue, check_venue
 from qtraderd.venues.replay import stored_span, stored_symbols
 
@@ -113,6 +119,9 @@ class Daemon:
     credentials: Credentials | None = None  # secrets.load() at start; never in cfg or logs
     plugins_dir: Path | None = None  # `run` passes [plugins] dir; None: no plugin files
     fresh: bool = False  # close an unfinished last run instead of resuming it
+    # The state-dir lock, when the caller took it before touching the state dir (`run`
+    # does: a refused second instance must change nothing); else run() takes it.
+    held_lock: StateLock | None = None
     run_id: int = 0
     started_wall: float = field(default_factory=time.monotonic)
     service: Service = field(default_factory=Service)  # sd_notify; no-op outside systemd
@@ -158,7 +167,7 @@ class Daemon:
             "INSERT INTO runs (started_at, mode, source, seed, config, symbols, interval, status)"
             " VALUES (?,?,?,?,?,?,?,?)",
             (wall_iso(), self.cfg.mode,
-             self.cfg.feed.source, self.cfg.seed, json.dumps(self.cfg.to_dict()),
+             self.cfg.feed.source, self.cfg.seed, json.dumps(stored_config(self.cfg)),
              json.dumps(symbols), self.cfg.feed.interval, "running"))
         return int(cur.lastrowid or 0)
 
@@ -180,11 +189,13 @@ class Daemon:
             check_venue(cfg)
         except VenueError as exc:
             raise DaemonError(str(exc)) from None
-        lock = StateLock(self.state_dir)
-        try:
-            await trio.to_thread.run_sync(lock.acquire)  # waits for a predecessor's writer
-        except LockError as exc:
-            raise DaemonError(str(exc)) from exc
+        lock = self.held_lock
+        if lock is None or lock.fd is None:
+            lock = StateLock(self.state_dir)
+            try:
+                await trio.to_thread.run_sync(lock.acquire)  # waits for a predecessor's writer
+            except LockError as exc:
+                raise DaemonError(str(exc)) from exc
         try:
             conn = self._open_store()
         except BaseException:
@@ -192,6 +203,9 @@ class Daemon:
             raise
         self.lock = lock
         try:
+            # locked by another process or damaged pages: exit 2 with what to do, not a
+            # traceback from whichever start-up step touched the store first
+            check_store(conn, db_path(self.state_dir))
             symbols = self._symbols(conn)
             try:
                 load_state_dir(self.state_dir)
@@ -220,6 +234,8 @@ class Daemon:
             log.info("%s", config_line(cfg, self.config_path))
             log.info(retrain_banner(cfg))
             await self._run_chain(conn, symbols, interval_ms, task_status)
+        except sqlite3.DatabaseError as exc:  # start-up reads (the actors have their own)
+            raise store_error(db_path(self.state_dir), exc) from None
         finally:
             self._finish(conn)
             conn.close()

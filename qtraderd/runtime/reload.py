@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qtraderd.core.config import LIVE_KEYS, Config, ConfigError, load, to_toml, validate
+from qtraderd.runtime.redact import redact
 
 
 class Daemon(Protocol):
@@ -65,10 +66,17 @@ def changed_keys(old: Config | dict[str, Any], new: Config | dict[str, Any]) -> 
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
+def stored_config(cfg: Config) -> dict[str, Any]:
+    """The configuration as it may be printed or stored (runs.config, the start-up line,
+    job-config.toml): `Config.to_dict()` with secret-looking settings redacted."""
+    return redact(cfg.to_dict())
+
+
 def config_line(cfg: Config, path: Path | None) -> str:
     """The start-up log line: where the config came from and what differs from defaults
-    (file and QT_* variables together), so one grep shows the settings in force."""
-    now = flat(cfg)
+    (file and QT_* variables together), so one grep shows the settings in force.
+    Secret-looking values (plugin headers, webhook URLs, tokens) are redacted."""
+    now = flat(stored_config(cfg))
     diff = [f"{k}={json.dumps(now[k])}" for k in changed_keys(Config(), cfg)]
     n = len(diff)
     return (f"config in force: {path or 'defaults (no --config)'}; {n} setting"
@@ -97,11 +105,18 @@ def merge_live(old: Config, new: Config, keys: list[str]) -> Config:
 
 
 def write_job_config(cfg: Config, state_dir: Path) -> Path:
-    """Atomically (re)write the snapshot learner jobs read; returns its path."""
+    """Atomically (re)write the snapshot learner jobs read; returns its path.
+
+    Redacted like every stored copy: a job reads the trading, training and learning keys,
+    none of which is secret; plugin settings (the only place secrets live) are not its
+    business, and their variable names (`url_env`) survive redaction. Owner-only (0600).
+    """
     path = Path(state_dir) / JOB_CONFIG_NAME
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_toml(cfg, "written by qtraderd: the configuration in force (for learner "
-                             "jobs)"), encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(to_toml(stored_config(cfg), "written by qtraderd: the configuration in "
+                         "force (for learner jobs; secret-looking settings redacted)"))
     os.replace(tmp, path)
     return path
 

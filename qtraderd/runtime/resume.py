@@ -27,7 +27,7 @@ from typing import Any
 from qtraderd.core.checkpoint import StateError, unpack
 from qtraderd.core.clock import iso, wall_iso
 from qtraderd.core.config import Config
-from qtraderd.runtime.reload import changed_keys
+from qtraderd.runtime.reload import changed_keys, stored_config
 
 log = logging.getLogger("qtraderd.resume")
 
@@ -72,7 +72,7 @@ def plan(conn: sqlite3.Connection, cfg: Config, fresh: bool) -> Resume | None:
         log.warning("run %d (%s, last bar %s) closed as crashed without resuming: %s",
                     run_id, status, iso(last_ts), why)
         return None
-    changed = changed_keys(json.loads(stored), cfg)
+    changed = changed_keys(json.loads(stored), stored_config(cfg))  # both redacted
     blocking = [k for k in changed if any(k == p or (p.endswith(".") and k.startswith(p))
                                           for p in RESUME_KEYS)]
     if blocking:

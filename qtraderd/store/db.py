@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from qtraderd.store.schema import SchemaError, migrate
@@ -71,16 +72,14 @@ def connect(state_dir: str | Path, *, readonly: bool = False, timeout_s: float =
         migrate(conn)
     except sqlite3.OperationalError as exc:
         msg = str(exc)
-        if "locked" in msg or "busy" in msg:
-            raise StoreError(
-                f"store {path} is locked by another process (another qtraderd on the same "
-                f"--state-dir?): {msg}"
-            ) from exc
         if "readonly" in msg or "read-only" in msg:
             raise StoreError(f"store {path} is read-only: {msg}") from exc
-        raise StoreError(f"cannot open store {path}: {msg}") from exc
+        raise store_error(path, exc) from exc
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"store {path} is not a usable SQLite database: {exc}") from exc
+        if "not a database" in str(exc):
+            raise StoreError(f"store {path} is not a usable SQLite database: {exc}; move it "
+                             "away or pass another --state-dir") from exc
+        raise store_error(path, exc) from exc
     except SchemaError as exc:
         raise StoreError(str(exc)) from exc
     except OSError as exc:
@@ -88,6 +87,56 @@ def connect(state_dir: str | Path, *, readonly: bool = False, timeout_s: float =
             raise StoreError(f"store {path} is not writable: {exc.strerror}") from exc
         raise
     return conn
+
+
+def store_error(path: str | Path, exc: sqlite3.Error) -> StoreError:
+    """An SQLite error met while using the store, as a StoreError saying what to do."""
+    msg = str(exc)
+    if "locked" in msg or "busy" in msg:
+        return StoreError(
+            f"store {path} is locked by another process ({msg}): another qtraderd, a "
+            f"`qtraderd import` or an sqlite3 shell holding a transaction on it; stop that "
+            f"process (or wait for it to finish) and start again")
+    if isinstance(exc, sqlite3.OperationalError) and "readonly" not in msg \
+            and "malformed" not in msg and "disk image" not in msg:
+        return StoreError(f"cannot use store {path}: {msg}")
+    return StoreError(
+        f"store {path} is damaged ({msg}): stop every process using it, keep a copy, then "
+        f"recover it (`sqlite3 {path} .recover | sqlite3 recovered.db`, then move "
+        f"recovered.db in its place) or start from a new --state-dir and re-import the "
+        f"candles with `qtraderd import`")
+
+
+def check_store(conn: sqlite3.Connection, path: str | Path, budget_s: float = 2.0) -> None:
+    """At daemon start: the store is writable now and its pages are sound, or StoreError.
+
+    Without this, a store locked by another process or with damaged pages surfaced as a
+    raw SQLite traceback from whichever start-up step touched it first. The page check
+    (`PRAGMA quick_check`) reads the whole file, so it runs under a time budget: a store
+    too big to check within it is checked as far as the budget goes (the start is never
+    held up by more than `budget_s`).
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # waits the busy timeout for a writer, then fails
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        raise store_error(path, exc) from exc
+    deadline = time.monotonic() + budget_s
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    try:
+        rows = conn.execute("PRAGMA quick_check(2)").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "interrupted" in str(exc):
+            return  # out of budget: the pages read so far were fine
+        raise store_error(path, exc) from exc
+    except sqlite3.DatabaseError as exc:
+        raise store_error(path, exc) from exc
+    finally:
+        conn.set_progress_handler(None, 0)
+    problems = " ".join(" ".join(str(r[0]).split()) for r in rows if r[0] != "ok")
+    if problems:  # one line: "*** in database main *** Page 302: btreeInitPage() ..."
+        raise store_error(path, sqlite3.DatabaseError(
+            f"database disk image is malformed: {problems[:200]}"))
 
 
 def _open_ro(uri: str, timeout_s: float) -> sqlite3.Connection:

@@ -6,10 +6,16 @@ and a reason, never repaired; missing candles stay missing (they are counted as 
 filled); and whole-file mistakes (wrong interval, unknown layout) raise CandleImportError
 before anything is written. Parsing uses the csv module only: the daemon process must stay
 light, so no pandas here.
+
+Files are streamed, never read or decompressed whole: a 1 MB gzip file can hold gigabytes
+of text (a "gzip bomb"), and a CSV line can be any length. Memory is bounded by the good
+candles kept (48 bytes each, in arrays) and one line of at most MAX_LINE_CHARS; a file past
+MAX_LINES lines is refused as a whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -19,6 +25,9 @@ import re
 import sqlite3
 import zipfile
 import zlib
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -40,6 +49,14 @@ VALUE_NAMES = ("open", "high", "low", "close", "volume")
 # Anything outside this window is a unit mix-up or junk, not a crypto candle.
 MIN_TIME_MS = 1_230_768_000_000  # 2009-01-01
 MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01
+# A line longer than this is not a candle (the longest real kline row is ~150 characters);
+# reading stops there instead of buffering a runaway line. Above the csv module's own
+# field limit (131,072), so one oversized field is still a rejected row, not a dead file.
+MAX_LINE_CHARS = 1 << 20
+# 38 years of 1m candles; a longer file is a mistake or a bomb: refused, split it.
+MAX_LINES = 20_000_000
+# How many rejected rows a whole-file refusal quotes.
+QUOTED_REJECTS = 5
 
 _NAME_RE = re.compile(
     r"^(?P<symbol>[A-Za-z0-9]+)-(?P<interval>\d+[smhdwM])(?:-\d{4}-\d{2}(?:-\d{2})?)?$"
@@ -80,11 +97,19 @@ class ImportResult:
 
 @dataclass
 class _Parsed:
-    rows: list[Candle] = field(default_factory=list)
+    # Good candles in file order, kept compact (8 + 40 bytes each): times strictly rising.
+    times: array = field(default_factory=lambda: array("q"))
+    values: array = field(default_factory=lambda: array("d"))  # o, h, l, c, v per candle
     rejected: list[tuple[int, str]] = field(default_factory=list)
     rejected_count: int = 0
     off_grid: int = 0
     rows_read: int = 0
+
+    def candles(self) -> Iterator[Candle]:
+        v = self.values
+        for i, t in enumerate(self.times):
+            j = 5 * i
+            yield (t, v[j], v[j + 1], v[j + 2], v[j + 3], v[j + 4])
 
 
 def infer_symbol_interval(path: str | Path) -> tuple[str | None, str | None]:
@@ -112,8 +137,9 @@ def load_candles(path: str | Path, interval_ms: int | None = None
     With interval_ms, rows whose open time is off that interval's grid are rejected too.
     """
     p = Path(path)
-    parsed = _parse(p, _read_text(p, _read_bytes(p)), interval_ms, reject_limit=None)
-    return parsed.rows, parsed.rejected
+    with _open_lines(p) as lines:
+        parsed = _parse(p, lines, interval_ms, reject_limit=None)
+    return list(parsed.candles()), parsed.rejected
 
 
 def import_file(conn: sqlite3.Connection, path: str | Path, symbol: str | None = None,
@@ -138,76 +164,115 @@ def import_file(conn: sqlite3.Connection, path: str | Path, symbol: str | None =
             f"{path}: unknown interval {interval!r} (known: {', '.join(INTERVAL_MS)})"
         )
     step = INTERVAL_MS[interval]
-    data = _read_bytes(path)
-    parsed = _parse(path, _read_text(path, data), step, reject_limit=reject_limit)
+    with _open_lines(path) as lines:
+        parsed = _parse(path, lines, step, reject_limit=reject_limit)
     _check_interval_fits(path, parsed, interval, step)
-
-    rows = parsed.rows
+    times = parsed.times
+    if not times:
+        # Nothing would be stored: an error, not a result the operator may overlook.
+        quoted = "; ".join(f"line {line}: {why}"
+                           for line, why in parsed.rejected[:QUOTED_REJECTS])
+        raise CandleImportError(
+            f"{path}: no candles imported: all {parsed.rejected_count} rows were rejected "
+            f"(first: {quoted})")
+    digest = _sha256(path)
     with Transaction(conn):
         before = conn.total_changes
         conn.executemany(
             "INSERT OR IGNORE INTO bars (symbol, interval, open_time, open, high, low, close, "
             "volume) VALUES (?,?,?,?,?,?,?,?)",
-            ((symbol, interval, *r) for r in rows),
+            ((symbol, interval, *r) for r in parsed.candles()),
         )
         added = conn.total_changes - before
         conn.execute(
             "INSERT INTO imports (at, path, sha256, symbol, interval, rows_read, rows_added, "
             "rows_rejected) VALUES (?,?,?,?,?,?,?,?)",
-            (wall_iso(), str(path.resolve()),
-             hashlib.sha256(data).hexdigest(), symbol, interval, parsed.rows_read, added,
-             parsed.rejected_count),
+            (wall_iso(), str(path.resolve()), digest, symbol, interval, parsed.rows_read,
+             added, parsed.rejected_count),
         )
-    times = [r[0] for r in rows]
     return ImportResult(
         path=path, symbol=symbol, interval=interval, rows_read=parsed.rows_read,
-        rows_added=added, rows_existing=len(rows) - added, rejected=parsed.rejected,
-        first_ts=times[0] if times else None, last_ts=times[-1] if times else None,
+        rows_added=added, rows_existing=len(times) - added, rejected=parsed.rejected,
+        first_ts=times[0], last_ts=times[-1],
         gaps=sum(1 for a, b in pairwise(times) if b - a > step),
         rejected_count=parsed.rejected_count,
     )
 
 
-def _read_bytes(path: Path) -> bytes:
+def _sha256(path: Path) -> str:
     try:
-        return path.read_bytes()
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as exc:
         raise CandleImportError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
-def _read_text(path: Path, data: bytes) -> str:
-    """Decompress by content, not by extension (downloads get renamed), and decode."""
-    if data[:2] == b"\x1f\x8b":
+@contextlib.contextmanager
+def _open_lines(path: Path) -> Iterator[Iterator[str]]:
+    """The file's text lines, decompressed on the fly by content, not by extension
+    (downloads get renamed): plain, gzip or a one-member zip."""
+    with contextlib.ExitStack() as stack:
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise CandleImportError(f"{path}: corrupt gzip file: {exc}") from exc
-    elif data[:4] == b"PK\x03\x04":
-        data = _unzip(path, data)
-    if b"\x00" in data[:4096]:
-        raise CandleImportError(f"{path}: unknown format (binary data, not a CSV file)")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CandleImportError(f"{path}: unknown format (not UTF-8 text: {exc})") from exc
-    if not text.strip():
-        raise CandleImportError(f"{path}: file is empty")
-    return text
+            raw = stack.enter_context(open(path, "rb"))
+            magic = raw.read(4)
+            raw.seek(0)
+        except OSError as exc:
+            raise CandleImportError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        binary: io.BufferedIOBase | zipfile.ZipExtFile | gzip.GzipFile = raw
+        kind = "plain"
+        if magic[:2] == b"\x1f\x8b":
+            binary, kind = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb")), "gzip"
+        elif magic == b"PK\x03\x04":
+            binary, kind = _zip_member(path, raw, stack), "zip"
+        text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
+        yield _lines(path, text, kind)
 
 
-def _unzip(path: Path, data: bytes) -> bytes:
+def _zip_member(path: Path, raw: io.BufferedIOBase, stack: contextlib.ExitStack
+                ) -> zipfile.ZipExtFile:
     """Binance's .zip holds exactly one CSV; anything else is ambiguous, so refuse it."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            members = [i for i in zf.infolist() if not i.is_dir()]
-            if len(members) != 1:
-                names = ", ".join(i.filename for i in members) or "nothing"
-                raise CandleImportError(
-                    f"{path}: zip should hold exactly one CSV file, it holds {names}"
-                )
-            return zf.read(members[0])
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        zf = stack.enter_context(zipfile.ZipFile(raw))
+        members = [i for i in zf.infolist() if not i.is_dir()]
+        if len(members) != 1:
+            names = ", ".join(i.filename for i in members) or "nothing"
+            raise CandleImportError(
+                f"{path}: zip should hold exactly one CSV file, it holds {names}"
+            )
+        return stack.enter_context(zf.open(members[0]))
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise CandleImportError(f"{path}: corrupt zip file: {exc}") from exc
+
+
+def _lines(path: Path, text: io.TextIOWrapper, kind: str) -> Iterator[str]:
+    """Lines of at most MAX_LINE_CHARS, at most MAX_LINES of them; decoding and
+    decompression errors become CandleImportError naming the file."""
+    n = head = 0
+    while True:
+        try:
+            line = text.readline(MAX_LINE_CHARS + 1)
+        except UnicodeDecodeError as exc:
+            raise CandleImportError(
+                f"{path}: unknown format (not UTF-8 text: {exc})") from exc
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+            raise CandleImportError(f"{path}: corrupt {kind} file: {exc}") from exc
+        if not line:
+            return
+        n += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise CandleImportError(
+                f"{path}: line {n} is longer than {MAX_LINE_CHARS:,} characters: not a "
+                f"candle file")
+        if n > MAX_LINES:
+            raise CandleImportError(
+                f"{path}: more than {MAX_LINES:,} lines: too large to import in one go "
+                f"(split it, e.g. one file per month)")
+        if head < 4096:  # NULs near the start: a binary file, not text
+            if "\x00" in line:
+                raise CandleImportError(
+                    f"{path}: unknown format (binary data, not a CSV file)")
+            head += len(line)
+        yield line
 
 
 def _layout(path: Path, first: list[str]) -> tuple[bool, int, list[int]]:
@@ -311,12 +376,12 @@ def _bad_values(cells: list[str], o: float, h: float, low: float, c: float, v: f
     return f"negative volume {cells[4].strip()}"
 
 
-def _parse(path: Path, text: str, interval_ms: int | None, reject_limit: int | None
-           ) -> _Parsed:
+def _parse(path: Path, lines: Iterator[str], interval_ms: int | None,
+           reject_limit: int | None) -> _Parsed:
     """Check every row; keep the good ones in file order, which must be strictly rising."""
-    first_line = text[:4096].split("\n", 1)[0]
-    delimiter = next((d for d in ",;\t" if d in first_line), ",")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    first_line = next(lines, "")
+    delimiter = next((d for d in ",;\t" if d in first_line[:4096]), ",")
+    reader = csv.reader(_chain(first_line, lines), delimiter=delimiter)
     try:
         first = next(r for r in reader if any(c.strip() for c in r))
     except StopIteration:
@@ -325,7 +390,7 @@ def _parse(path: Path, text: str, interval_ms: int | None, reject_limit: int | N
         raise CandleImportError(f"{path}: unknown format: {exc}") from exc
     has_header, ncols, (ti, oi, hi, li, ci, vi) = _layout(path, first)
     out = _Parsed()
-    seen: set[int] = set()
+    times, values = out.times, out.values
     last_t, last_line = -1, 0
 
     def reject(line: int, reason: str) -> None:
@@ -359,14 +424,15 @@ def _parse(path: Path, text: str, interval_ms: int | None, reject_limit: int | N
         if interval_ms is not None and t % interval_ms:
             out.off_grid += 1
             return reject(line, f"time {_iso(t)} is not on the {_fmt_ms(interval_ms)} grid")
-        if t in seen:
-            return reject(line, f"duplicate time {_iso(t)}")
-        if t < last_t:
+        if t <= last_t:  # kept times rise strictly: a binary search finds an equal one
+            i = bisect_left(times, t)
+            if i < len(times) and times[i] == t:
+                return reject(line, f"duplicate time {_iso(t)}")
             return reject(line, f"time {_iso(t)} goes backwards (line {last_line} was "
                                 f"{_iso(last_t)})")
-        seen.add(t)
         last_t, last_line = t, line
-        out.rows.append((t, o, h, low, c, v))
+        times.append(t)
+        values.extend((o, h, low, c, v))
 
     if not has_header:
         take(first, reader.line_num, reader.line_num)
@@ -393,12 +459,12 @@ def _check_interval_fits(path: Path, parsed: _Parsed, interval: str, step: int) 
     a 5m file imported as 1m would fill the 1m series with 5m candles that a later real
     1m import could never replace (INSERT OR IGNORE keeps the first).
     """
-    if parsed.off_grid and parsed.off_grid >= len(parsed.rows):
+    if parsed.off_grid and parsed.off_grid >= len(parsed.times):
         raise CandleImportError(
             f"{path}: {parsed.off_grid} of {parsed.rows_read} candles are not on the "
             f"{interval} grid; is {interval} the right interval for this file?"
         )
-    times = [r[0] for r in parsed.rows]
+    times = parsed.times
     if len(times) >= 3:
         spacing = min(b - a for a, b in pairwise(times))
         if spacing != step:
@@ -406,6 +472,12 @@ def _check_interval_fits(path: Path, parsed: _Parsed, interval: str, step: int) 
                 f"{path}: no two consecutive candles are {interval} apart (closest are "
                 f"{_fmt_ms(spacing)}); is {interval} the right interval for this file?"
             )
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    if first:
+        yield first
+    yield from rest
 
 
 def _unparseable(cells: list[str]) -> str:

@@ -111,8 +111,13 @@ def emit(result: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    """The `train` job; also what `qtraderd train` calls in-process. Returns the exit code."""
+def train_main(argv: list[str] | None = None, *, json_errors: bool = True) -> int:
+    """The `train` job; also what `qtraderd train` calls in-process. Returns the exit code.
+
+    A job's starter reads its failures as JSON (`json_errors`); the operator's `qtraderd
+    train` passes False: a failure is then one error line on stderr and nothing on stdout,
+    so a script piping stdout never mistakes an error object for a result.
+    """
     parser = argparse.ArgumentParser(prog="python -m qtraderd.training train",
                                      description="Train, export and deploy models.")
     add_train_arguments(parser)
@@ -122,20 +127,32 @@ def train_main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     setup_logging()
     try:
-        return _run(args)
+        result = _run(args)
     except UsageError as exc:
-        from qtraderd.runtime.logs import prefix
-
-        print(f"{prefix()}error: {exc}", file=sys.stderr)
-        emit({"ok": False, "error": str(exc)})
-        return 2
+        return _fail(str(exc), 2, json_errors)
     except Exception as exc:  # still one JSON answer for whoever started the job
-        log.exception("learner job failed")
-        emit({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-        return 1
+        if json_errors:
+            log.exception("learner job failed")
+        return _fail(f"{type(exc).__name__}: {exc}", 1, json_errors)
+    if result["ok"] or json_errors:
+        emit(result)
+        return 0 if result["ok"] else 1
+    deployed = ", ".join(f"{m.get('family')}/{m.get('version')}" for m in result["models"])
+    return _fail(f"training failed: {result['error']}"
+                 + (f" (deployed anyway: {deployed})" if deployed else ""), 1, False)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _fail(msg: str, code: int, json_errors: bool) -> int:
+    from qtraderd.runtime.logs import prefix
+
+    print(f"{prefix()}{'error' if json_errors else 'qtraderd: error'}: {msg}",
+          file=sys.stderr)
+    if json_errors:
+        emit({"ok": False, "error": msg})
+    return code
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         cfg = load(args.config)
     except ConfigError as exc:
@@ -181,8 +198,7 @@ def _run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"ok": not errors, "models": models, "dataset": ds.summary()}
     if errors:
         result["error"] = "; ".join(errors)
-    emit(result)
-    return 1 if errors else 0
+    return result
 
 
 def train_family(family: str, ds: dataset_mod.Dataset, cfg: Config,

@@ -125,3 +125,86 @@ def test_every_key_is_documented_and_the_example_file_is_complete():
     assert example == load(env={})
     demo = load(REPO / "examples" / "demo.toml", env={})  # the `make run` demo loads
     assert demo.learning.enabled and demo.feed.source == "replay"
+
+
+# ------------------------------------------------------------------ issue 11, B8: gaps
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[sizing]\nmargin = 0\n", "config key 'sizing.margin': expected a number or a table of "
+     "QUOTE = number > 0 and <= 1e+12, got 0"),
+    ("[sizing]\nmargin = 1e30\n", "'sizing.margin'"),
+    ("[sizing]\nmargin = {BTC = 0.01, USDT = 0}\n", "got {'BTC': 0.01, 'USDT': 0}"),
+    ("[account]\nbalances = {BTC = 0}\n", "config key 'account.balances'"),
+    ("[account]\nbalances = {}\n", "'account.balances': expected at least one QUOTE"),
+    ("[feed]\nstart = '2018-01-20'\nend = '2018-01-10'\n",
+     "'feed.end' ('2018-01-10') and 'feed.start' ('2018-01-20'): the end must come after"),
+    ("[feed]\nstart = '2018-01-20'\nend = '2018-01-20'\n", "the end must come after"),
+    ("[feed]\nend = 'next week'\n", "config key 'feed.end': expected an ISO-8601"),
+    ("[learning]\nfamilies = ['catboost']\n",
+     "config key 'learning.families': expected a non-empty list of 'xgboost', 'lightgbm', "
+     "'nhits', 'patchtst', got ['catboost']"),
+    ("[learning]\nfamilies = []\n", "'learning.families'"),
+    ("[train]\nfamilies = ['xgboost', 'svm']\n", "'train.families'"),
+])
+def test_values_that_cannot_trade_are_refused(tmp_path, text, needle):
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text), env={})
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("env, needles", [
+    ({"QT_CONTINUOUS_LEARNING": "maybe"},
+     ["'learning.enabled'", "got 'maybe' (from QT_CONTINUOUS_LEARNING)"]),
+    ({"QT_AI_RETRAINING_AUTO_DEPLOY": "sure"}, ["(from QT_AI_RETRAINING_AUTO_DEPLOY)"]),
+    ({"QT_FEED_SYMBOLS": ""}, ["QT_FEED_SYMBOLS is set but empty", "'feed.symbols'"]),
+    ({"QT_FEED_SYMBOLS": " , "}, ["QT_FEED_SYMBOLS is set but empty"]),
+    ({"QT_SIZING_LEVRAGE": "2"}, ["QT_SIZING_LEVRAGE", "did you mean QT_SIZING_LEVERAGE?"]),
+    ({"QT_SIZNG_LEVERAGE": "2"}, ["unknown environment variable QT_SIZNG_LEVERAGE (did you "
+                                  "mean QT_SIZING_LEVERAGE?)"]),
+    ({"QT_NOT_A_THING": "1", "QT_ALSO_NOT": "2"},
+     ["unknown environment variables QT_ALSO_NOT, QT_NOT_A_THING", "QT_<SECTION>_<KEY>"]),
+    ({"QT_SIZING_MARGIN": "USDT=0"}, ["'sizing.margin'", "(from QT_SIZING_MARGIN)"]),
+    ({"QT_LEARNING_FAMILIES": "catboost"}, ["'learning.families'", "catboost"]),
+])
+def test_bad_environments_name_the_variable_and_value(env, needles):
+    with pytest.raises(ConfigError) as err:
+        load(env=env)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_variables_that_are_not_ours_are_left_alone(tmp_path):
+    env = {"QT_QPA_PLATFORM": "offscreen", "QT_SCALE_FACTOR": "2", "QT_IM_MODULE": "ibus",
+           "QT_TEST_SHARED": "/x", "QT_BINANCE_API_KEY": "k", "QT_WEBHOOK_URL": "http://h"}
+    with pytest.raises(ConfigError, match="QT_WEBHOOK_URL"):
+        load(env=env)
+    p = write(tmp_path, "[plugins.settings.webhook_notifier]\nurl_env = 'QT_WEBHOOK_URL'\n")
+    assert load(p, env=env).plugins.settings  # a plugin setting names it: the plugin's
+
+
+def test_config_knows_the_families_training_knows():
+    from qtraderd.core.config import MODEL_FAMILIES
+    from qtraderd.training.cli import ALL_FAMILIES
+
+    assert set(MODEL_FAMILIES) == set(ALL_FAMILIES)
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"QT_FEED_SYMBOLS": ""}, "QT_FEED_SYMBOLS is set but empty"),
+    ({"QT_CONTINUOUS_LEARNING": "maybe"}, "got 'maybe' (from QT_CONTINUOUS_LEARNING)"),
+    ({"QT_SIZING_MARGIN": "1e30"}, "'sizing.margin'"),
+    ({"QT_FEED_START": "2018-01-20", "QT_FEED_END": "2018-01-10"}, "'feed.end'"),
+    ({"QT_LEARNING_FAMILIES": "catboost"}, "'learning.families'"),
+    ({"QT_FEEDS_SYMBOLS": "ETHBTC"}, "did you mean QT_FEED_SYMBOLS?"),
+])
+def test_cli_refuses_bad_environments_with_exit_2(tmp_path, env, needle):
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("QT_")}
+    out = subprocess.run([sys.executable, "-m", "qtraderd", "run", "--state-dir",
+                          str(tmp_path / "s")], capture_output=True, text=True,
+                         env={**clean, **env}, timeout=60)
+    assert out.returncode == 2 and needle in out.stderr, out.stderr[-1500:]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "s").exists()

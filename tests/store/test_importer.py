@@ -382,15 +382,18 @@ def test_reject_limit_caps_details_but_counts_all(conn: sqlite3.Connection, tmp_
     assert res.rows_read == 51 and res.rows_added == 1  # zero volume is a real candle
 
 
-def test_all_rows_rejected_is_a_result_not_an_error(conn: sqlite3.Connection, tmp_path: Path,
-                                                    eth_rows: list[list[str]]) -> None:
+def test_all_rows_rejected_is_an_error_naming_the_reasons(conn: sqlite3.Connection,
+                                                          tmp_path: Path,
+                                                          eth_rows: list[list[str]]) -> None:
     lines = [HEADER] + [",".join([r[0], r[1], r[3], r[2], r[4], r[5]]) for r in eth_rows[:5]
                         if r[2] != r[3]]
-    res = import_file(conn, _write(tmp_path / "ETHBTC-5m.csv", lines))
-    assert res.rows_added == 0 and res.rejected_count == len(lines) - 1 > 0
-    assert (res.first_ts, res.last_ts, res.gaps) == (None, None, 0)
-    assert res.summary().endswith("0 gaps (no candles)")
-    assert _stored(conn, "ETHBTC") == []
+    path = _write(tmp_path / "ETHBTC-5m.csv", lines)
+    with pytest.raises(CandleImportError) as err:
+        import_file(conn, path)
+    msg = str(err.value)
+    assert str(path) in msg and f"all {len(lines) - 1} rows were rejected" in msg
+    assert "line 2: high" in msg and "< low" in msg
+    assert _no_import_recorded(conn)
 
 
 def test_sub_millisecond_and_out_of_range_times_rejected(tmp_path: Path,
