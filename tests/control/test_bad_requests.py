@@ -4,6 +4,7 @@ and the daemon keeps running and exits 0 when asked to stop (issue 11, B1, B5, B
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,9 @@ exit_at_end = false
 enabled = false
 [rl]
 enabled = false
+[control]
+request_timeout_s = 3
+max_connections = 2
 """
 
 
@@ -39,7 +44,8 @@ def ask(sock: Path, req: dict[str, Any] | bytes) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(20)
         s.connect(str(sock))
-        s.sendall(line + b"\n")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(line + b"\n")  # a refused ("busy") client still reads why
         buf = b""
         while b"\n" not in buf and (chunk := s.recv(65536)):
             buf += chunk
@@ -142,6 +148,39 @@ def test_a_second_halt_keeps_the_first_reason(daemon):
     assert status["risk_state"] == "HALTED"
     assert status["actors"]["risk"]["reason"] == "exchange maintenance"
     assert ask(sock, {"cmd": "resume"})["ok"]
+
+
+def test_keep_alive_connections_free_their_slots_after_the_idle_timeout(daemon):
+    """B5: two clients sending blank lines every 0.2 s held both slots for ever."""
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def keep_alive() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(daemon["sock"]))
+            with contextlib.suppress(OSError):
+                while not stop.is_set():
+                    s.sendall(b"\n")
+                    time.sleep(0.2)
+
+    threads = [threading.Thread(target=keep_alive) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        busy = False
+        while True:  # busy while both are held; served again once they are cut off
+            reply = ask(daemon["sock"], {"cmd": "status"})
+            busy = busy or reply == {"ok": False, "error": "busy"}
+            if reply["ok"] and busy:
+                break
+            assert time.monotonic() < deadline, reply
+            time.sleep(0.1)
+        assert 2.5 < time.monotonic() - t0 < 15  # the 3 s idle timeout, not for ever
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
 
 
 def test_the_daemon_survives_and_stores_only_good_rows(daemon):
