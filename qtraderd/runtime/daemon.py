@@ -336,9 +336,10 @@ class Daemon:
         if self.supervisor.escalation is not None:
             log.error("daemon exiting: %s", self.supervisor.escalation)
             self.exit_code = EXIT_ESCALATED
-        if not self.stopping:
-            self.service.stopping("exiting: " + (str(self.supervisor.escalation or "")
-                                                 or "replay finished"))
+        if not self.stopping:  # the daemon ends on its own: say so, as a stop would
+            why = str(self.supervisor.escalation or "") or "end of data"
+            log.info("stopping: %s", why)
+            self.service.stopping(why)
         self._log_progress(final=True)
 
     def _restore(self, actors: list[Any]) -> None:
