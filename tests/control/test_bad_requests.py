@@ -150,33 +150,65 @@ def test_a_second_halt_keeps_the_first_reason(daemon):
     assert ask(sock, {"cmd": "resume"})["ok"]
 
 
+def test_ctl_json_errors_are_json(daemon, tmp_path, capsys):
+    """B13: with --json every outcome is one JSON object on stdout, errors included."""
+    sock = str(daemon["sock"])
+    cases = [
+        (["--socket", sock, "--json", "pause", "NOPE"], 1, "unknown symbol 'NOPE'"),
+        (["--socket", sock, "--json", "bogus"], 1, "unknown command 'bogus'"),
+        (["--socket", str(tmp_path / "none.sock"), "--json", "status"], 3,
+         "no daemon listening on"),
+        (["--socket", sock, "--json", "pause"], 2, "usage: pause SYMBOL"),
+        (["--socket", sock, "--json", "--timeout", "0", "status"], 2, "--timeout"),
+        (["--socket", sock, "--json"], 2, "usage error"),
+    ]
+    for argv, code, words in cases:
+        assert ctl.main(argv) == code, argv
+        out = capsys.readouterr().out
+        reply = json.loads(out)
+        assert reply["ok"] is False and reply["exit_code"] == code and words in reply[
+            "error"], (argv, reply)
+    assert ctl.main(["--socket", sock, "pause", "NOPE"]) == 1  # without --json: stderr
+    got = capsys.readouterr()
+    assert got.out == "" and got.err.startswith("error: pause: argument 'symbol'")
+
+
 def test_keep_alive_connections_free_their_slots_after_the_idle_timeout(daemon):
     """B5: two clients sending blank lines every 0.2 s held both slots for ever."""
     stop = threading.Event()
-    t0 = time.monotonic()
+    holding = threading.Semaphore(0)
 
     def keep_alive() -> None:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        while True:  # until served: the previous test's connections may not be gone yet
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(20)
             s.connect(str(daemon["sock"]))
-            with contextlib.suppress(OSError):
-                while not stop.is_set():
-                    s.sendall(b"\n")
-                    time.sleep(0.2)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                s.sendall(b'{"cmd": "status"}\n')
+            if b'"ok": true' in s.recv(65536):
+                break  # served: this connection holds a slot
+            s.close()
+            time.sleep(0.05)
+        holding.release()
+        with s, contextlib.suppress(OSError):
+            while not stop.is_set():
+                s.sendall(b"\n")
+                time.sleep(0.2)
 
     threads = [threading.Thread(target=keep_alive) for _ in range(2)]
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 30
-        busy = False
-        while True:  # busy while both are held; served again once they are cut off
-            reply = ask(daemon["sock"], {"cmd": "status"})
-            busy = busy or reply == {"ok": False, "error": "busy"}
-            if reply["ok"] and busy:
-                break
-            assert time.monotonic() < deadline, reply
+        for _ in threads:
+            assert holding.acquire(timeout=20)
+        t0 = time.monotonic()
+        assert ask(daemon["sock"], {"cmd": "status"}) == {"ok": False, "error": "busy"}
+        deadline = t0 + 30
+        while not (reply := ask(daemon["sock"], {"cmd": "status"}))["ok"]:
+            assert reply == {"ok": False, "error": "busy"}
+            assert time.monotonic() < deadline, "the slots were never freed"
             time.sleep(0.1)
-        assert 2.5 < time.monotonic() - t0 < 15  # the 3 s idle timeout, not for ever
+        assert 2.0 < time.monotonic() - t0 < 15  # the 3 s idle timeout, not for ever
     finally:
         stop.set()
         for t in threads:
