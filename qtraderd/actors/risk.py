@@ -91,6 +91,7 @@ class RiskActor(StepActor):
         self.manual_halt = False
         self.drawdown_latched = False
         self.halted_since = 0  # clock ms of the transition into HALTED
+        self.manual_reason = ""  # the first `ctl halt` reason since the last resume
         self.accounts: dict[str, _Account] = {}
         self.denied = 0
         self.reduced = 0
@@ -133,7 +134,7 @@ class RiskActor(StepActor):
     # -- crash-only state ----------------------------------------------------------------
     _STATE = ("portfolio", "state", "reason", "reason_code", "manual_halt", "drawdown_latched",
               "accounts", "denied", "reduced", "_flatten", "_pending_events", "_last_step_ts",
-              "_last_seq", "halted_since")
+              "_last_seq", "halted_since", "manual_reason")
 
     def export_state(self) -> dict[str, Any]:
         """The state machine, its day and drawdown figures, symbol stats and pauses."""
@@ -141,7 +142,8 @@ class RiskActor(StepActor):
 
     def restore_state(self, state: dict[str, Any]) -> None:
         cfg = self.portfolio.cfg
-        state = {"halted_since": state.get("_last_step_ts", 0), **state}  # older checkpoints
+        state = {"halted_since": state.get("_last_step_ts", 0),  # older checkpoints
+                 "manual_reason": state.get("reason", ""), **state}
         put(self, state, self._STATE)
         self.portfolio.reconfigure(cfg)  # the limits in force now, not the stored ones
         if state.get("reapply"):
@@ -173,17 +175,20 @@ class RiskActor(StepActor):
     def _command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         ts = self.clock.now_ms()
         if name == "halt":
+            if not self.manual_halt:
+                self.manual_reason = _reason(args)
+            self.manual_halt = True
             if self.state == HALTED:
-                # The first reason stands (a second halt must not hide why trading stopped);
-                # the halt now also holds until `ctl resume`, whatever caused it.
-                self.manual_halt = True
+                # The first reason stands (a second halt must not hide why trading
+                # stopped); the halt now also holds until `ctl resume`: if a limit halted
+                # trading, the ctl halt's reason takes over when that limit lifts.
                 note = f"already halted since {iso(self.halted_since)} ({self.reason})"
                 log.warning("risk: ctl halt: %s", note)
                 return {**self.status(), "note": note}
-            self.manual_halt = True
-            self._transition(HALTED, "MANUAL", _reason(args), ts)
+            self._transition(HALTED, "MANUAL", self.manual_reason, ts)
         elif name == "resume":
             self.manual_halt = False
+            self.manual_reason = ""
             self.drawdown_latched = False
             for acc in self.accounts.values():
                 acc.peak = acc.day_start = acc.equity
@@ -262,16 +267,16 @@ class RiskActor(StepActor):
         dd_limit, daily_limit = c.max_drawdown_pct / 100.0, c.daily_loss_pct / 100.0
         if worst_dd >= dd_limit:
             self.drawdown_latched = True
-        if self.manual_halt and self.state == HALTED:
-            return  # halted by ctl, or by a limit before a ctl halt: that reason stands
-        if self.manual_halt:
-            target, reason, detail = HALTED, "MANUAL", self.reason_detail()
-        elif self.drawdown_latched:
+        if self.manual_halt and self.state == HALTED and self.reason_code == "MANUAL":
+            return  # a ctl halt stands until ctl resume, whatever else happens meanwhile
+        if self.drawdown_latched:
             target, reason = HALTED, "DRAWDOWN"
             detail = f"drawdown {worst_dd:.2%} (limit {dd_limit:.2%})"
         elif worst_daily >= daily_limit:
             target, reason = HALTED, "DAILY_LOSS"
             detail = f"daily loss {worst_daily:.2%} (limit {daily_limit:.2%})"
+        elif self.manual_halt:  # a limit halted first; now only the ctl halt holds
+            target, reason, detail = HALTED, "MANUAL", self.manual_reason or "ctl halt"
         elif worst_dd >= c.reduce_at * dd_limit or worst_daily >= c.reduce_at * daily_limit:
             target, reason = REDUCING, "NEAR_LIMIT"
             detail = f"drawdown {worst_dd:.2%}, daily loss {worst_daily:.2%}"
@@ -279,9 +284,6 @@ class RiskActor(StepActor):
             target, reason, detail = ACTIVE, "WITHIN_LIMITS", ""
         if target != self.state or (target == HALTED and reason != self.reason_code):
             self._transition(target, reason, detail, ts)  # e.g. DAILY_LOSS -> DRAWDOWN
-
-    def reason_detail(self) -> str:
-        return self.reason or "manual"
 
     def _transition(self, state: str, reason: str, detail: str, ts: int) -> None:
         prev = self.state
