@@ -44,8 +44,8 @@ SCHEMAS: dict[str, tuple[Arg, ...]] = {
     "rl": (), "plugins": (), "reload": (), "resume": (), "flatten": (),
     "trades": (Arg("limit", "int", lo=1, hi=MAX_ROWS),),
     "halt": (Arg("reason", "text"),),
-    "pause": (Arg("symbol", "symbol", required=True),),
-    "resume-symbol": (Arg("symbol", "symbol", required=True),),
+    "pause": (Arg("symbol", "symbol", required=True, max_len=32),),
+    "resume-symbol": (Arg("symbol", "symbol", required=True, max_len=32),),
     "promote": (Arg("model", "family", required=True), Arg("version", "version",
                                                          required=True)),
     "rollback": (Arg("model", "family", required=True),),
@@ -60,8 +60,11 @@ def _type_name(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
+    """A value for an error message. Strings are echoed whole — only after their length
+    was checked — never cut: the log masks secrets by their full text, and a cut one
+    would slip through."""
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if isinstance(value, str) or len(text) <= 60 else text[:57] + "..."
 
 
 def _check_one(cmd: str, arg: Arg, value: Any, symbols: frozenset[str]) -> Any:
@@ -109,8 +112,8 @@ def check(cmd: str, args: Mapping[str, Any], symbols: Iterable[str]) -> dict[str
     extra = sorted(k for k in args if k not in known)
     if extra:
         takes = ", ".join(sorted(known)) if known else "no arguments"
-        raise ControlError(f"{cmd}: unknown argument {_show(extra[0])} ({cmd} takes "
-                           f"{takes})")
+        name = _show(extra[0]) if len(extra[0]) <= 32 else f"of {len(extra[0])} characters"
+        raise ControlError(f"{cmd}: unknown argument {name} ({cmd} takes {takes})")
     syms = frozenset(symbols)
     out: dict[str, Any] = {}
     for arg in spec:

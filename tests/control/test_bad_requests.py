@@ -109,6 +109,9 @@ def daemon(tmp_path_factory) -> Iterator[dict[str, Any]]:
     ({"cmd": "pause", "args": {"symbol": "NOPE"}},
      ["pause: argument 'symbol': unknown symbol 'NOPE'", "ETHBTC, LTCBTC, XMRBTC"]),
     ({"cmd": "pause", "args": {"symbol": 5}}, ["'symbol' must be a string, got an integer"]),
+    # long strings are refused by length, never echoed (nor cut, which would defeat the
+    # log's masking of secrets by their full text)
+    ({"cmd": "pause", "args": {"symbol": "S" * 40}}, ["'symbol' is 40 characters long"]),
     ({"cmd": "pause", "args": {"symbol": ["ETHBTC"]}}, ["must be a string, got an array"]),
     ({"cmd": "pause", "args": {}}, ["pause: missing argument 'symbol'"]),
     ({"cmd": "resume-symbol", "args": {"symbol": None}}, ["must be a string, got null"]),
