@@ -163,14 +163,30 @@ def _seed(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["ctl"]:
-        from qtraderd.control import client as ctl
-        return ctl.main(argv[1:], prog="qtraderd ctl")
-    args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "import": cmd_import, "train": cmd_train,
-               "report": cmd_report, "walkforward": cmd_walkforward,
-               "verify": cmd_verify}[args.command]
-    return handler(args)
+    try:
+        if argv[:1] == ["ctl"]:
+            from qtraderd.control import client as ctl
+            return ctl.main(argv[1:], prog="qtraderd ctl")
+        args = build_parser().parse_args(argv)
+        handler = {"run": cmd_run, "import": cmd_import, "train": cmd_train,
+                   "report": cmd_report, "walkforward": cmd_walkforward,
+                   "verify": cmd_verify}[args.command]
+        code = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away (`qtraderd verify --json | head`): not an error of ours,
+    and no traceback. stdout is pointed at /dev/null so the exit-time flush stays quiet."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
 
 
 def _error(msg: str, code: int = EXIT_USAGE) -> int:

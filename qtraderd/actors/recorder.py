@@ -9,7 +9,11 @@ transaction on the other core and acknowledges it.
 Nothing is lost: a batch stays in memory until acknowledged. If the writer dies, the
 actor raises, the supervisor restarts it, a new writer reports the last committed batch
 and the rest is sent again (committing a batch records its id in the same transaction,
-so resends never duplicate). If the actor is cancelled outright it writes whatever is
+so resends never duplicate). A row the store cannot hold is set aside, never resent: one
+that cannot even be encoded here, or decoded or stored by the writer, becomes a
+`rejected_rows` row (its table, the error, its repr) and the rest of its batch commits —
+otherwise the same batch would fail on every resend until the supervisor gave up. If the
+actor is cancelled outright it writes whatever is
 unacknowledged itself, synchronously, on the way out. Backpressure: at most
 `MAX_INFLIGHT` batches are unacknowledged; beyond that the recorder waits, its bounded
 inbox fills and the replay slows down instead of memory growing.
@@ -30,7 +34,7 @@ import trio
 from qtraderd.core.messages import Record, Step
 from qtraderd.runtime.supervisor import Actor
 from qtraderd.store.db import connect
-from qtraderd.store.rows import Batch, write_batch
+from qtraderd.store.rows import Batch, SetAside, aside_record, decode_batch, write_batch
 from qtraderd.store.writer import frame
 
 log = logging.getLogger("qtraderd.recorder")
@@ -71,6 +75,7 @@ class RecorderActor(Actor):
         self.batches_acked = 0
         self.steps_written = 0
         self.writer_starts = 0
+        self.rows_set_aside = 0
         self._encoder = msgspec.msgpack.Encoder()
 
     # -- the actor -------------------------------------------------------------------
@@ -131,7 +136,9 @@ class RecorderActor(Actor):
                 return
             kind, _, rest = line.partition(" ")
             if kind == "ok":
-                self._ack_up_to(int(rest))
+                bid, _, aside = rest.partition(" ")
+                self.rows_set_aside += int(aside or 0)
+                self._ack_up_to(int(bid))
             else:
                 raise WriterError(f"store writer failed: {line}")
 
@@ -191,7 +198,34 @@ class RecorderActor(Actor):
         self._next_id += 1
         self._records, self._pending_rows = [], 0
         n = sum(not s.seal for s in steps)  # a seal is state, not a step of its own
-        return batch.id, frame(self._encoder.encode(batch)), n
+        try:
+            payload = self._encoder.encode(batch)
+        except Exception:  # something in it msgpack cannot carry: set that aside
+            payload = self._encoder.encode(self._encodable(batch))
+        return batch.id, frame(payload), n
+
+    def _encodable(self, batch: Batch) -> Batch:
+        """`batch` without the steps and records that cannot be encoded, each replaced
+        by a `rejected_rows` record (logged once, counted in `rows_set_aside`)."""
+        steps: list[Step] = []
+        records: list[Record] = []
+        aside: list[SetAside] = []
+        for step in batch.steps:
+            try:
+                self._encoder.encode(step)
+                steps.append(step)
+            except Exception as exc:
+                aside.append(SetAside.of("steps", exc, step))
+        for rec in batch.records:
+            try:
+                self._encoder.encode(rec)
+                records.append(rec)
+            except Exception as exc:
+                aside.append(SetAside.of(str(rec.table), exc, rec.row))
+        for item in aside:
+            log.warning("row set aside: %s: %s", item.table, item.error)
+        self.rows_set_aside += len(aside)
+        return Batch(batch.id, steps, [*records, *map(aside_record, aside)])
 
     async def flush(self) -> None:
         async with self._lock:
@@ -221,7 +255,9 @@ class RecorderActor(Actor):
         conn = connect(self.state_dir)
         try:
             for _bid, data, _n in self._unacked:
-                write_batch(conn, self.run_id, decoder.decode(data[4:]))
+                batch, aside = decode_batch(decoder, data[4:])
+                write_batch(conn, self.run_id, batch, aside)
+                self.rows_set_aside += len(aside)
             log.info("recorder wrote %d pending batches directly on shutdown",
                      len(self._unacked))
             self._ack_up_to(self._next_id)
@@ -231,7 +267,7 @@ class RecorderActor(Actor):
     def status(self) -> dict[str, Any]:
         return {"batches_acked": self.batches_acked, "steps_written": self.steps_written,
                 "buffered_steps": len(self._steps) + sum(n for _, _, n in self._unacked),
-                "writer_starts": self.writer_starts}
+                "writer_starts": self.writer_starts, "rows_set_aside": self.rows_set_aside}
 
 
 async def _read_line(stream: trio.abc.ReceiveStream | None, buf: bytearray) -> str:

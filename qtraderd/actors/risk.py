@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from qtraderd.core.checkpoint import put, take
-from qtraderd.core.clock import Clock
+from qtraderd.core.clock import Clock, iso
 from qtraderd.core.config import Config, PortfolioConfig, RiskConfig, per_quote
 from qtraderd.core.costs import CostModel
 from qtraderd.core.enums import RiskState
@@ -54,6 +54,7 @@ ACTIVE, REDUCING, HALTED = RiskState.ACTIVE, RiskState.REDUCING, RiskState.HALTE
 DAY_MS = 86_400_000
 CHANGES = ("halt", "resume", "flatten", "pause", "resume-symbol")  # commands that change state
 MIN_FRACTION = 0.2  # an entry cut below this share of its request is denied instead
+MAX_REASON = 200  # a halt reason is one line of text (control.schema checks it first)
 
 
 @dataclass
@@ -89,6 +90,8 @@ class RiskActor(StepActor):
         self.reason_code = ""
         self.manual_halt = False
         self.drawdown_latched = False
+        self.halted_since = 0  # clock ms of the transition into HALTED
+        self.manual_reason = ""  # the first `ctl halt` reason since the last resume
         self.accounts: dict[str, _Account] = {}
         self.denied = 0
         self.reduced = 0
@@ -131,7 +134,7 @@ class RiskActor(StepActor):
     # -- crash-only state ----------------------------------------------------------------
     _STATE = ("portfolio", "state", "reason", "reason_code", "manual_halt", "drawdown_latched",
               "accounts", "denied", "reduced", "_flatten", "_pending_events", "_last_step_ts",
-              "_last_seq")
+              "_last_seq", "halted_since", "manual_reason")
 
     def export_state(self) -> dict[str, Any]:
         """The state machine, its day and drawdown figures, symbol stats and pauses."""
@@ -139,6 +142,8 @@ class RiskActor(StepActor):
 
     def restore_state(self, state: dict[str, Any]) -> None:
         cfg = self.portfolio.cfg
+        state = {"halted_since": state.get("_last_step_ts", 0),  # older checkpoints
+                 "manual_reason": state.get("reason", ""), **state}
         put(self, state, self._STATE)
         self.portfolio.reconfigure(cfg)  # the limits in force now, not the stored ones
         if state.get("reapply"):
@@ -170,10 +175,20 @@ class RiskActor(StepActor):
     def _command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         ts = self.clock.now_ms()
         if name == "halt":
+            if not self.manual_halt:
+                self.manual_reason = _reason(args)
             self.manual_halt = True
-            self._transition(HALTED, "MANUAL", args.get("reason") or "ctl halt", ts)
+            if self.state == HALTED:
+                # The first reason stands (a second halt must not hide why trading
+                # stopped); the halt now also holds until `ctl resume`: if a limit halted
+                # trading, the ctl halt's reason takes over when that limit lifts.
+                note = f"already halted since {iso(self.halted_since)} ({self.reason})"
+                log.warning("risk: ctl halt: %s", note)
+                return {**self.status(), "note": note}
+            self._transition(HALTED, "MANUAL", self.manual_reason, ts)
         elif name == "resume":
             self.manual_halt = False
+            self.manual_reason = ""
             self.drawdown_latched = False
             for acc in self.accounts.values():
                 acc.peak = acc.day_start = acc.equity
@@ -252,14 +267,16 @@ class RiskActor(StepActor):
         dd_limit, daily_limit = c.max_drawdown_pct / 100.0, c.daily_loss_pct / 100.0
         if worst_dd >= dd_limit:
             self.drawdown_latched = True
-        if self.manual_halt:
-            target, reason, detail = HALTED, "MANUAL", self.reason_detail()
-        elif self.drawdown_latched:
+        if self.manual_halt and self.state == HALTED and self.reason_code == "MANUAL":
+            return  # a ctl halt stands until ctl resume, whatever else happens meanwhile
+        if self.drawdown_latched:
             target, reason = HALTED, "DRAWDOWN"
             detail = f"drawdown {worst_dd:.2%} (limit {dd_limit:.2%})"
         elif worst_daily >= daily_limit:
             target, reason = HALTED, "DAILY_LOSS"
             detail = f"daily loss {worst_daily:.2%} (limit {daily_limit:.2%})"
+        elif self.manual_halt:  # a limit halted first; now only the ctl halt holds
+            target, reason, detail = HALTED, "MANUAL", self.manual_reason or "ctl halt"
         elif worst_dd >= c.reduce_at * dd_limit or worst_daily >= c.reduce_at * daily_limit:
             target, reason = REDUCING, "NEAR_LIMIT"
             detail = f"drawdown {worst_dd:.2%}, daily loss {worst_daily:.2%}"
@@ -268,13 +285,12 @@ class RiskActor(StepActor):
         if target != self.state or (target == HALTED and reason != self.reason_code):
             self._transition(target, reason, detail, ts)  # e.g. DAILY_LOSS -> DRAWDOWN
 
-    def reason_detail(self) -> str:
-        return self.reason or "manual"
-
     def _transition(self, state: str, reason: str, detail: str, ts: int) -> None:
         prev = self.state
         if state == prev and reason == self.reason_code and reason != "MANUAL":
             return
+        if state == HALTED and prev != HALTED:
+            self.halted_since = ts
         self.state, self.reason_code, self.reason = state, reason, detail or reason
         logger = log.warning if state != ACTIVE else log.info
         logger("risk state %s (%s%s; was %s)", state, reason, f": {detail}" if detail else "",
@@ -391,9 +407,20 @@ class RiskActor(StepActor):
 
 
 def _symbol(args: dict[str, Any]) -> str:
-    symbol = str(args.get("symbol", "")).upper()
-    if not symbol:
-        raise ValueError("this command needs a SYMBOL")
-    return symbol
+    """The command's symbol (control.schema has checked it; re-applied commands read back
+    from the store have not been through the socket this time)."""
+    symbol = args.get("symbol", "")
+    if not isinstance(symbol, str) or not symbol.strip():
+        raise ValueError(f"this command needs a SYMBOL, got {symbol!r:.60}")
+    return symbol.strip().upper()
+
+
+def _reason(args: dict[str, Any]) -> str:
+    """A halt reason as one line of text, whatever arrived: it becomes a log line and a
+    `risk_events` row, and a value the store cannot hold must never get that far."""
+    reason = args.get("reason")
+    text = reason if isinstance(reason, str) else "" if reason is None else repr(reason)
+    text = " ".join(text.split())[:MAX_REASON]
+    return text or "ctl halt"
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from qtraderd.control.schema import MAX_ROWS
 from qtraderd.control.server import ControlError, Handler
 from qtraderd.core.clock import Clock, iso
 from qtraderd.core.config import Config
@@ -28,7 +29,6 @@ from qtraderd.store.db import connect
 RISK_COMMANDS = ("halt", "resume", "flatten", "pause", "resume-symbol")
 LEARNER_COMMANDS = ("promote", "rollback", "retrain")
 QUERY_TIMEOUT_S = 2.0  # a store query running longer is interrupted (ctl answers an error)
-MAX_ROWS = 10_000
 
 T = TypeVar("T")
 
@@ -157,11 +157,8 @@ class ControlAPI:
         ]
 
     async def trades(self, args: dict[str, Any]) -> Any:
-        try:
-            limit = int(args.get("limit", 20))
-        except (TypeError, ValueError) as exc:
-            raise ControlError(f"limit must be an integer, got {args.get('limit')!r}") from exc
-        run_id, n = self.d.run_id, max(1, min(limit, MAX_ROWS))
+        limit = args.get("limit", 20)  # checked by control.schema: an int in 1..MAX_ROWS
+        run_id, n = self.d.run_id, max(1, min(int(limit), MAX_ROWS))
         rows = await self._query(lambda db: db.execute(
             "SELECT id, symbol, side, qty, entry_ts, entry_price, exit_ts, exit_price, net_pnl,"
             " return_pct, exit_reason FROM trades WHERE run_id=? ORDER BY id DESC LIMIT ?",

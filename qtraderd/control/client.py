@@ -7,6 +7,8 @@ dependencies. Commands the client doesn't know are passed through as-is with the
 daemon is the one that decides what is unknown.
 
 Exit codes: 0 ok, 1 the daemon replied with an error, 2 usage error, 3 daemon unreachable.
+With --json every outcome is JSON on stdout, errors too: `{"ok": false, "error": "...",
+"exit_code": N}` — a script piping into `jq` never has to parse an English sentence.
 """
 
 from __future__ import annotations
@@ -259,31 +261,41 @@ def socket_path_for(state_dir: Path | None = None, socket_path: Path | None = No
     return local
 
 
+def _fail(as_json: bool, code: int, msg: str, prefix: str = "error") -> int:
+    """Report an error: a line on stderr, or with --json an object on stdout."""
+    if as_json:
+        print(json.dumps({"ok": False, "error": msg, "exit_code": code}))
+    else:
+        print(f"{prefix}: {msg}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None, *, prog: str = "qtraderd ctl") -> int:
     """Run one ctl command; returns the process exit code (never raises SystemExit)."""
     parser = _parser(prog)
+    words = sys.argv[1:] if argv is None else argv
     try:
         # intermixed: `ctl halt --json too volatile` keeps all reason words.
-        ns = parser.parse_intermixed_args(argv)
-    except SystemExit as exc:  # --help (0) or argparse usage error (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        ns = parser.parse_intermixed_args(words)
+    except SystemExit as exc:  # --help (0) or argparse usage error (2, told on stderr)
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        if code and "--json" in words:
+            return _fail(True, code, f"usage error (see {prog} --help)")
+        return code
+    as_json = bool(ns.json)
     if ns.timeout <= 0:
-        print(f"{prog}: error: --timeout must be positive", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(as_json, EXIT_USAGE, "--timeout must be positive", f"{prog}: error")
     try:
         cmd, args = parse_command([ns.command, *ns.words])
     except UsageError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(as_json, EXIT_USAGE, str(exc), f"{prog}: error")
     path = socket_path_for(ns.state_dir, ns.socket)
     try:
         reply = request(path, cmd, args, timeout_s=ns.timeout)
     except CtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _fail(as_json, EXIT_UNREACHABLE, str(exc))
     if not reply["ok"]:
-        print(f"error: {reply['error']}", file=sys.stderr)
-        return EXIT_ERROR_REPLY
+        return _fail(as_json, EXIT_ERROR_REPLY, reply["error"])
     result = reply.get("result")
     text = json.dumps(result, indent=2) if ns.json else format_result(result)
     try:

@@ -13,6 +13,12 @@ be able to block the event loop, exhaust memory, or pile up tasks. Hence bounded
 size, per-request deadlines (reading, running the handler, writing the reply), a cap on
 concurrent connections, and peer-credential checks on top of the socket file's mode.
 
+A connection holds one of the `max_connections` slots, so it must not hold it for free:
+after each reply (or the connect) the next request must arrive complete within the idle
+timeout — blank keep-alive lines are not requests and do not extend it — and no connection
+lives longer than `connection_timeout_s` however busy it is. Then clients that only
+connect, or only send blank lines, can fill the slots for one idle timeout at most.
+
 Who may connect: the file is 0600 (only the daemon's user; root bypasses modes anyway), or
 0660 and owned by `[control] group` when one is configured, so an operators' group can use
 `qtraderd ctl` without sharing the daemon's account. The kernel enforces the file mode at
@@ -173,11 +179,21 @@ class ControlServer:
     def __init__(self, path: Path, handlers: dict[str, Handler], *, mode: int | None = None,
                  max_request_bytes: int = 65536, request_timeout_s: float = 5.0,
                  max_connections: int = 16, allowed_uids: set[int] | None = None,
-                 group: str | int | None = None) -> None:
-        """`mode` defaults to 0600, or 0660 with a `group` (name or gid) owning the file."""
-        if max_request_bytes <= 0 or request_timeout_s <= 0 or max_connections <= 0:
-            raise ValueError("max_request_bytes, request_timeout_s and max_connections "
-                             "must be positive")
+                 group: str | int | None = None, idle_timeout_s: float | None = None,
+                 connection_timeout_s: float | None = None) -> None:
+        """`mode` defaults to 0600, or 0660 with a `group` (name or gid) owning the file.
+        `idle_timeout_s` (default `request_timeout_s`): how long after its last reply a
+        connection may take to send its next complete request; `connection_timeout_s`
+        (default the larger of 60 s and four request timeouts): its whole life."""
+        idle_timeout_s = request_timeout_s if idle_timeout_s is None else idle_timeout_s
+        if connection_timeout_s is None:
+            connection_timeout_s = max(60.0, 4 * request_timeout_s)
+        if min(max_request_bytes, request_timeout_s, max_connections, idle_timeout_s,
+               connection_timeout_s) <= 0:
+            raise ValueError("max_request_bytes, request_timeout_s, max_connections and "
+                             "the idle and connection timeouts must be positive")
+        self.idle_timeout_s = idle_timeout_s
+        self.connection_timeout_s = connection_timeout_s
         self.path = Path(path)
         self.handlers = dict(handlers)
         self.group = None if group in (None, "") else group
@@ -189,7 +205,8 @@ class ControlServer:
         self.max_connections = max_connections
         self.allowed_uids = ({os.getuid(), 0} if allowed_uids is None else set(allowed_uids))
         self.stats: dict[str, int] = {"requests": 0, "errors": 0, "connections": 0,
-                                      "active": 0, "busy": 0, "denied": 0}
+                                      "active": 0, "busy": 0, "denied": 0, "blank_lines": 0,
+                                      "timed_out": 0}
 
     # ---------------------------------------------------------------- socket file
 
@@ -366,11 +383,17 @@ class ControlServer:
 
     async def _serve_lines(self, stream: trio.SocketStream) -> None:
         reader = _LineReader(stream, self.max_request_bytes)
+        closes_at = trio.current_time() + self.connection_timeout_s
         while True:
+            # Set after each reply only: blank lines read below do not move it.
+            deadline = min(trio.current_time() + self.idle_timeout_s, closes_at)
             line: bytes | None = None
-            with trio.move_on_after(self.request_timeout_s) as cs:
+            with trio.move_on_at(deadline) as cs:
                 try:
                     line = await reader.readline()
+                    while line is not None and not line.strip():
+                        self.stats["blank_lines"] += 1  # keep-alives are not requests
+                        line = await reader.readline()
                 except _RequestTooLarge:
                     await self._send(stream, self._error("request too large"))
                     return
@@ -378,13 +401,15 @@ class ControlServer:
                 if reader.pending:
                     msg = "timed out waiting for a complete request"
                     await self._send(stream, self._error(msg))
+                self.stats["timed_out"] += 1
                 return
             if line is None:
                 return
-            if not line.strip():
-                continue  # blank keep-alive lines are not requests
             reply = await self._dispatch(line)
             if not await self._send(stream, reply):
+                return
+            if trio.current_time() >= closes_at:
+                self.stats["timed_out"] += 1
                 return
 
     # ---------------------------------------------------------------- dispatch

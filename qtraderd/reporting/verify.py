@@ -90,7 +90,7 @@ class Verifier:
         self.offline = offline
         self.wait_s = wait_s
         self.timeout_s = timeout_s
-        self.socket_path = _find_socket(state_dir, socket_path)
+        self.socket_path, self.socket_origin = locate_socket(state_dir, socket_path)
         self.checks: list[Check] = []
         self.db: sqlite3.Connection | None = None
         self.run: RunInfo | None = None
@@ -109,7 +109,8 @@ class Verifier:
         try:
             return self.ask(cmd)
         except ctl.CtlError as exc:
-            self.add(check, FAIL, f"{NOT_RUNNING}: {exc}")
+            self.add(check, FAIL, f"{NOT_RUNNING}: {exc}; socket {self.socket_path} "
+                     f"{self.socket_origin}")
             return None
 
     def snapshot(self) -> Snapshot:
@@ -253,6 +254,12 @@ class Verifier:
         assert run is not None and db is not None
         n, newest = db.execute("SELECT count(*), max(ts) FROM predictions WHERE run_id=?",
                                (run.run_id,)).fetchone()
+        if n == 0 and run.steps <= WARMUP_BARS + 1:
+            # the models' features need WARMUP_BARS bars of each symbol: no prediction
+            # before then is normal, not a fault
+            self.add("predictions", SKIP, f"warming up: predictions start after "
+                     f"{WARMUP_BARS} bars of each symbol ({run.steps} so far)")
+            return
         if n == 0:
             ends = [r[0] for r in db.execute(
                 "SELECT data_end FROM models WHERE status='champion'").fetchall()]
@@ -445,13 +452,31 @@ class Verifier:
             self.db = None
 
 
-def _find_socket(state_dir: Path | None, socket_path: Path | None) -> Path:
-    """--socket; else the state dir's socket if one is there; else where ctl looks."""
+def locate_socket(state_dir: Path | None, socket_path: Path | None) -> tuple[Path, str]:
+    """The control socket to ask, and why that one (said when nobody answers there).
+
+    --socket; with --state-dir: its socket if one is there, else where the daemon binds
+    under systemd ($RUNTIME_DIRECTORY, or the unit's /run/qtraderd if it exists), else the
+    state dir's own (so a failure names the path the operator implied); without either:
+    where `qtraderd ctl` looks.
+    """
     if socket_path is not None:
-        return socket_path
-    if state_dir is not None and (state_dir / ctl.SOCKET_NAME).exists():
-        return state_dir / ctl.SOCKET_NAME
-    return ctl.socket_path_for()
+        return socket_path, "(from --socket)"
+    if state_dir is None:
+        return ctl.socket_path_for(), "(where `qtraderd ctl` looks; see --state-dir/--socket)"
+    own = state_dir / ctl.SOCKET_NAME
+    if own.exists():
+        return own, f"(in --state-dir {state_dir})"
+    rt = ctl.runtime_dir()
+    if rt is not None:
+        return rt / ctl.SOCKET_NAME, (f"($RUNTIME_DIRECTORY; {own} does not exist)")
+    if ctl.SYSTEMD_SOCKET.exists():
+        return ctl.SYSTEMD_SOCKET, f"(the systemd unit's; {own} does not exist)"
+    return own, f"(in --state-dir {state_dir})"
+
+
+def _find_socket(state_dir: Path | None, socket_path: Path | None) -> Path:
+    return locate_socket(state_dir, socket_path)[0]
 
 
 def verify(state_dir: Path | None = None, socket_path: Path | None = None,

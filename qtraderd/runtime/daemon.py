@@ -37,6 +37,7 @@ from qtraderd.actors.risk import RiskActor
 from qtraderd.actors.sizer import SizerActor
 from qtraderd.control.api import ControlAPI
 from qtraderd.control.client import daemon_socket_path
+from qtraderd.control.schema import validated
 from qtraderd.control.server import ControlError, ControlServer
 from qtraderd.core.clock import ReplayClock, iso, wall_iso
 from qtraderd.core.config import INTERVAL_MS, Config
@@ -325,8 +326,9 @@ class Daemon:
         self.api = ControlAPI(self, cmd_tx, lcmd_tx)
         assert self.socket_path is not None
         cc = cfg.control  # the default timeout leaves promote / rollback time to load models
-        server = ControlServer(self.socket_path, {**self.api.handlers(),
-                                                  "reload": self._ctl_reload},
+        handlers = validated({**self.api.handlers(), "reload": self._ctl_reload},
+                             lambda: symbols)  # every request's arguments checked first
+        server = ControlServer(self.socket_path, handlers,
                                group=cc.group or None, max_request_bytes=cc.max_request_bytes,
                                request_timeout_s=cc.request_timeout_s,
                                max_connections=cc.max_connections)
@@ -350,9 +352,10 @@ class Daemon:
         if self.supervisor.escalation is not None:
             log.error("daemon exiting: %s", self.supervisor.escalation)
             self.exit_code = EXIT_ESCALATED
-        if not self.stopping:
-            self.service.stopping("exiting: " + (str(self.supervisor.escalation or "")
-                                                 or "replay finished"))
+        if not self.stopping:  # the daemon ends on its own: say so, as a stop would
+            why = str(self.supervisor.escalation or "") or "end of data"
+            log.info("stopping: %s", why)
+            self.service.stopping(why)
         self._log_progress(final=True)
 
     def _restore(self, actors: list[Any]) -> None:

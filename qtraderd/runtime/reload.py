@@ -154,11 +154,17 @@ def reload_config(daemon: Daemon) -> dict[str, Any]:
     service.reloading()
     try:
         outcome = _reload(daemon)
-    except ReloadRejected as exc:
+    except Exception as exc:
+        # Anything else (an unreadable file, a bug) is a refusal too: a reload must never
+        # take the daemon down or leave systemd's status at "reloading".
+        rejected = exc if isinstance(exc, ReloadRejected) else ReloadRejected(
+            f"{type(exc).__name__}: {exc}")
         log.error("config reload rejected: %s; the running configuration stays in force",
-                  exc)
-        service.reloaded(daemon.progress_line())
-        raise
+                  rejected)
+        service.reload_refused(daemon.progress_line())
+        if rejected is exc:
+            raise
+        raise rejected from exc
     log.info("config reloaded from %s: %s", daemon.config_path, outcome.summary())
     service.reloaded(daemon.progress_line())
     return {"config": str(daemon.config_path), "applied": outcome.applied,

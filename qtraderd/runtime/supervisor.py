@@ -192,6 +192,29 @@ def answer(cmd: Command, result: Any) -> None:
         cmd.reply.send_nowait(result)
 
 
+def describe(exc: BaseException) -> str:
+    """`Type: message` of the error that actually happened.
+
+    Trio wraps an error raised inside an actor's own nursery in an ExceptionGroup, whose
+    message ("Exceptions from Trio nursery (1 sub-exception)") says nothing; the leaves
+    do. Several leaves are listed, at most three.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        else:
+            leaves.append(e)
+
+    walk(exc)
+    text = "; ".join(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                     for e in leaves[:3])
+    more = len(leaves) - 3
+    return text + (f" (and {more} more)" if more > 0 else "") if leaves else repr(exc)
+
+
 def degrade(step: Step, actor: str) -> Step:
     return replace(step, degraded=(*step.degraded, actor))
 
@@ -265,7 +288,7 @@ class Supervisor:
                 await handle.actor.run()
             except Exception as exc:
                 handle.restarts += 1
-                handle.last_error = f"{type(exc).__name__}: {exc}"
+                handle.last_error = describe(exc)
                 now = trio.current_time()
                 handle.recent.append(now)
                 while handle.recent and handle.recent[0] < now - self.period_s:

@@ -12,8 +12,10 @@ What the daemon says, and when (qtraderd.runtime.daemon wires it):
   exists, so `systemctl start` returns when the daemon can really answer and trade;
 * `STATUS=` the progress line (bars, data time, trades, equity, risk state, learner
   job), at most once a second and only when it changed — `systemctl status` shows it;
-* `RELOADING=1` ... `READY=1` around a config reload (qtraderd.runtime.reload);
-* `STOPPING=1` as soon as a stop is requested (or the daemon exits on its own);
+* `RELOADING=1` ... `READY=1` around a config reload (qtraderd.runtime.reload); a refused
+  reload puts back the STATUS shown before it (never leaves "reloading" behind);
+* `STOPPING=1` as soon as a stop is requested (or the daemon exits on its own), with
+  `STATUS=stopping: <why>`; from then on no progress line replaces it;
 * `WATCHDOG=1` every `$WATCHDOG_USEC / 2`, from a task of its own, only while the
   daemon is healthy (see Watchdog): a daemon that is alive but stuck gets killed and
   restarted by systemd instead of sitting there holding positions it no longer manages.
@@ -82,7 +84,9 @@ class Notifier:
         self.address = address
         self.watchdog_s = watchdog_s if address is not None else None
         self._sock: socket.socket | None = None
-        self._last_status = ""
+        self._last_status = ""  # what systemd shows: the last STATUS that left the process
+        self._before_reload = ""
+        self.stopped = False  # STOPPING=1 sent: STATUS is "stopping: ..." from then on
         self._warned = False
 
     @classmethod
@@ -116,24 +120,32 @@ class Notifier:
         return True
 
     def ready(self, status: str | None = None) -> bool:
-        return self.notify("READY=1", *self._status_field(status))
+        return self._send("READY=1", status=None if self.stopped else status)
 
     def reloading(self) -> bool:
         # MONOTONIC_USEC lets systemd (Type=notify-reload, v253+) match the reload to this
         # message; older versions ignore the field.
+        self._before_reload = self._last_status
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}",
-                           *self._status_field("reloading the configuration"))
+        return self._send("RELOADING=1", f"MONOTONIC_USEC={usec}",
+                          status=None if self.stopped else "reloading the configuration")
+
+    def reload_refused(self, fallback: str) -> bool:
+        """READY=1 after a refused reload, with the STATUS shown before it (`fallback` if
+        there was none): nothing changed, so neither does what systemd shows."""
+        return self.ready(self._before_reload or fallback)
 
     def stopping(self, status: str | None = None) -> bool:
-        return self.notify("STOPPING=1", *self._status_field(status))
+        sent = self._send("STOPPING=1", status=status)
+        self.stopped = True
+        return sent
 
     def status(self, text: str) -> bool:
-        """STATUS=text, unless it is what systemd already shows."""
-        fields = self._status_field(text)
-        if not fields:
+        """STATUS=text, unless it is what systemd already shows; nothing once stopping
+        (the progress line must not replace "stopping: <why>")."""
+        if self.stopped:
             return False
-        return self.notify(*fields)
+        return self._send(status=text)
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
@@ -142,14 +154,20 @@ class Notifier:
         """Ask for more start-up (or stop) time, e.g. while training the first models."""
         return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
 
-    def _status_field(self, text: str | None) -> list[str]:
-        if text is None:
-            return []
-        line = " ".join(text.split())  # one line, whatever the caller built
-        if line == self._last_status:
-            return []
-        self._last_status = line
-        return [f"STATUS={line}"]
+    def _send(self, *fields: str, status: str | None = None) -> bool:
+        """`fields` plus STATUS=status when that differs from what systemd shows; the
+        shown status changes only when the message really left (a dropped one is not
+        shown, so the same text is sent again next time)."""
+        line = None if status is None else " ".join(status.split())  # one line
+        out = list(fields)
+        if line is not None and line != self._last_status:
+            out.append(f"STATUS={line}")
+        if not out:
+            return False
+        sent = self.notify(*out)
+        if sent and line is not None:
+            self._last_status = line
+        return sent
 
     def close(self) -> None:
         if self._sock is not None:
@@ -279,9 +297,15 @@ class Service:
             self.notifier.reloading()
 
     def reloaded(self, status: str) -> None:
-        """READY=1 after RELOADING=1, whatever the outcome (the old config may stay)."""
+        """READY=1 after RELOADING=1 and a reload that applied."""
         if self.ready:
             self.notifier.ready(status)
+
+    def reload_refused(self, status: str) -> None:
+        """READY=1 after RELOADING=1 and a refused reload: the old config stays, and so
+        does the STATUS shown before (`status` if there was none)."""
+        if self.ready:
+            self.notifier.reload_refused(status)
 
     def stopping(self, why: str) -> None:
         self.notifier.stopping(f"stopping: {why}")

@@ -7,14 +7,58 @@ writer process starts in a few tens of milliseconds.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from array import array
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from qtraderd.core.messages import Record, Step
 from qtraderd.store.db import Transaction
+
+log = logging.getLogger("qtraderd.store")
+
+MAX_REPR = 65_536  # characters of a set-aside row's repr that are kept
+# SQLite result codes (primary, the low byte) of errors in the database or its file, not
+# in a row: a batch failing with one of these is resent, never set aside.
+_STORE_CODES = {5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26}  # BUSY LOCKED NOMEM READONLY
+# INTERRUPT IOERR CORRUPT FULL CANTOPEN PROTOCOL NOTADB
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """Could this error be one row's fault (bad type, value, constraint, table)? Errors of
+    the database itself (locked, I/O, full, corrupt) are not."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF not in _STORE_CODES
+        return isinstance(exc, (sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                                sqlite3.IntegrityError, sqlite3.DataError))
+    return isinstance(exc, (TypeError, ValueError, OverflowError, KeyError, IndexError,
+                            AttributeError))
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A row that could not be stored: the table it was for, why, and its repr."""
+
+    table: str
+    error: str
+    row: str
+
+    @classmethod
+    def of(cls, table: str, exc: BaseException, row: object) -> SetAside:
+        try:
+            text = repr(row)
+        except Exception as rexc:  # a repr that fails is itself worth recording
+            text = f"<unrepresentable {type(row).__name__}: {rexc}>"
+        if len(text) > MAX_REPR:
+            text = f"{text[:MAX_REPR]}... ({len(text):,} characters)"
+        error = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return cls(table, error[:1000], text)
 
 
 def pack_features(row: tuple[float, ...]) -> bytes:
@@ -113,18 +157,61 @@ def step_rows(run_id: int, step: Step, out: dict[str, list[tuple[Any, ...]]]) ->
 NO_RUN_ID = {"rl_q", "models", "model_history"}  # tables not scoped to one run
 
 
-def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> int:
+def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch,
+                aside: list[SetAside] | None = None) -> int:
     """Write one batch atomically, together with its id in `runs.last_batch`.
 
     Recording the id in the same transaction makes resending after a crash safe: a
     batch at or below `last_batch` is already in the store and is skipped.
+
+    A row the store cannot hold (a value of a type SQLite does not bind, a constraint it
+    breaks, a step whose rows cannot be built) must not fail the batch: resent, it would
+    fail again, for ever. Then the batch is written again with each statement in a
+    savepoint; the rows that fail are set aside in `rejected_rows` (the table, the error,
+    the row's repr), each logged once as `row set aside: <table>: <error>`, and the rest
+    commits. Errors of the database itself (locked, full, I/O) still fail the batch: the
+    recorder resends it to a new writer. `aside`, if given, receives what was set aside.
     """
+    try:
+        return _write(conn, run_id, batch, None)
+    except Exception as exc:
+        if not is_row_error(exc):
+            raise
+    found: list[SetAside] = []
+    n = _write(conn, run_id, batch, found)
+    for item in found:
+        log.warning("row set aside: %s: %s", item.table, item.error)
+    if aside is not None:
+        aside.extend(found)
+    return n
+
+
+def _write(conn: sqlite3.Connection, run_id: int, batch: Batch,
+           careful: list[SetAside] | None) -> int:
+    """One attempt at the batch; `careful` (a list) turns on setting rows aside."""
     rows: dict[str, list[tuple[Any, ...]]] = {t: [] for t in _ORDER}
     n = 0
     bars = 0
     for step in batch.steps:
-        n += step_rows(run_id, step, rows)
         bars += len(step.bars)
+        if careful is None:
+            n += step_rows(run_id, step, rows)
+        else:
+            part: dict[str, list[tuple[Any, ...]]] = {t: [] for t in _ORDER}
+            try:
+                n += step_rows(run_id, step, part)
+            except Exception as exc:
+                careful.append(SetAside.of("steps", exc, step))
+                continue
+            for table, got in part.items():
+                rows[table].extend(got)
+
+    def run(table: str, sql: str, params: list[Any]) -> None:
+        if careful is None:
+            conn.executemany(sql, params)
+        else:
+            _careful(conn, table, sql, params, careful)
+
     with Transaction(conn):
         last = conn.execute("SELECT last_batch FROM runs WHERE id=?", (run_id,)).fetchone()
         if last is None:
@@ -133,18 +220,22 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> int:
             return 0
         for table in _ORDER:
             if rows[table]:
-                conn.executemany(SQL[table], rows[table])
-        for rec in batch.records:
-            write_record(conn, rec, run_id)
-        for step in batch.steps:
-            for rec in step.records:
+                run(table, SQL[table], rows[table])
+        for rec in (*batch.records, *(r for step in batch.steps for r in step.records)):
+            if careful is None:
                 write_record(conn, rec, run_id)
+                continue
+            try:
+                sql, values = record_sql(rec, run_id)
+            except Exception as exc:
+                careful.append(SetAside.of(str(rec.table), exc, rec.row))
+                continue
+            run(rec.table, sql, [values])
         if batch.steps:
             last_step = batch.steps[-1]
             if last_step.checkpoint:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO checkpoints (run_id, actor, seq, ts, state) "
-                    "VALUES (?,?,?,?,?)",
+                run("checkpoints", "INSERT OR REPLACE INTO checkpoints (run_id, actor, seq, "
+                    "ts, state) VALUES (?,?,?,?,?)",
                     [(run_id, s.actor, last_step.seq, last_step.ts, s.blob)
                      for s in last_step.state])
                 conn.execute("UPDATE runs SET resume_seq=?, resume_ts=? WHERE id=?",
@@ -153,27 +244,103 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> int:
                 last_step = batch.steps[-2]  # the seal carries state only, no positions
         if batch.steps and not last_step.seal:
             conn.execute("DELETE FROM positions WHERE run_id=?", (run_id,))
-            conn.executemany(
+            run("positions",
                 "INSERT INTO positions (run_id, symbol, quote, side, qty, entry_price, "
                 "entry_ts, stop_price, take_price, mark_price, unrealized, updated_ts) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(run_id, p.symbol, p.quote, p.side, p.qty, p.entry_price, p.entry_ts,
                   p.stop_price, p.take_price, p.mark_price, p.unrealized, last_step.ts)
                  for p in last_step.positions])
-            conn.execute(
-                "UPDATE runs SET bars = bars + ?, first_ts = coalesce(first_ts, ?), "
-                "last_ts = ? WHERE id=?",
-                (bars, batch.steps[0].ts, last_step.ts, run_id))
+            run("runs", "UPDATE runs SET bars = bars + ?, first_ts = coalesce(first_ts, ?), "
+                "last_ts = ? WHERE id=?", [(bars, batch.steps[0].ts, last_step.ts, run_id)])
+        if careful:
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            conn.executemany(
+                "INSERT INTO rejected_rows (run_id, at, tbl, error, row) VALUES (?,?,?,?,?)",
+                [(run_id, at, a.table, a.error, a.row) for a in careful])
         conn.execute("UPDATE runs SET last_batch=? WHERE id=?", (batch.id, run_id))
     return n + len(batch.records)
 
 
-def write_record(conn: sqlite3.Connection, rec: Record, run_id: int | None = None) -> None:
-    """One Record as a row (inside the caller's transaction); rows of run-scoped tables
-    get `run_id` unless they carry their own."""
+def _careful(conn: sqlite3.Connection, table: str, sql: str, params: list[Any],
+             aside: list[SetAside]) -> None:
+    """`executemany` in a savepoint; if a row fails, each row in a savepoint of its own,
+    setting aside those that fail with a row error."""
+    conn.execute("SAVEPOINT batch_op")
+    try:
+        conn.executemany(sql, params)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO batch_op")
+        conn.execute("RELEASE batch_op")
+        if not is_row_error(exc):
+            raise
+    else:
+        conn.execute("RELEASE batch_op")
+        return
+    for row in params:
+        conn.execute("SAVEPOINT batch_row")
+        try:
+            conn.execute(sql, row)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO batch_row")
+            conn.execute("RELEASE batch_row")
+            if not is_row_error(exc):
+                raise
+            aside.append(SetAside.of(table, exc, row))
+        else:
+            conn.execute("RELEASE batch_row")
+
+
+def aside_record(item: SetAside) -> Record:
+    """A row set aside before it reached the writer's transaction (it could not be encoded
+    or decoded), as a `rejected_rows` Record that travels with the rest of its batch."""
+    return Record("rejected_rows", {"at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                    "tbl": item.table, "error": item.error, "row": item.row})
+
+
+def decode_batch(decoder: msgspec.msgpack.Decoder[Batch], payload: bytes
+                 ) -> tuple[Batch, list[SetAside]]:
+    """A batch from its msgpack frame. A step or record that does not fit its type is set
+    aside (as a `rejected_rows` record in the batch) and the rest decoded; only a frame
+    that is not a batch at all fails."""
+    try:
+        return decoder.decode(payload), []
+    except msgspec.ValidationError:
+        raw = msgspec.msgpack.decode(payload)
+    if not (isinstance(raw, list) and len(raw) == 3 and isinstance(raw[0], int)
+            and isinstance(raw[1], list) and isinstance(raw[2], list)):
+        raise msgspec.ValidationError("frame is not a batch [id, steps, records]")
+    aside: list[SetAside] = []
+    steps: list[Step] = []
+    records: list[Record] = []
+    for item in raw[1]:
+        try:
+            steps.append(msgspec.convert(item, Step))
+        except msgspec.ValidationError as exc:
+            aside.append(SetAside.of("steps", exc, item))
+    for item in raw[2]:
+        try:
+            records.append(msgspec.convert(item, Record))
+        except msgspec.ValidationError as exc:
+            table = item[0] if isinstance(item, list) and item and isinstance(
+                item[0], str) else "records"
+            aside.append(SetAside.of(table, exc, item))
+    for item in aside:
+        log.warning("row set aside: %s: %s", item.table, item.error)
+    return Batch(raw[0], steps, [*records, *map(aside_record, aside)]), aside
+
+
+def record_sql(rec: Record, run_id: int | None = None) -> tuple[str, list[Any]]:
+    """The statement and values that store one Record; rows of run-scoped tables get
+    `run_id` unless they carry their own."""
     row = rec.row if (run_id is None or "run_id" in rec.row or rec.table in NO_RUN_ID) else {
         "run_id": run_id, **rec.row}
     cols = list(row)
     verb = "INSERT OR REPLACE" if rec.mode == "replace" else "INSERT"
-    conn.execute(f"{verb} INTO {rec.table} ({', '.join(cols)}) "
-                 f"VALUES ({', '.join('?' * len(cols))})", list(row.values()))
+    return (f"{verb} INTO {rec.table} ({', '.join(cols)}) "
+            f"VALUES ({', '.join('?' * len(cols))})", list(row.values()))
+
+
+def write_record(conn: sqlite3.Connection, rec: Record, run_id: int | None = None) -> None:
+    """One Record as a row (inside the caller's transaction)."""
+    conn.execute(*record_sql(rec, run_id))

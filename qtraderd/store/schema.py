@@ -326,6 +326,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX order_events_order ON order_events (run_id, client_id);
     """,
+    # 4: rows the store writer could not store, set aside instead of failing the batch
+    # (store.rows.write_batch): the table they were for, the error and the row's repr
+    """
+    CREATE TABLE rejected_rows (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER,
+        at TEXT NOT NULL,
+        tbl TEXT NOT NULL,
+        error TEXT NOT NULL,
+        row TEXT NOT NULL
+    );
+    CREATE INDEX rejected_rows_run ON rejected_rows (run_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

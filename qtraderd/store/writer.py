@@ -10,8 +10,10 @@ encodes batches (msgpack, milliseconds per replay) and writes them to a pipe.
 Protocol (stdin/stdout, binary):
 * the writer prints `ready <last_batch>` once the store is open;
 * the recorder sends frames: 4-byte big-endian length + msgpack `Batch`;
-* after committing a batch the writer prints `ok <id>`; batches at or below the run's
-  `last_batch` are acknowledged without writing (resends after a restart are harmless);
+* after committing a batch the writer prints `ok <id> <set aside>`; batches at or below
+  the run's `last_batch` are acknowledged without writing (resends after a restart are
+  harmless). `<set aside>` counts the batch's rows the store could not hold: they went to
+  `rejected_rows` instead (store.rows.write_batch), so one bad row never fails a batch;
 * on EOF the writer exits 0; on a failure it prints `err <id> <message>` and exits 1.
 """
 
@@ -27,7 +29,7 @@ from typing import BinaryIO
 import msgspec
 
 from qtraderd.store.db import StoreError, connect
-from qtraderd.store.rows import Batch, write_batch
+from qtraderd.store.rows import Batch, SetAside, decode_batch, write_batch
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 1 << 30
@@ -78,13 +80,14 @@ def serve(state_dir: Path, run_id: int, inp: BinaryIO, out: BinaryIO) -> int:
             payload = _read_exact(inp, size)
             if payload is None:
                 raise EOFError("pipe closed before a frame's payload")
-            batch = decoder.decode(payload)
+            batch, aside = decode_batch(decoder, payload)
             batch_id = batch.id
-            write_batch(conn, run_id, batch)
+            written: list[SetAside] = []
+            write_batch(conn, run_id, batch, written)
         except Exception as exc:
             say(f"err {batch_id} {type(exc).__name__}: {exc}".replace("\n", " "))
             return 1
-        say(f"ok {batch.id}")
+        say(f"ok {batch.id} {len(aside) + len(written)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from qtraderd.actors.risk import ACTIVE, DAY_MS, HALTED, REDUCING, RiskActor
-from qtraderd.core.clock import ReplayClock
+from qtraderd.core.clock import ReplayClock, iso
 from qtraderd.core.config import load, with_changes
 from qtraderd.core.costs import CostModel
 from qtraderd.core.messages import (
@@ -410,18 +410,43 @@ def test_halt_then_entry_denied_then_resume() -> None:
     assert decision(out).action == "allow"
 
 
-def test_halt_default_reason_and_halt_while_already_halted_is_recorded() -> None:
+def test_halt_while_halted_keeps_the_first_reason_and_outlives_the_limit() -> None:
     r = make()
     r.handle(step(0, equity=10_000.0))
-    r.handle(step(1, equity=9_490.0))  # DAILY_LOSS
-    r.command("halt", {})
+    first = r.handle(step(1, equity=9_490.0))  # DAILY_LOSS
+    since = first.risk_events[0].ts
+    reply = r.command("halt", {})
+    assert reply["risk_state"] == HALTED and reply["reason"].startswith("daily loss 5.10%")
+    assert reply["note"] == f"already halted since {iso(since)} ({reply['reason']})"
     out = r.handle(step(2, equity=9_490.0))
+    assert out.risk_events == () and r.reason_code == "DAILY_LOSS"  # the first reason
+    # the manual halt outlives the daily loss, and its own reason takes over then
+    out = r.handle(step(0, day=1, equity=9_490.0))
+    assert out.risk_state == HALTED
     (ev,) = out.risk_events
     assert (ev.state, ev.prev_state, ev.reason, ev.detail) == (
         HALTED, HALTED, "MANUAL", "ctl halt")
-    # the manual halt outlives the daily loss
-    out = r.handle(step(0, day=1, equity=9_490.0))
-    assert out.risk_state == HALTED
+
+
+def test_a_second_halt_does_not_replace_the_reason_of_the_first() -> None:
+    r = make()
+    r.command("halt", {"reason": "exchange maintenance"})
+    reply = r.command("halt", {"reason": "something else"})
+    assert reply["reason"] == "exchange maintenance"
+    assert reply["note"].endswith("(exchange maintenance)")
+    r.handle(step(0, equity=10_000.0))
+    out = r.handle(step(1, equity=8_000.0))  # a drawdown breach while halted by ctl
+    assert out.risk_events == () and r.reason == "exchange maintenance"
+    r.command("resume", {})
+    assert r.command("halt", {"reason": "new day"})["reason"] == "new day"
+
+
+def test_a_halt_reason_that_is_not_text_never_reaches_the_events() -> None:
+    """Defence in depth behind control.schema: re-applied commands come from the store."""
+    r = make()
+    assert r.command("halt", {"reason": {"a": [1, 2]}})["reason"] == "{'a': [1, 2]}"
+    with pytest.raises(ValueError, match="needs a SYMBOL"):
+        r.command("pause", {"symbol": 5})
 
 
 def test_flatten_makes_exit_intents_for_every_position_on_the_next_step() -> None:

@@ -467,3 +467,67 @@ async def test_slow_trickling_client_is_cut_off_at_the_request_deadline(
         assert 5.0 <= trio.current_time() - t0 < 6.5
         await c.assert_closed()
     assert server.stats["requests"] == 0
+
+
+async def _keep_alive(c: Client, every_s: float = 1.0) -> None:
+    """Blank lines until the server hangs up."""
+    with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while True:
+            await c.send(b"\n")
+            await trio.sleep(every_s)
+
+
+async def test_blank_keep_alive_lines_do_not_extend_the_idle_deadline(
+        sock_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with running(ControlServer(sock_path, HANDLERS, request_timeout_s=5.0)) as server:
+        c = await Client.open(sock_path)
+        assert (await c.ask({"cmd": "status"}))["ok"] is True
+        t0 = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_keep_alive, c)
+            await c.assert_closed()
+            nursery.cancel_scope.cancel()
+        assert 5.0 <= trio.current_time() - t0 < 6.0
+        assert server.stats["blank_lines"] >= 4 and server.stats["timed_out"] == 1
+
+
+async def test_keep_alive_clients_cannot_hold_every_slot(
+        sock_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    server = ControlServer(sock_path, HANDLERS, max_connections=2, request_timeout_s=5.0)
+    async with running(server), trio.open_nursery() as nursery:
+        for _ in range(2):
+            c = await Client.open(sock_path)
+            assert (await c.ask({"cmd": "status"}))["ok"] is True  # counted by the server
+            nursery.start_soon(_keep_alive, c)
+        late = await Client.open(sock_path)
+        assert await late.reply() == {"ok": False, "error": "busy"}
+        await trio.sleep(5.5)  # one idle timeout: the keep-alive connections are gone
+        again = await Client.open(sock_path)
+        assert (await again.ask({"cmd": "status"}))["ok"] is True
+        assert server.stats["busy"] == 1 and server.stats["timed_out"] == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_timeout_can_be_shorter_than_the_request_timeout(
+        sock_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with running(ControlServer(sock_path, HANDLERS, request_timeout_s=30.0,
+                                     idle_timeout_s=2.0)):
+        c = await Client.open(sock_path)
+        t0 = trio.current_time()
+        await c.assert_closed()
+        assert 2.0 <= trio.current_time() - t0 < 3.0
+
+
+async def test_a_busy_connection_is_closed_at_its_connection_deadline(
+        sock_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    async with running(ControlServer(sock_path, HANDLERS, request_timeout_s=5.0,
+                                     connection_timeout_s=12.0)):
+        c = await Client.open(sock_path)
+        t0 = trio.current_time()
+        answered = 0
+        with suppress(trio.BrokenResourceError, AssertionError):
+            while True:
+                assert (await c.ask({"cmd": "status"}))["ok"] is True
+                answered += 1
+                await trio.sleep(2.0)
+        assert 12.0 <= trio.current_time() - t0 < 15.0 and 6 <= answered <= 7

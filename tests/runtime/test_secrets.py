@@ -259,7 +259,7 @@ def test_a_running_daemon_leaks_no_secret_anywhere(world) -> None:
         assert "credentials" in outputs[2] and "binance-api-key" in outputs[2]  # modules
         # A client that sends a secret gets it back in its own error reply; the daemon's
         # log line about the refusal must mask it.
-        bad = ctl.request(sock, "trades", {"limit": KEY_FILE_VALUE})
+        bad = ctl.request(sock, "pause", {"symbol": KEY_FILE_VALUE})
         assert bad["ok"] is False
         verify = subprocess.run(
             [sys.executable, "-m", "qtraderd", "verify", "--socket", str(sock), "--json",
@@ -276,7 +276,8 @@ def test_a_running_daemon_leaks_no_secret_anywhere(world) -> None:
     assert running_leaks == {}
     assert ("exchange credentials: from $CREDENTIALS_DIRECTORY (binance-api-key, "
             "binance-api-secret); not used in paper mode") in err
-    assert "control command trades refused: limit must be an integer, got '****'" in err
+    assert "control command pause refused: pause: argument 'symbol': unknown symbol '****'" \
+        in err
     assert " DEBUG " in err  # debug logging was on (actors finishing), still no leak
     assert _leaks(out) == [] and _leaks(err) == []
     assert [(i, _leaks(t)) for i, t in enumerate(outputs) if _leaks(t)] == []

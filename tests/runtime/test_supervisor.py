@@ -141,3 +141,49 @@ async def test_cancelled_is_not_treated_as_a_crash(autojump_clock):
     with trio.move_on_after(5):
         await s.run([Sleeper()])
     assert s.handles["sleeper"].restarts == 0
+
+
+class NurseryCrash(Actor):
+    """Fails inside a nursery of its own, as the recorder and risk actors would: Trio wraps
+    the error in an ExceptionGroup."""
+
+    name = "nested"
+
+    def __init__(self):
+        super().__init__()
+        self.runs = 0
+
+    async def run(self):
+        self.runs += 1
+        if self.runs > 1:
+            return
+
+        async def fail():
+            raise WriterLike("store writer failed: err 3 disk I/O error")
+
+        async with trio.open_nursery() as n:
+            n.start_soon(fail)
+
+
+class WriterLike(RuntimeError):
+    pass
+
+
+async def test_restart_lines_name_the_error_inside_an_exception_group(autojump_clock, caplog):
+    events: list = []
+    s = sup(events)
+    await s.run([NurseryCrash()])
+    detail = "WriterLike: store writer failed: err 3 disk I/O error"
+    assert events == [("nested", "restarted", detail, 1)]
+    assert s.handles["nested"].last_error == detail
+    assert f"actor restarted: nested after {detail} (restart 1" in caplog.text
+    assert "ExceptionGroup" not in s.status()["nested"]["last_error"]
+
+
+def test_describe_lists_several_leaves():
+    from qtraderd.runtime.supervisor import describe
+
+    group = ExceptionGroup("outer", [ValueError("a"), ExceptionGroup("inner", [
+        KeyError("b"), TypeError("c"), OSError("d")])])
+    assert describe(group) == "ValueError: a; KeyError: 'b'; TypeError: c (and 1 more)"
+    assert describe(RuntimeError()) == "RuntimeError"
