@@ -308,7 +308,7 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL DEFAULT ''
     );
     """,
-    # the order lifecycle (venue seam): each order's client id and status, and every move
+    # 4: the order lifecycle (venue seam): each order's client id and status, and every move
     """
     ALTER TABLE orders ADD COLUMN client_id TEXT;
     ALTER TABLE orders ADD COLUMN status TEXT;
@@ -326,7 +326,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX order_events_order ON order_events (run_id, client_id);
     """,
-    # 4: rows the store writer could not store, set aside instead of failing the batch
+    # 5: rows the store writer could not store, set aside instead of failing the batch
     # (store.rows.write_batch): the table they were for, the error and the row's repr
     """
     CREATE TABLE rejected_rows (
