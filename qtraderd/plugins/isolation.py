@@ -12,8 +12,8 @@ caller waits for the result with a deadline:
 When the deadline passes the call is *abandoned*: the lane forgets that thread (the next
 call starts a fresh one, so a stuck call only ever costs its own plugin) and asks it to
 stop by raising `PluginAbandoned` in it (`PyThreadState_SetAsyncExc`), which ends a pure
-Python loop or a sleep at its next bytecode. Code that blocks inside C without returning,
-or that swallows `BaseException`, keeps its thread: `stuck()` counts those, and the host
+Python loop at its next bytecode and a blocking call (a sleep, a socket wait) when that
+returns. Code that blocks inside C for good, or swallows `BaseException`, keeps its thread: `stuck()` counts those, and the host
 disables a plugin that has too many. (A C loop that never releases the GIL stops every
 thread of the process; only a separate process could contain that.)
 
@@ -24,8 +24,8 @@ raises, `SystemExit` and `KeyboardInterrupt` included, is the plugin's doing —
 delivers real signals to the main thread only, which never runs plugin code — so it
 comes back as `PluginFailed` and cannot unwind the daemon.
 
-Cost (measured, see the host): a call through the lane costs ~16 µs of CPU against
-~0.06 µs inline; hooks run per entry signal, not per bar.
+Cost (benchmarks/plugin_hooks.py): a hook call through the lane costs ~20 µs more CPU
+than a direct call (two thread wake-ups); hooks run per entry signal, not per bar.
 """
 
 from __future__ import annotations
