@@ -109,6 +109,7 @@ class PluginHost:
         absolute once, here: the watcher reports absolute paths, and the registry's keys
         must be the same paths (a relative `plugins` never matched them)."""
         self.cfg = cfg
+        _mask_secrets(cfg.settings)  # before any plugin code could log them
         self.directory = Path(directory).resolve() if directory is not None else None
         self.states: dict[Path, PluginState] = {}
         self.filters: list[PluginState] = []
@@ -155,6 +156,7 @@ class PluginHost:
         restart.)"""
         old = self.cfg.settings
         self.cfg = cfg.plugins
+        _mask_secrets(self.cfg.settings)
         self.notifications.timeout_s = cfg.plugins.notify_timeout_s
         changed = {st.path for st in self.states.values() if st.state != REMOVED
                    and old.get(st.name) != self.cfg.settings.get(st.name)}
@@ -200,7 +202,6 @@ class PluginHost:
             self._rejected(path, st, result.name or path.stem, result.reason, result.sha256)
             return
         lane = lane or Lane(result.name)
-        _mask_secrets(self._settings(result.name))
         clash = next((s for s in self.states.values() if s.name == result.name
                       and s.path != path and s.state in (ACTIVE, DISABLED)), None)
         if clash is not None:
@@ -563,19 +564,18 @@ def _stuck_import(timeout: float) -> PluginRejected:
                           "at import time?); its thread is abandoned")
 
 
-def _mask_secrets(settings: Mapping[str, Any], secret: bool = False) -> None:
-    """Values of secret-looking settings (`url`, `headers`, `token`, ...) are masked in
-    every log line from now on: an error message quoting a webhook URL or an
-    Authorization header must not put the token in the journal."""
+def _mask_secrets(settings: Mapping[str, Any]) -> None:
+    """Values of secret-looking settings (`url`, `token`, an `Authorization` or `X-Api-Key`
+    header, ...) are masked in every log line from now on: an error message quoting a
+    webhook URL or a header must not put the token in the journal. Decided per key, at
+    any depth, so `headers = {Content-Type = "application/json"}` stays readable."""
     for key, value in settings.items():
         name = str(key).lower()
-        if name.endswith(("_env", "_file")):  # names where the secret lives, not secrets
-            continue
-        hidden = secret or any(word in name for word in SECRET_KEY)
         if isinstance(value, Mapping):
-            _mask_secrets(value, hidden)
-        elif hidden and isinstance(value, str):
-            secrets.register(value)
+            _mask_secrets(value)
+        elif (isinstance(value, str) and not name.endswith(("_env", "_file"))
+              and any(word in name for word in SECRET_KEY)):
+            secrets.register(value)  # (`url_env` names where the secret is: not one)
 
 
 def _stamps(paths: Iterable[Path]) -> dict[Path, tuple[int, int] | None]:

@@ -13,9 +13,10 @@ When the deadline passes the call is *abandoned*: the lane forgets that thread (
 call starts a fresh one, so a stuck call only ever costs its own plugin) and asks it to
 stop by raising `PluginAbandoned` in it (`PyThreadState_SetAsyncExc`), which ends a pure
 Python loop at its next bytecode and a blocking call (a sleep, a socket wait) when that
-returns. Code that blocks inside C for good, or swallows `BaseException`, keeps its thread: `stuck()` counts those, and the host
-disables a plugin that has too many. (A C loop that never releases the GIL stops every
-thread of the process; only a separate process could contain that.)
+returns. Code that blocks inside C for good, or swallows `BaseException`, keeps its
+thread: `stuck()` counts those, and the host disables a plugin that has too many. (A C
+loop that never releases the GIL stops every thread of the process; only a separate
+process could contain that.)
 
 Why a thread and not a signal alarm on the loop thread: the alarm's exception can be
 swallowed by the plugin, does not reach every blocking call, and would race Trio's own

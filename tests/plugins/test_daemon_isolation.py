@@ -199,16 +199,19 @@ def test_relative_plugins_dir_hot_reloads_and_forgets_deleted_rejected_files(wor
             "result"], 120, "the control socket")
         n = 0
 
-        def poke(path: Path, text: str) -> None:  # until the watcher demonstrably runs
+        def seen(name: str, state: str, path: Path, text: str) -> bool:
+            """Is plugin `name` in `state`? If not, rewrite its file (the watcher starts
+            in a thread: keep writing until it demonstrably runs)."""
             nonlocal n
+            if plugins_of(sock).get(name) == state:
+                return True
             n += 1
             path.write_text(f"{text}\n# {n}\n")
+            return False
 
         bad, late = p / "bad.py", p / "late.py"
-        d.wait_for(lambda: plugins_of(sock).get("bad") == "rejected"
-                   or poke(bad, "not python (") and False, 30, "bad.py rejected")
-        d.wait_for(lambda: plugins_of(sock).get("late") == "active"
-                   or poke(late, source("late")) and False, 30, "late.py loaded")
+        d.wait_for(lambda: seen("bad", "rejected", bad, "not python ("), 30, "bad rejected")
+        d.wait_for(lambda: seen("late", "active", late, source("late")), 30, "late loaded")
         assert f"plugin loaded: late 1.0 ({world['plugins'] / 'late.py'})" in d.err
         bad.unlink()
         d.wait_for(lambda: "bad" not in plugins_of(sock), 30, "bad.py forgotten")

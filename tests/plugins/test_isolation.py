@@ -346,3 +346,21 @@ async def test_webhook_errors_and_httpx_lines_never_show_the_url_or_headers(
     assert not [r for r in caplog.records if r.name.startswith(("httpx", "httpcore"))]
     text = caplog.text + "".join(str(r.exc_info) for r in caplog.records)
     assert token not in text and header not in text
+
+
+def test_secret_looking_settings_are_masked_in_the_log(pdir, caplog, no_proxy):
+    (pdir / "s.py").write_text(source("s", body="""
+        import logging
+        def setup(settings):
+            logging.getLogger("qtraderd.plugins.s").warning("settings %s", settings)
+        def filter_signal(signal):
+            return None
+    """))
+    h = host(pdir, settings={"s": {"url": "https://hook.example/abc-secret-path",
+                                   "url_env": "HOOK_URL_VAR",
+                                   "headers": {"Authorization": "Bearer abc-123-xyz",
+                                               "Content-Type": "application/json"}}})
+    h.load_all()  # setup logs them: masked already
+    last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("settings")]
+    assert "abc-secret-path" not in last[-1] and "abc-123-xyz" not in last[-1]
+    assert "HOOK_URL_VAR" in last[-1] and "application/json" in last[-1]
