@@ -177,6 +177,18 @@ class Lane:
         self._thread = self._jobs = None
 
 
-def run_async(fn: Callable[..., Any], *args: Any) -> Any:
-    """An `async def` hook, run to completion in a private Trio loop (in a lane's thread)."""
-    return trio.run(fn, *args)
+GRACE_S = 0.25  # an async call's own deadline comes first; this one is for a blocked loop
+
+
+def run_async(timeout_s: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """An `async def` hook run to completion in a private Trio loop (in a lane's thread),
+    cancelled cleanly by that loop at `timeout_s` (raising Overrun); call it through
+    `Lane.acall` with `timeout_s + GRACE_S`, which abandons the thread only if the hook
+    blocked the private loop itself."""
+
+    async def bounded() -> Any:
+        with trio.move_on_after(timeout_s):
+            return await fn(*args)
+        raise Overrun(timeout_s)
+
+    return trio.run(bounded)

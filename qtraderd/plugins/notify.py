@@ -7,8 +7,9 @@ active notifier in name order, each call under `plugins.notify_timeout_s`, in th
 notifier's own worker thread (its lane, qtraderd.plugins.isolation):
 * a plain `def notify(event)` is called there and may block;
 * an `async def notify(event)` runs there in a private Trio loop, one per call (so an
-  async client must not be kept from one call to the next), so not even a notifier that
-  blocks inside `async def` can stall the daemon's loop.
+  async client must not be kept from one call to the next), which cancels it cleanly at
+  the deadline; and not even a notifier that blocks inside `async def` can stall the
+  daemon's loop (its thread is abandoned GRACE_S later).
 On timeout the call is abandoned; since every notifier has its own thread, an abandoned
 one never takes a slot another notifier needs (a shared pool of four threads could be
 filled by one hung webhook). An exception or a timeout is an error of that plugin
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import trio
 
 from qtraderd.plugins.api import Event
-from qtraderd.plugins.isolation import Overrun, PluginFailed, run_async
+from qtraderd.plugins.isolation import GRACE_S, Overrun, PluginFailed, run_async
 
 
 class PluginHost(Protocol):
@@ -89,10 +90,13 @@ class Notifications:
         st.calls += 1
         try:
             if plugin.async_notify:
-                await lane.acall(self.timeout_s, run_async, fn, event)
+                await lane.acall(self.timeout_s + GRACE_S, run_async, self.timeout_s, fn,
+                                 event)
             else:
                 await lane.acall(self.timeout_s, fn, event)
         except (Overrun, PluginFailed) as exc:
+            if isinstance(exc, PluginFailed) and isinstance(exc.error, Overrun):
+                exc = exc.error  # cancelled cleanly by its own loop: an overrun all the same
             self.host.call_failed(st, "notify", exc)
             return
         self.host.succeeded(st)
