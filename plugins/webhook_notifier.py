@@ -12,8 +12,11 @@ Idle unless a URL is configured. Settings ([plugins.settings.webhook_notifier]):
 Body: {"source": "qtraderd", "event": KIND, "ts": epoch ms, "time": ISO-8601,
 "data": {...}} (plugins/README.md lists the data of each kind). A non-2xx answer or a
 network error is an error of this plugin: counted, logged once per burst, and after
-[plugins] max_errors in a row the plugin is disabled until this file changes. The call is
-async (httpx.AsyncClient), so it never blocks the daemon; the host bounds it with
+[plugins] max_errors in a row the plugin is disabled until this file changes. Errors name
+the server (scheme, host and port) and the status, never the URL's path or query nor the
+headers: those often carry a token. (The daemon also masks the values of `url` and
+`headers` in its log, and keeps httpx's own per-request lines, which quote the full URL,
+out of it.) The call is async (httpx.AsyncClient) and the host bounds it with
 [plugins] notify_timeout_s as well.
 """
 
@@ -75,7 +78,21 @@ async def notify(event: Event) -> None:
     if not _url or (_events and event.kind not in _events):
         return
     payload = {"source": "qtraderd", **event.to_dict()}
-    async with httpx.AsyncClient(timeout=_timeout) as client:
-        response = await client.post(_url, json=payload, headers=_headers)
-        response.raise_for_status()
+    try:
+        async with httpx.AsyncClient(timeout=_timeout) as client:
+            response = await client.post(_url, json=payload, headers=_headers)
+    except httpx.HTTPError as exc:
+        raise WebhookError(f"{type(exc).__name__} posting to {_origin()}") from None
+    if not response.is_success:
+        raise WebhookError(f"HTTPStatusError: {_origin()} answered {response.status_code} "
+                           f"{response.reason_phrase}")
     sent += 1
+
+
+class WebhookError(Exception):
+    """A failed POST, described without the URL's path, query or the headers."""
+
+
+def _origin() -> str:
+    url = httpx.URL(_url)
+    return f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")

@@ -251,6 +251,13 @@ class PluginsConfig:
     settle_ms: float = _spec(200.0, lo=0.0, hi=60_000.0,
                              help="a changed file is loaded once its size and mtime held "
                                   "still this long")
+    hook_timeout_ms: float = _spec(250.0, positive=True, hi=60_000.0,
+                                   help="deadline of one filter, risk rule, setup or "
+                                        "teardown call (then abandoned: an overrun)")
+    max_overruns: int = _spec(3, lo=0, hi=1_000_000,
+                              help="overruns in a row before a plugin is disabled (0: never)")
+    load_timeout_s: float = _spec(10.0, positive=True, hi=600.0,
+                                  help="deadline of importing a plugin file (then rejected)")
     settings: dict[str, dict[str, Any]] = _spec(
         default_factory=dict, help="per-plugin tables, [plugins.settings.NAME]")
 
@@ -477,6 +484,7 @@ LIVE_KEYS: frozenset[str] = frozenset({
     "runtime.restart_backoff_s", "runtime.restart_backoff_max_s", "runtime.shutdown_timeout_s",
     # PluginHost.reconfigure: a plugin whose settings table changed is reloaded
     "plugins.max_errors", "plugins.notify_timeout_s", "plugins.settle_ms", "plugins.settings",
+    "plugins.hook_timeout_ms", "plugins.max_overruns", "plugins.load_timeout_s",
 })
 
 

@@ -22,8 +22,9 @@ Why these shapes:
 * Hooks receive frozen, read-only views built for them, never the daemon's messages or
   actors, so a plugin cannot change state it does not own and the API stays stable when
   the internals change.
-* Filters and risk rules are plain synchronous functions: they run inside the bar chain,
-  between two messages, in a fixed order (by NAME), so a replay stays deterministic.
+* Filters and risk rules are plain synchronous functions: the bar chain waits for each
+  answer (in the plugin's own thread, under a deadline: qtraderd.plugins.isolation), in
+  a fixed order (by NAME), so a replay stays deterministic.
   They can only *restrict*: a filter keeps, vetoes or scales an entry by a factor in
   [0, 1]; a risk rule allows or denies. The built-in risk limits still apply after them.
 * Notifiers see events after the fact, from a bounded queue drained by their own task,

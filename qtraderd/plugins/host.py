@@ -9,12 +9,21 @@ a plugin is never swapped halfway through a hook call — no locks needed. The w
 thread (qtraderd.runtime.dirwatch) only hands batches of changed paths to that task, and a
 plugin's file is imported in a worker thread but installed on the loop.
 
+Isolation (qtraderd.plugins.isolation): plugin code — import, setup, hooks, teardown —
+runs in the plugin's own worker thread, never on the loop's. Every call has a deadline
+(`hook_timeout_ms`; notifiers `notify_timeout_s`; imports `load_timeout_s`); a call past
+it is abandoned and counts as an overrun, and `max_overruns` in a row disable the plugin.
+Whatever a plugin raises, SystemExit and KeyboardInterrupt included, is caught in its
+thread: such an attempt to stop the process disables the plugin at once (or rejects the
+file) and the daemon keeps running. Real signals reach the main thread only, which runs
+no plugin code, so SIGTERM/SIGINT still stop the daemon while a hook loops.
+
 Order and determinism: filters and rules run sorted by NAME; the chain-derived state
 kept here (regime run lengths for `SignalView.bars_in_regime`, approved entries per
 symbol and UTC day for `AccountState.entries_today`) is updated from the actors' calls in
 chain order. A replay with the same plugins therefore decides the same way every time.
 
-Errors: a hook that raises, returns nonsense or (notifiers) times out counts as an error
+Errors: a hook that raises, returns nonsense or overruns its deadline counts as an error
 of its plugin — logged once per burst ("plugin error: ..."), counted, and after
 `max_errors` in a row the plugin is disabled ("plugin disabled: ...") until its file
 changes (or is touched). Filters and rules fail open: an error is "no opinion", and the
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,15 +47,18 @@ from qtraderd.core.config import Config, PluginsConfig
 from qtraderd.core.messages import AccountView, OrderIntent, Prediction, RiskEvent, Sample, Step
 from qtraderd.plugins import views
 from qtraderd.plugins.api import RiskVerdict, Verdict
+from qtraderd.plugins.isolation import Lane, Overrun, PluginFailed
 from qtraderd.plugins.loader import (
     LoadedPlugin,
     PluginRejected,
+    describe,
     file_digest,
     forget,
     is_plugin_file,
     load_plugin,
 )
 from qtraderd.plugins.notify import Notifications
+from qtraderd.runtime import secrets
 from qtraderd.runtime.dirwatch import watch_in_thread
 
 log = logging.getLogger("qtraderd.plugins")
@@ -53,6 +66,11 @@ log = logging.getLogger("qtraderd.plugins")
 ACTIVE, REJECTED, DISABLED, REMOVED = "active", "rejected", "disabled", "removed"
 DAY_MS = 86_400_000
 SETTLE_ROUNDS = 25  # a file still changing after this many settle periods is loaded anyway
+STUCK_LIMIT = 4  # abandoned calls of one plugin still running: disabled, whatever else
+_FAILED: Any = object()  # a hook call that raised or overran (already counted)
+# settings whose values are masked in every log line (a webhook URL carries its token)
+SECRET_KEY = ("url", "token", "secret", "password", "passwd", "key", "auth", "header",
+              "cookie", "credential")
 
 
 @dataclass
@@ -66,11 +84,13 @@ class PluginState:
     calls: int = 0
     errors: int = 0
     consecutive: int = 0
+    overruns: int = 0  # in a row
     last_error: str = ""
     note: str = ""  # e.g. why the latest version of the file was rejected
     sha256: str = ""  # of the last file seen (loaded or rejected)
     hooks: tuple[str, ...] = field(default_factory=tuple)
     blocked_by: Path | None = None  # rejected because that file's plugin has our NAME
+    lane: Lane | None = field(default=None, repr=False)  # where its code runs
 
     @property
     def version(self) -> str:
@@ -85,9 +105,12 @@ class PluginState:
 
 class PluginHost:
     def __init__(self, cfg: PluginsConfig, directory: Path | None) -> None:
-        """`directory`: the plugins folder (None: no plugins; the daemon's tests)."""
+        """`directory`: the plugins folder (None: no plugins; the daemon's tests). Made
+        absolute once, here: the watcher reports absolute paths, and the registry's keys
+        must be the same paths (a relative `plugins` never matched them)."""
         self.cfg = cfg
-        self.directory = Path(directory) if directory is not None else None
+        _mask_secrets(cfg.settings)  # before any plugin code could log them
+        self.directory = Path(directory).resolve() if directory is not None else None
         self.states: dict[Path, PluginState] = {}
         self.filters: list[PluginState] = []
         self.rules: list[PluginState] = []
@@ -115,8 +138,15 @@ class PluginHost:
                         "restart to use plugins)", self.directory)
             return
         paths = sorted(p for p in self.directory.iterdir() if is_plugin_file(p))
-        for path in paths:
-            self.install(path, self._load(path))
+        timeout = self.cfg.load_timeout_s
+        started = [(path, *self._start_load(path)) for path in paths]  # all at once
+        deadline = time.monotonic() + timeout
+        for path, lane, job in started:
+            try:
+                result = lane.wait(job, max(0.0, deadline - time.monotonic()))
+            except Overrun:
+                result = _stuck_import(timeout)
+            self.install(path, result, lane)
         log.info("plugins: %d active from %s (%s)", len(self.active()), self.directory,
                  ", ".join(f"{s.name} {s.version}" for s in self.active()) or "none")
 
@@ -126,6 +156,7 @@ class PluginHost:
         restart.)"""
         old = self.cfg.settings
         self.cfg = cfg.plugins
+        _mask_secrets(self.cfg.settings)
         self.notifications.timeout_s = cfg.plugins.notify_timeout_s
         changed = {st.path for st in self.states.values() if st.state != REMOVED
                    and old.get(st.name) != self.cfg.settings.get(st.name)}
@@ -134,25 +165,48 @@ class PluginHost:
             self._changed(changed)
 
     def _load(self, path: Path) -> LoadedPlugin | PluginRejected:
+        """Runs in the file's lane (a worker thread)."""
         try:
             return load_plugin(path, self._settings)
         except PluginRejected as exc:
             return exc
 
+    def _start_load(self, path: Path) -> tuple[Lane, Any]:
+        lane = Lane(path.stem)
+        return lane, lane.submit(self._load, path)
+
+    async def _load_async(self, path: Path) -> tuple[Lane, LoadedPlugin | PluginRejected]:
+        """Import in the file's own thread, awaited with `load_timeout_s` (a looping import
+        is abandoned and the file rejected; other files load meanwhile)."""
+        lane = Lane(path.stem)
+        timeout = self.cfg.load_timeout_s
+        try:
+            return lane, await lane.acall(timeout, self._load, path)
+        except Overrun:
+            return lane, _stuck_import(timeout)
+        except PluginFailed as exc:  # not from plugin code (load_plugin catches that)
+            return lane, PluginRejected(f"load failed: {describe(exc.error)}")
+
     def active(self) -> list[PluginState]:
         return sorted((s for s in self.states.values() if s.state == ACTIVE),
                       key=lambda s: s.name)
 
-    def install(self, path: Path, result: LoadedPlugin | PluginRejected) -> None:
-        """Put a load result into effect (on the event loop, between two messages)."""
+    def install(self, path: Path, result: LoadedPlugin | PluginRejected,
+                lane: Lane | None = None) -> None:
+        """Put a load result into effect (on the event loop, between two messages);
+        `lane`: the thread it was loaded in, which runs its hooks from now on."""
         st = self.states.get(path)
         if isinstance(result, PluginRejected):
+            if lane is not None:
+                lane.close()
             self._rejected(path, st, result.name or path.stem, result.reason, result.sha256)
             return
+        lane = lane or Lane(result.name)
         clash = next((s for s in self.states.values() if s.name == result.name
                       and s.path != path and s.state in (ACTIVE, DISABLED)), None)
         if clash is not None:
-            _teardown(result)
+            self._teardown(result, lane)
+            lane.close()
             forget(result)
             self._rejected(path, st, result.name,
                            f"NAME {result.name!r} is already used by {clash.path.name}",
@@ -160,9 +214,10 @@ class PluginHost:
             return
         previous = st.plugin if st is not None and st.state in (ACTIVE, DISABLED) else None
         if st is not None:
-            _retire(st)
+            self._retire(st)
         self.states[path] = PluginState(path, result.name, ACTIVE, result,
-                                        sha256=result.sha256, hooks=tuple(result.hooks))
+                                        sha256=result.sha256, hooks=tuple(result.hooks),
+                                        lane=lane)
         self._rebuild()
         log.info("plugin loaded: %s %s (%s): hooks %s%s", result.name, result.version, path,
                  ", ".join(result.hooks), f" (replaces {previous.version})"
@@ -187,9 +242,13 @@ class PluginHost:
         st = self.states.get(path)
         if st is None or st.state == REMOVED:
             return
-        _retire(st)
-        log.info("plugin removed: %s %s (%s)", st.name, st.version or "-", path)
-        st.state, st.note, st.sha256 = REMOVED, "", ""
+        self._retire(st)
+        log.info("plugin removed: %s %s (%s)%s", st.name, st.version or "-", path,
+                 " (it was rejected)" if st.state == REJECTED else "")
+        if st.state == REJECTED:  # never ran: nothing to remember (nor to fail `verify`)
+            del self.states[path]
+        else:
+            st.state, st.note, st.sha256 = REMOVED, "", ""
         self._rebuild()
         # a file refused only because this one held its NAME gets another chance (a
         # rename whose "added" event came before its "deleted" one, say)
@@ -204,9 +263,28 @@ class PluginHost:
             return
         log.error("plugin disabled: %s %s (%s): %s; fix the file (or touch it) to reload it",
                   st.name, st.version, st.path, why)
-        _retire(st)
+        self._retire(st)
         st.state = DISABLED
+        st.note = f"disabled: {why}"  # what `ctl plugins` shows as its last_error
         self._rebuild()
+
+    def _retire(self, st: PluginState) -> None:
+        """Tear a running plugin down (once: disabled and removed ones already were)."""
+        if st.plugin is not None and st.state == ACTIVE and st.lane is not None:
+            self._teardown(st.plugin, st.lane)
+        if st.plugin is not None:
+            forget(st.plugin)
+        if st.lane is not None:
+            st.lane.close()
+
+    def _teardown(self, plugin: LoadedPlugin, lane: Lane) -> None:
+        if plugin.teardown is None:
+            return
+        try:
+            lane.call(self.cfg.hook_timeout_ms / 1000.0, plugin.teardown)
+        except (Overrun, PluginFailed) as exc:
+            log.error("plugin error: %s %s (%s) in teardown: %s", plugin.name, plugin.version,
+                      plugin.path.name, exc)
 
     def _rebuild(self) -> None:
         active = self.active()
@@ -232,6 +310,40 @@ class PluginHost:
     @staticmethod
     def succeeded(st: PluginState) -> None:
         st.consecutive = 0
+        st.overruns = 0
+
+    def call_failed(self, st: PluginState, hook: str, exc: Overrun | PluginFailed) -> None:
+        """A call through the plugin's lane raised (`PluginFailed`) or overran."""
+        if isinstance(exc, PluginFailed):
+            error = exc.error
+            if isinstance(error, Exception):
+                self.failed(st, hook, f"{type(error).__name__}: {error}", error)
+                return
+            # SystemExit, KeyboardInterrupt, ...: the plugin tried to stop the process
+            self.failed(st, hook, describe(error))
+            self.disable(st, f"{hook} raised {describe(error)}")
+            return
+        st.overruns += 1
+        self.failed(st, hook, f"overran: {exc}")
+        stuck = st.lane.stuck() if st.lane is not None else 0
+        limit = self.cfg.max_overruns
+        if limit and st.overruns >= limit:
+            self.disable(st, f"{st.overruns} overruns in a row of its "
+                         f"{hook} deadline (last: {exc})")
+        elif stuck >= STUCK_LIMIT:
+            self.disable(st, f"{stuck} abandoned calls are still running")
+
+    def _call(self, st: PluginState, hook: str, *args: Any) -> Any:
+        """One chain hook, in the plugin's thread, within `hook_timeout_ms` (blocking: the
+        chain is synchronous). `_FAILED` when it raised or overran (already counted)."""
+        st.calls += 1
+        assert st.plugin is not None and st.lane is not None
+        try:
+            return st.lane.call(self.cfg.hook_timeout_ms / 1000.0, st.plugin.hooks[hook],
+                                *args)
+        except (Overrun, PluginFailed) as exc:
+            self.call_failed(st, hook, exc)
+            return _FAILED
 
     # -- hooks: signal filters (sizer) ---------------------------------------------------
     def observe_samples(self, samples: Iterable[Sample]) -> None:
@@ -254,11 +366,8 @@ class PluginHost:
         for st in list(self.filters):
             if st.state != ACTIVE or st.plugin is None:
                 continue
-            st.calls += 1
-            try:
-                out = st.plugin.hooks["filter_signal"](view)
-            except Exception as exc:
-                self.failed(st, "filter_signal", f"{type(exc).__name__}: {exc}", exc)
+            out = self._call(st, "filter_signal", view)
+            if out is _FAILED:
                 continue
             if out is None:
                 self.succeeded(st)
@@ -295,11 +404,8 @@ class PluginHost:
         for st in list(self.rules):
             if st.state != ACTIVE or st.plugin is None:
                 continue
-            st.calls += 1
-            try:
-                out = st.plugin.hooks["check_order"](order, account)
-            except Exception as exc:
-                self.failed(st, "check_order", f"{type(exc).__name__}: {exc}", exc)
+            out = self._call(st, "check_order", order, account)
+            if out is _FAILED:
                 continue
             if out is None:
                 self.succeeded(st)
@@ -378,9 +484,7 @@ class PluginHost:
             self._wake = trio.Event()
             await self._settle()
             dirty, self._dirty = self._dirty, set()
-            # removals first: a rename (old name gone, new name added) frees the NAME
-            for path in sorted(dirty, key=lambda p: (p.exists(), p.name)):
-                await self.reload(path)
+            await self._reload_batch(dirty)
 
     async def _settle(self) -> None:
         """Wait until no watched file changed size or mtime for one settle period: an
@@ -396,25 +500,45 @@ class PluginHost:
 
     async def reload(self, path: Path) -> None:
         """Load, replace or remove the plugin of one file, as it is on disk now."""
-        if not path.exists():
+        await self._reload_batch({path})
+
+    async def _reload_batch(self, paths: set[Path]) -> None:
+        """Removals first (a rename frees the NAME), then every changed file imported at
+        once, each in its own thread with its own deadline (a looping import delays no
+        other file beyond that deadline), installed in name order (deterministic)."""
+        for path in sorted(p for p in paths if not p.exists()):
             self.remove(path)
+        wanted = [p for p in sorted(paths) if p.exists() and self._needs_load(p)]
+        if not wanted:
             return
+        self.reloads += len(wanted)
+        results: dict[Path, tuple[Lane, LoadedPlugin | PluginRejected]] = {}
+
+        async def load(path: Path) -> None:
+            results[path] = await self._load_async(path)
+
+        async with trio.open_nursery() as nursery:
+            for path in wanted:
+                nursery.start_soon(load, path)
+        for path in wanted:
+            lane, result = results[path]
+            if path.exists():
+                self.install(path, result, lane)
+            elif isinstance(result, LoadedPlugin):  # deleted while it loaded
+                self._teardown(result, lane)
+                lane.close()
+                forget(result)
+
+    def _needs_load(self, path: Path) -> bool:
         st = self.states.get(path)
         forced = path in self._forced
         self._forced.discard(path)
         if st is not None and st.state in (ACTIVE, REJECTED) and not forced:
             try:
-                if file_digest(path) == st.sha256:
-                    return  # same bytes (a touch, or a duplicate event): nothing to do
+                return file_digest(path) != st.sha256
             except OSError:
-                return
-        self.reloads += 1
-        result = await trio.to_thread.run_sync(self._load, path)
-        if path.exists():
-            self.install(path, result)
-        elif isinstance(result, LoadedPlugin):  # deleted while it loaded
-            _teardown(result)
-            forget(result)
+                return False
+        return True  # new, removed before, disabled (a touch revives it) or forced
 
     # -- status ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -435,22 +559,23 @@ class PluginHost:
         return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none loaded"
 
 
-def _retire(st: PluginState) -> None:
-    """Tear a running plugin down (once: disabled and removed ones already were)."""
-    if st.plugin is not None and st.state == ACTIVE:
-        _teardown(st.plugin)
-    if st.plugin is not None:
-        forget(st.plugin)
+def _stuck_import(timeout: float) -> PluginRejected:
+    return PluginRejected(f"import did not finish within {timeout:g} s (a loop or a wait "
+                          "at import time?); its thread is abandoned")
 
 
-def _teardown(plugin: LoadedPlugin) -> None:
-    if plugin.teardown is None:
-        return
-    try:
-        plugin.teardown()
-    except Exception as exc:
-        log.error("plugin error: %s %s (%s) in teardown: %s: %s", plugin.name, plugin.version,
-                  plugin.path.name, type(exc).__name__, exc)
+def _mask_secrets(settings: Mapping[str, Any]) -> None:
+    """Values of secret-looking settings (`url`, `token`, an `Authorization` or `X-Api-Key`
+    header, ...) are masked in every log line from now on: an error message quoting a
+    webhook URL or a header must not put the token in the journal. Decided per key, at
+    any depth, so `headers = {Content-Type = "application/json"}` stays readable."""
+    for key, value in settings.items():
+        name = str(key).lower()
+        if isinstance(value, Mapping):
+            _mask_secrets(value)
+        elif (isinstance(value, str) and not name.endswith(("_env", "_file"))
+              and any(word in name for word in SECRET_KEY)):
+            secrets.register(value)  # (`url_env` names where the secret is: not one)
 
 
 def _stamps(paths: Iterable[Path]) -> dict[Path, tuple[int, int] | None]:

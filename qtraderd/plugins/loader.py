@@ -24,6 +24,7 @@ import inspect
 import itertools
 import re
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from qtraderd.plugins.api import CHAIN_HOOKS, HOOKS, SUPPORTED_API_VERSIONS
+from qtraderd.plugins.isolation import PluginAbandoned
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 _counter = itertools.count(1)
@@ -104,12 +106,32 @@ def _load(path: Path, source: bytes, digest: str,
     try:
         try:
             exec(code, module.__dict__)
-        except Exception as exc:
-            raise PluginRejected(f"import failed: {type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:
+            if not plugin_raised(exc):
+                raise
+            raise PluginRejected(f"import failed: {describe(exc)}") from exc
         return _validate(module, path, digest, settings_for)
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
+
+
+def plugin_raised(exc: BaseException) -> bool:
+    """Is `exc` the plugin's own doing? Everything is, SystemExit included, except a
+    KeyboardInterrupt on the main thread: that may be a real Ctrl-C (the host runs plugin
+    code in worker threads, where signals never arrive, so there it is the plugin's)."""
+    if isinstance(exc, PluginAbandoned):  # the host gave up on this thread: let it end
+        return False
+    return not (isinstance(exc, KeyboardInterrupt)
+                and threading.current_thread() is threading.main_thread())
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message`, saying plainly when a plugin tried to stop the process."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, SystemExit | KeyboardInterrupt):
+        text += " (a plugin cannot stop the daemon)"
+    return text
 
 
 def forget(plugin: LoadedPlugin) -> None:
@@ -144,9 +166,10 @@ def _validate(module: ModuleType, path: Path, digest: str,
         _check_signature(cls, 1, "Plugin(settings)", name)
         try:
             instance = cls(settings)
-        except Exception as exc:
-            raise PluginRejected(f"Plugin(settings) failed: {type(exc).__name__}: {exc}",
-                                 name) from exc
+        except BaseException as exc:
+            if not plugin_raised(exc):
+                raise
+            raise PluginRejected(f"Plugin(settings) failed: {describe(exc)}", name) from exc
         source: Any = instance
     else:
         source = module
@@ -178,9 +201,10 @@ def _validate(module: ModuleType, path: Path, digest: str,
             _check_signature(setup, 1, "setup(settings)", name)
             try:
                 setup(settings)
-            except Exception as exc:
-                raise PluginRejected(f"setup failed: {type(exc).__name__}: {exc}",
-                                     name) from exc
+            except BaseException as exc:
+                if not plugin_raised(exc):
+                    raise
+                raise PluginRejected(f"setup failed: {describe(exc)}", name) from exc
     notify = hooks.get("notify")
     return LoadedPlugin(
         name=name, version=version.strip(), api=api, path=path, sha256=digest, module=module,

@@ -3,13 +3,18 @@
 Actors call `put` from inside `handle`: it builds the event and `send_nowait`s it into a
 bounded channel — when the channel is full the event is dropped and counted (a warning
 once per burst), never waited for. A single task drains the channel and calls every
-active notifier in name order, each call under `plugins.notify_timeout_s`:
-* `async def notify(event)` is awaited on the event loop (it must not block: use async
-  I/O such as httpx.AsyncClient);
-* a plain `def notify(event)` runs in a worker thread (at most 4 at a time), so a
-  blocking call cannot stall the loop; on timeout the thread is abandoned.
-An exception or a timeout is an error of that plugin (see PluginHost.failed). Events are
-immutable, so notifier code in a thread never touches state the actors own.
+active notifier in name order, each call under `plugins.notify_timeout_s`, in the
+notifier's own worker thread (its lane, qtraderd.plugins.isolation):
+* a plain `def notify(event)` is called there and may block;
+* an `async def notify(event)` runs there in a private Trio loop, one per call (so an
+  async client must not be kept from one call to the next), which cancels it cleanly at
+  the deadline; and not even a notifier that blocks inside `async def` can stall the
+  daemon's loop (its thread is abandoned GRACE_S later).
+On timeout the call is abandoned; since every notifier has its own thread, an abandoned
+one never takes a slot another notifier needs (a shared pool of four threads could be
+filled by one hung webhook). An exception or a timeout is an error of that plugin
+(PluginHost.call_failed). Events are immutable, so notifier code in a thread never
+touches state the actors own.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, Protocol
 import trio
 
 from qtraderd.plugins.api import Event
+from qtraderd.plugins.isolation import GRACE_S, Overrun, PluginFailed, run_async
 
 
 class PluginHost(Protocol):
@@ -29,14 +35,11 @@ class PluginHost(Protocol):
 
     notifiers: Any
 
-    def failed(self, st: Any, hook: str, error: str,
-               exc: BaseException | None = None) -> None: ...
+    def call_failed(self, st: Any, hook: str, exc: Overrun | PluginFailed) -> None: ...
 
     def succeeded(self, st: Any) -> None: ...
 
 log = logging.getLogger("qtraderd.plugins")
-
-THREADS = 4
 
 
 class Notifications:
@@ -45,7 +48,6 @@ class Notifications:
         self.size = size
         self.timeout_s = timeout_s
         self._tx, self._rx = trio.open_memory_channel[Event](size)
-        self._limiter = trio.CapacityLimiter(THREADS)
         self._idle = trio.Event()
         self._idle.set()
         self._dropping = False
@@ -81,24 +83,21 @@ class Notifications:
                 self._idle.set()
 
     async def _deliver(self, st: Any, event: Event) -> None:
-        plugin = st.plugin
-        if st.state != "active" or plugin is None:
+        plugin, lane = st.plugin, st.lane
+        if st.state != "active" or plugin is None or lane is None:
             return
         fn = plugin.hooks["notify"]
         st.calls += 1
-        with trio.move_on_after(self.timeout_s) as scope:
-            try:
-                if plugin.async_notify:
-                    await fn(event)
-                else:
-                    await trio.to_thread.run_sync(fn, event, abandon_on_cancel=True,
-                                                  limiter=self._limiter)
-            except Exception as exc:
-                self.host.failed(st, "notify", f"{type(exc).__name__}: {exc}", exc)
-                return
-        if scope.cancelled_caught:
-            self.host.failed(st, "notify", f"timed out after {self.timeout_s:g} s "
-                             f"({event.kind})")
+        try:
+            if plugin.async_notify:
+                await lane.acall(self.timeout_s + GRACE_S, run_async, self.timeout_s, fn,
+                                 event)
+            else:
+                await lane.acall(self.timeout_s, fn, event)
+        except (Overrun, PluginFailed) as exc:
+            if isinstance(exc, PluginFailed) and isinstance(exc.error, Overrun):
+                exc = exc.error  # cancelled cleanly by its own loop: an overrun all the same
+            self.host.call_failed(st, "notify", exc)
             return
         self.host.succeeded(st)
 

@@ -8,6 +8,11 @@ handed to `deliver`, which runs on the event loop between two steps of whatever 
 running, so the state it touches needs no lock. (`watchfiles.awatch` goes through anyio's
 thread bridge, which cost ~10 % of replay throughput here.)
 
+Paths in a batch are absolute even when `path` is relative: a caller that compares them
+with its own paths must make those absolute first (the plugin host resolves its
+directory once; comparing with a relative `plugins` matched nothing, so hot reload never
+fired with the default directory).
+
 The watcher stops when the calling task is cancelled (the thread is abandoned and told to
 stop via its stop event; it notices within `step_ms`) or when the Trio run ends.
 """

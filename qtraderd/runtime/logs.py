@@ -99,6 +99,10 @@ def setup(level: str | int = "INFO") -> None:
     # watchfiles says "N changes detected" at INFO for every file event: our own
     # "serving model" / "model rejected" lines are the ones that matter.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    # httpx logs every request at INFO with its full URL: a notifier's webhook URL
+    # carries its token, and a line per POST is noise anyway (plugins' errors are ours)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if isinstance(handler.formatter, JournalFormatter):
         logging.captureWarnings(True)
         sys.excepthook = _log_uncaught
