@@ -133,7 +133,7 @@ class EnsembleManager:
             p2 = _EPS
         total = sum((p0, p1, p2))
         ll = -math.log((p0, p1, p2)[label] / total)
-        decisive = label == LABEL_LONG or label == LABEL_SHORT
+        decisive = label in (LABEL_LONG, LABEL_SHORT)
         if decisive:
             side = LABEL_SHORT if p2 > p1 else LABEL_LONG
             hit = 1.0 if side == label else 0.0

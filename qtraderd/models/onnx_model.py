@@ -44,7 +44,7 @@ class LoadedModel:
         # The predictor calls every model once per step: go straight to the compiled
         # session with the output list and run options made once (InferenceSession.run
         # re-validates and rebuilds both on every call, ~10 % of a tree model's call).
-        self._run = self.session._sess.run  # noqa: SLF001 (onnxruntime's own fast path)
+        self._run = self.session._sess.run
         self._outputs = [self.output_name]
         self._run_options = ort.RunOptions()
 
