@@ -75,6 +75,7 @@ class ExecutionActor(Actor):
         self._accounts: dict[str, AccountView] = {}
         self._finished: list[Step] = []
         self.last_done: float | None = None  # perf_counter when the last step finished
+        self.last_done_cpu: float | None = None  # process_time then (benchmarks)
         self._awaiting_b = False
         self.fills = 0
         self.trades = 0
@@ -249,6 +250,7 @@ class ExecutionActor(Actor):
             self._awaiting_b = False
         self.processed += 1
         self.last_done = time.perf_counter()
+        self.last_done_cpu = time.process_time()
         self._finished.append(self.with_state(step))
         if error is not None:
             raise error
