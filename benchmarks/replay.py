@@ -71,6 +71,7 @@ DAEMON_CHILD = textwrap.dedent("""
         cpu, cpu_writer = time.process_time() - c0, cpu_children() - k0
         out["runs"].append({"code": code, "wall_s": wall, "bars": d.feed.bars,
                             "replay_s": d.execution.last_done - d.feed.first_sent,
+                            "replay_cpu_s": d.execution.last_done_cpu - d.feed.first_sent_cpu,
                             "predictions": d.predictor.predictions,
                             "steps_written": d.recorder.steps_written,
                             "batches": d.recorder.batches_acked, "trades": d.execution.trades,
@@ -164,9 +165,10 @@ def main() -> int:
     d_rate = bars / best_replay
     t_rate = tight["bars"] / tight["wall_s"]
     growth = 100.0 * (second["rss_mb"] / first["rss_mb"] - 1.0)
-    # CPU time reads through other load on the machine: the daemon's process (start-up and
-    # shutdown included, so it errs against the daemon) vs the tight loop's
-    d_cpu = min(first["cpu_s"], second["cpu_s"])
+    # CPU time reads through other load on the machine: the daemon process's first to last
+    # bar (as its wall time) and its whole replay, vs the tight loop's
+    d_cpu = min(first["replay_cpu_s"], second["replay_cpu_s"])
+    d_cpu_all = min(first["cpu_s"], second["cpu_s"])
     t_cpu = min(t["cpu_s"] for t in tights)
     w_cpu = min(first["cpu_writer_s"], second["cpu_writer_s"])
     print()
@@ -180,9 +182,9 @@ def main() -> int:
           f"= {t_rate:,.0f} bars/s ({tight['predictions']:,} predictions; runs "
           f"{', '.join(format(t['wall_s'], '.2f') for t in tights)} s)")
     print(f"  ratio tight/daemon throughput: {t_rate / d_rate:.2f}  (target <= 2.0)")
-    print(f"  CPU time: daemon process {d_cpu:.2f} s (whole replay with start-up and shutdown;"
-          f" the store writer process {w_cpu:.2f} s more, on the other core), tight loop "
-          f"{t_cpu:.2f} s: ratio {d_cpu / t_cpu:.2f}")
+    print(f"  CPU time: daemon process {d_cpu:.2f} s first to last bar ({d_cpu_all:.2f} s with "
+          f"start-up and shutdown; the store writer process {w_cpu:.2f} s more, on the other "
+          f"core), tight loop {t_cpu:.2f} s: ratio {d_cpu / t_cpu:.2f}")
     print(f"  daemon process: imports {daemon['import_s']:.2f} s, whole process "
           f"(2 replays) {daemon['process_wall_s']:.2f} s")
     print(f"  peak RSS {daemon['peak_rss_mb']:.0f} MB (target <= 150); RSS after replay 1 "
