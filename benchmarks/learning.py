@@ -60,6 +60,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import inference
 from _common import PAIRS, REPO, SHARED, run
 
 TARGET_SAMPLES = 316_767  # training samples of the seed's full retrain
@@ -70,7 +71,6 @@ PROBE_S = 0.005
 SWAP_AT = (1200, 2400, 3600, 4800)  # steps at which a family's pointer / command goes out
 ARTIFACT_LEAD = 300  # the artifact is written this many steps before the pointer
 SWAP_AFTER = 600  # steps after the trigger in the latency window
-INFER_WARMUP, INFER_BARS = 200, 600  # per pair, untimed then timed
 
 
 def machine_busy(seconds: float = 1.0) -> float:
@@ -407,108 +407,8 @@ def child_swap(state: str, models: str, work: str, sock: str) -> dict[str, Any]:
 
 
 def child_infer(state: str, models: str) -> dict[str, Any]:
-    """Batch-1 inference per bar: the pieces in a tight loop, and PredictorActor.handle."""
-    import numpy as np
-    import trio
-
-    from qtraderd.actors.predictor import PredictorActor
-    from qtraderd.core.messages import Bar, Step
-    from qtraderd.features.labels import Barriers
-    from qtraderd.features.regime import RegimeDetector
-    from qtraderd.features.spec import FeatureState
-    from qtraderd.features.windows import WindowState, normalize
-    from qtraderd.models.ensemble import EnsembleManager
-    from qtraderd.models.modelset import ModelSet
-    from qtraderd.models.onnx_model import load_champions
-    from qtraderd.store.db import connect
-
-    loaded, errors = load_champions(Path(models))
-    if errors or len(loaded) != len(FAMILIES):
-        return {"error": f"models: {sorted(loaded)} {errors}"}
-    members = sorted(loaded.items())
-    conn = connect(state, readonly=True)
-    series = {p: conn.execute(
-        "SELECT open_time, open, high, low, close, volume FROM bars WHERE symbol=? AND "
-        "interval='5m' ORDER BY open_time LIMIT ?", (p, INFER_WARMUP + INFER_BARS)).fetchall()
-        for p in PAIRS}
-    conn.close()
-
-    def one_pass(parts: bool) -> dict[str, Any]:
-        ens = EnsembleManager([f for f, _ in members])
-        onnx = {f: [] for f, _ in members}
-        t_feat = t_win = t_ens = 0.0
-        wall = 0.0
-        n = 0
-        pc = time.perf_counter
-        for rows in series.values():
-            fs, ws, det = FeatureState(), WindowState(), RegimeDetector()
-            for t, o, h, lo, c, v in rows[:INFER_WARMUP]:  # warm-up: untimed
-                fs.update(t, o, h, lo, c, v)
-                ws.update(o, h, lo, c, v)
-            t0 = pc()
-            for t, o, h, lo, c, v in rows[INFER_WARMUP:]:
-                a = pc() if parts else 0.0
-                row = fs.update(t, o, h, lo, c, v)
-                b = pc() if parts else 0.0
-                ws.update(o, h, lo, c, v)
-                x_row = np.asarray([row], dtype=np.float32)
-                x_win = normalize(ws.raw()[None])
-                e = pc() if parts else 0.0
-                probs = {}
-                for f, m in members:
-                    x = x_win if m.input_kind == "window" else x_row
-                    if parts:
-                        s = pc()
-                        probs[f] = m.predict(x)
-                        onnx[f].append(pc() - s)
-                    else:
-                        probs[f] = m.predict(x)
-                g = pc() if parts else 0.0
-                regime = det.update(row)
-                w = ens.weights(regime, probs)
-                pl = sum(w[f] * float(p[0, 1]) for f, p in probs.items())
-                ps = sum(w[f] * float(p[0, 2]) for f, p in probs.items())
-                assert 0.0 <= pl + ps <= 1.0 + 1e-6
-                if parts:
-                    t_feat += b - a
-                    t_win += e - b
-                    t_ens += pc() - g
-                n += 1
-            wall += pc() - t0
-        out: dict[str, Any] = {"bars": n, "us_per_bar": 1e6 * wall / n}
-        if parts:
-            out["parts_us"] = {"features": 1e6 * t_feat / n, "window": 1e6 * t_win / n,
-                               "regime_ensemble": 1e6 * t_ens / n}
-            out["onnx_us"] = {f: {"mean": 1e6 * sum(v) / len(v), "p50": 1e6 * pct(v, 50)}
-                              for f, v in onnx.items()}
-        return out
-
-    totals = [one_pass(False) for _ in range(3)]
-    parts = [one_pass(True)]
-
-    # PredictorActor.handle on one-bar steps, bars interleaved in time order.
-    bars = sorted(((r[0], p, r) for p, rows in series.items() for r in rows),
-                  key=lambda x: (x[0], x[1]))
-    handles = []
-    for _ in range(2):
-        tx, rx = trio.open_memory_channel[Any](1)
-        actor = PredictorActor(Barriers(0.016, 0.008, 48), ModelSet(dict(loaded)), rx, tx)
-        seen: dict[str, int] = {}
-        wall, n, preds = 0.0, 0, 0
-        for seq, (ts, sym, (_t, o, h, lo, c, v)) in enumerate(bars, 1):
-            step = Step(seq=seq, ts=ts, close_ts=ts + 300_000,
-                        bars=(Bar(sym, ts, o, h, lo, c, v),))
-            seen[sym] = seen.get(sym, 0) + 1
-            if seen[sym] <= INFER_WARMUP:
-                actor.handle(step)
-                continue
-            t0 = time.perf_counter()
-            out = actor.handle(step)
-            wall += time.perf_counter() - t0
-            n += 1
-            preds += len(out.predictions)
-        handles.append({"bars": n, "predictions": preds, "us_per_bar": 1e6 * wall / n})
-    return {"totals": totals, "parts": parts, "handle": handles}
+    """Batch-1 inference per bar (benchmarks/inference.py measures it)."""
+    return inference.measure(state, models)
 
 
 CHILDREN = {"count": child_count, "loop": child_loop, "swap": child_swap, "infer": child_infer}
@@ -737,7 +637,7 @@ def render(raw: dict[str, Any], t_all: float) -> int:
     print(f"   event-loop lag without training ({len(qms):,} samples): p50 {pct(qms, 50):.2f} "
           f"ms, p99 {pct(qms, 99):.2f} ms, max {max(qms, default=math.nan):.1f} ms")
     swap_report(swap, target)
-    infer_report(infer, target)
+    inference.report(infer, target)
     print(f"   (serving models trained in {small_s:.1f} s; whole benchmark "
           f"{time.perf_counter() - t_all:.0f} s; load average at the end "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})")
@@ -798,24 +698,6 @@ def swap_report(swap: dict[str, Any], target: Any) -> None:
               f"{max(with_swap):.1f} vs {max(without):.1f} ms")
     rates = {n: swap[n]["bars"] / swap[n]["replay_s"] for n in swap}
     print("   replays: " + ", ".join(f"{n} {v:,.0f} bars/s" for n, v in rates.items()))
-
-
-def infer_report(infer: dict[str, Any], target: Any) -> None:
-    best = min(infer["totals"], key=lambda r: r["us_per_bar"])
-    parts = min(infer["parts"], key=lambda r: r["us_per_bar"])
-    us = best["us_per_bar"]
-    print(f"3. ensemble inference per bar, batch 1, 4 models ({best['bars']:,} bars of 10 "
-          f"pairs): {us:.0f} us/bar (target <= 200){target(us <= 200, 'inference per bar')}; "
-          f"runs {', '.join(format(r['us_per_bar'], '.0f') for r in infer['totals'])} us")
-    p = parts["parts_us"]
-    onnx = parts["onnx_us"]
-    print(f"   parts: features {p['features']:.1f} us, window {p['window']:.1f} us, regime + "
-          f"weighted ensemble {p['regime_ensemble']:.1f} us, ONNX "
-          + ", ".join(f"{f} {v['mean']:.1f}" for f, v in onnx.items())
-          + " us (mean; floors measured elsewhere: ~6 trees, 40 N-HiTS, 110 PatchTST)")
-    h = min(infer["handle"], key=lambda r: r["us_per_bar"])
-    print(f"   PredictorActor.handle on one-bar steps (adds labels, scoring, messages): "
-          f"{h['us_per_bar']:.0f} us/bar")
 
 
 def _nets_epochs() -> int:

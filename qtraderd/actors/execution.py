@@ -75,6 +75,7 @@ class ExecutionActor(Actor):
         self._accounts: dict[str, AccountView] = {}
         self._finished: list[Step] = []
         self.last_done: float | None = None  # perf_counter when the last step finished
+        self.last_done_cpu: float | None = None  # process_time when the bars ran out
         self._awaiting_b = False
         self.fills = 0
         self.trades = 0
@@ -112,6 +113,7 @@ class ExecutionActor(Actor):
             await self._hand_over()
             if error is not None:
                 raise error
+        self.last_done_cpu = time.process_time()  # once: the clock read is a system call
         if self._last is not None and not self._last.checkpoint:
             # The feed ended (data end or stop): one bar-less step collects every actor's
             # final state, so the recorder can commit the last steps as a whole.

@@ -51,6 +51,7 @@ class FeedActor(Actor):
         self.last_ts: int | None = None
         self.done = False
         self.first_sent: float | None = None  # perf_counter when the first step went out
+        self.first_sent_cpu: float | None = None  # process_time then (benchmarks)
         self._stop = trio.Event()
         self._scope: trio.CancelScope | None = None
 
@@ -71,6 +72,7 @@ class FeedActor(Actor):
                 await self.outbox.send(step)
                 if self.first_sent is None:
                     self.first_sent = time.perf_counter()
+                    self.first_sent_cpu = time.process_time()
                 self.seq += 1
                 self.processed += 1
                 self.bars += len(bars)

@@ -352,8 +352,7 @@ class PredictorActor(StepActor):
         for i, s in enumerate(samples):
             if s.regime not in by_regime:
                 w = self.ensemble.weights(s.regime, serving_probs)
-                by_regime[s.regime] = (w, json.dumps({f: round(v, 4) for f, v in w.items()},
-                                                     separators=(",", ":")))
+                by_regime[s.regime] = (w, _weights_json(w))
             w, w_json = by_regime[s.regime]
             pl = ps = 0.0  # the members' Python floats, in member order (no numpy scalars)
             for o in serving:
@@ -382,6 +381,22 @@ class PredictorActor(StepActor):
         outcome in memory (`ctl learning`)."""
         return {**self.status(), "served": self.models.describe(),
                 "awaiting_outcome": sum(len(st.pending) for st in self._symbols.values())}
+
+
+_JSON_KEYS: dict[str, str] = {}
+
+
+def _weights_json(w: dict[str, float]) -> str:
+    """json.dumps({f: round(v, 4)}, separators=(",", ":")) for finite weights, without
+    the encoder's set-up per call (once per regime per step): floats are written with
+    repr, as json does, and the quoted keys are made once."""
+    parts = []
+    for f, v in w.items():
+        key = _JSON_KEYS.get(f)
+        if key is None:
+            key = _JSON_KEYS[f] = json.dumps(f) + ":"
+        parts.append(key + repr(round(v, 4)))
+    return "{" + ",".join(parts) + "}"
 
 
 def _not_temp(_change: object, path: str) -> bool:

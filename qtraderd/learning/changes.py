@@ -31,8 +31,8 @@ import numpy as np
 class ADWIN:
     """Adaptive window over a stream of values in [0, 1]."""
 
-    __slots__ = ("_buf", "_end", "_mean", "_since_check", "_start", "clock", "delta",
-                 "max_checks", "max_window", "min_sub", "n_detections", "n_seen")
+    __slots__ = ("_buf", "_end", "_mean", "_ones", "_since_check", "_start", "clock",
+                 "delta", "max_checks", "max_window", "min_sub", "n_detections", "n_seen")
 
     # clock 32 (as in river's ADWIN): a change is confirmed at most 31 values late, and the
     # daemon, which updates one detector per model per settled outcome, spends 8x less
@@ -53,6 +53,11 @@ class ADWIN:
         self._end = 0
         self._since_check = 0
         self._mean: float | None = None  # cached until the next update
+        # Hit streams hold only 0.0 and 1.0: then the window's sum is the count of ones,
+        # kept as an int, and the mean is exactly what numpy's mean gives (an exact sum
+        # divided by the width) without a pass over the window per update. Any other
+        # value switches to numpy for good (None).
+        self._ones: int | None = 0
         self.n_detections = 0
         self.n_seen = 0
 
@@ -64,8 +69,12 @@ class ADWIN:
     def mean(self) -> float:
         """Mean of the current window; NaN while empty."""
         if self._mean is None:
-            self._mean = (math.nan if self._end == self._start
-                          else float(self._buf[self._start:self._end].mean()))
+            if self._end == self._start:
+                self._mean = math.nan
+            elif self._ones is not None:
+                self._mean = self._ones / (self._end - self._start)
+            else:
+                self._mean = float(self._buf[self._start:self._end].mean())
         return self._mean
 
     def window(self) -> np.ndarray:
@@ -74,14 +83,21 @@ class ADWIN:
 
     def update(self, x: float) -> bool:
         """Add one value; True when a change was detected (and the window shrank)."""
-        if self.width >= self.max_window:
+        x = float(x)
+        buf = self._buf
+        ones = self._ones
+        if self._end - self._start >= self.max_window:
+            if ones is not None and buf[self._start] == 1.0:
+                ones -= 1
             self._start += 1  # the cap, not a change
-        if self._end == len(self._buf):  # compact: move the window to the front
-            w = self.width
-            self._buf[:w] = self._buf[self._start:self._end]
+        if self._end == len(buf):  # compact: move the window to the front
+            w = self._end - self._start
+            buf[:w] = buf[self._start:self._end]
             self._start, self._end = 0, w
-        self._buf[self._end] = float(x)
+        buf[self._end] = x
         self._end += 1
+        if ones is not None:
+            self._ones = (ones + 1 if x == 1.0 else ones) if x in (0.0, 1.0) else None
         self._mean = None
         self.n_seen += 1
         self._since_check += 1
@@ -94,6 +110,8 @@ class ADWIN:
             detected = True
         if detected:
             self.n_detections += 1
+            if self._ones is not None:
+                self._ones = int(np.count_nonzero(self._buf[self._start:self._end]))
         return detected
 
     def _find_cut(self) -> int:

@@ -123,24 +123,36 @@ class EnsembleManager:
         """Record the settled outcome `label` (0 none / 1 long / 2 short) of a prediction."""
         if model not in self._stats:
             raise KeyError(f"unknown model {model!r}; add_model() it first")
-        p = [max(float(x), _EPS) for x in probs]
-        total = sum(p)
-        ll = -math.log(p[label] / total)
+        a, b, c = probs
+        p0, p1, p2 = float(a), float(b), float(c)
+        if p0 < _EPS:  # max(p, _EPS) without the calls (NaN stays NaN, as with max)
+            p0 = _EPS
+        if p1 < _EPS:
+            p1 = _EPS
+        if p2 < _EPS:
+            p2 = _EPS
+        total = sum((p0, p1, p2))
+        ll = -math.log((p0, p1, p2)[label] / total)
         decisive = label in (LABEL_LONG, LABEL_SHORT)
         if decisive:
-            side = LABEL_SHORT if p[LABEL_SHORT] > p[LABEL_LONG] else LABEL_LONG
+            side = LABEL_SHORT if p2 > p1 else LABEL_LONG
             hit = 1.0 if side == label else 0.0
         per = self._stats[model]
         self._explained.clear()
+        decay = self.decay
         for key in (ALL, regime):
             st = per.get(key)
             if st is None:
                 st = per[key] = _Stats()
             st.n += 1
-            st.ll.add(ll, self.decay)
+            ew = st.ll  # _Ewm.add, inlined: this runs per model for every settled outcome
+            ew.num = decay * ew.num + ll
+            ew.den = decay * ew.den + 1.0
             if decisive:
                 st.n_decisive += 1
-                st.hit.add(hit, self.decay)
+                ew = st.hit
+                ew.num = decay * ew.num + hit
+                ew.den = decay * ew.den + 1.0
                 st.adwin.update(hit)
 
     def _source(self, model: str, regime: str) -> tuple[str, _Stats | None]:
@@ -163,32 +175,36 @@ class EnsembleManager:
         return cached
 
     def _compute(self, models: Sequence[str], regime: str) -> dict[str, dict[str, Any]]:
-        info: dict[str, dict[str, Any]] = {}
-        for m in models:
-            src, st = self._source(m, regime)
-            info[m] = {"source": src, "stats": st, "score": None, "collapsed": False}
-        # Regime offset: how much harder this regime is than average, for the fallback.
+        min_outcomes = self.min_outcomes
+        stats = self._stats
+        sources: list[tuple[str, _Stats | None]] = []
         offsets = []
         for m in models:
-            per = self._stats.get(m, {})
-            if info[m]["source"] == "regime" and per[ALL].n >= self.min_outcomes:
-                offsets.append(per[regime].ll.value - per[ALL].ll.value)
+            src, st = self._source(m, regime)
+            sources.append((src, st))
+            # Regime offset: how much harder this regime is than average, for the fallback.
+            if src == "regime":
+                overall = stats[m][ALL]
+                if overall.n >= min_outcomes:
+                    offsets.append(st.ll.value - overall.ll.value)  # type: ignore[union-attr]
         offset = sum(offsets) / len(offsets) if offsets else 0.0
-        for m in models:
-            st = info[m]["stats"]
-            if st is None:
-                continue
-            score = st.ll.value + (offset if info[m]["source"] == "overall" else 0.0)
-            info[m]["score"] = score
-            info[m]["collapsed"] = st.collapsed(self.min_outcomes, self.collapse_hit_rate)
-        known = [v["score"] for v in info.values() if v["score"] is not None]
+        info: dict[str, dict[str, Any]] = {}
+        known = []
+        for m, (src, st) in zip(models, sources, strict=True):
+            score = None
+            collapsed = False
+            if st is not None:
+                score = st.ll.value + (offset if src == "overall" else 0.0)
+                known.append(score)
+                collapsed = st.collapsed(min_outcomes, self.collapse_hit_rate)
+            info[m] = {"source": src, "stats": st, "score": score, "collapsed": collapsed}
         neutral = sum(known) / len(known) if known else 0.0
         best = min(known) if known else 0.0
         raw = {}
-        for m in models:
-            s = info[m]["score"]
+        for m, v in info.items():
+            s = v["score"]
             w = math.exp(-BETA * ((neutral if s is None else s) - best))
-            raw[m] = w * (COLLAPSE_FACTOR if info[m]["collapsed"] else 1.0)
+            raw[m] = w * (COLLAPSE_FACTOR if v["collapsed"] else 1.0)
         for m, w in _floored(raw, self.floor).items():
             info[m]["weight"] = w
         return info

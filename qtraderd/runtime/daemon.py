@@ -89,6 +89,19 @@ def limit_malloc_arenas(n: int = 1) -> bool:
         return False  # not glibc: nothing to do
 
 
+def release_memory() -> bool:
+    """Hand the heap's free pages back to the system (glibc malloc_trim) after a run.
+
+    A replay frees everything it built (actor state, model sessions, batches) when it
+    ends, but glibc keeps freed pages mapped; a second run in the same process (tests,
+    benchmarks, walk-forward) then starts from the first one's high-water mark.
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False  # not glibc: nothing to do
+
+
 def unwrap(exc: BaseException) -> BaseException:
     """The single error inside nested one-member exception groups (Trio wraps errors)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -241,6 +254,7 @@ class Daemon:
             self._finish(conn)
             conn.close()
             lock.release()
+            release_memory()
         return self.exit_code
 
     async def _run_chain(self, conn: sqlite3.Connection, symbols: list[str], interval_ms: int,

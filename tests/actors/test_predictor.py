@@ -185,3 +185,19 @@ def test_pointer_written_by_a_deploy_is_left_to_its_set_models(trained, tmp_path
     write_champion(models_dir, "lightgbm", "deploy-2")  # back by hand: counts again
     again = p.reload_from_disk()
     assert again is not None and again.serving["lightgbm"].version == "deploy-2"
+
+
+def test_weights_json_is_what_json_dumps_writes() -> None:
+    """Predictions store the ensemble weights as JSON; the fast writer must match json."""
+    import random
+
+    from qtraderd.actors.predictor import _weights_json
+
+    r = random.Random(3)
+    families = ["xgboost", "lightgbm", "nhits", "patchtst"]
+    for i in range(5000):
+        w = {f: r.random() ** r.choice([1, 5, 40]) for f in r.sample(families, r.randint(1, 4))}
+        if i % 5 == 0:
+            w = {f: 1.0 / len(w) for f in w}
+        assert _weights_json(w) == json.dumps({f: round(v, 4) for f, v in w.items()},
+                                              separators=(",", ":"))

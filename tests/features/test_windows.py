@@ -42,3 +42,22 @@ def test_too_early_index_is_refused(ohlcv_dir):
     a = read_ohlcv(ohlcv_dir / "LTCBTC-5m.csv")[:100]
     with pytest.raises(ValueError, match="needs 64 bars"):
         make_windows(*cols(a), np.array([10]))
+
+
+def test_normalize_matches_the_ndarray_mean_definition_to_the_bit() -> None:
+    """normalize skips ndarray.mean's wrapper; the networks' inputs must not move a bit."""
+    from qtraderd.features.windows import normalize
+
+    def reference(raw: np.ndarray) -> np.ndarray:
+        w = np.array(raw, dtype=np.float64)
+        w[:, :, 0] -= w[:, -1:, 0]
+        w[:, :, 4] -= w[:, :, 4].mean(axis=1, keepdims=True)
+        return w.astype(np.float32)
+
+    rng = np.random.default_rng(7)
+    for n in (1, 3, 10, 257):
+        raw = rng.normal(size=(n, WINDOW, CHANNELS)) * rng.uniform(0.01, 100)
+        raw[:, :, 4] = np.log1p(rng.exponential(1e4, size=(n, WINDOW)))
+        want = reference(raw)
+        assert normalize(raw).tobytes() == want.tobytes()
+        assert normalize(raw.copy(), copy=False).tobytes() == want.tobytes()

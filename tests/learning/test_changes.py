@@ -111,3 +111,21 @@ def test_page_hinkley_direction() -> None:
     assert PageHinkley().statistic == 0.0 and math.isnan(PageHinkley().mean)
     with pytest.raises(ValueError):
         PageHinkley(direction="sideways")
+
+
+def test_adwin_mean_of_a_hit_stream_is_exactly_numpys_after_caps_and_cuts() -> None:
+    """The mean of 0/1 streams comes from a count of ones: it must equal ndarray.mean to
+    the bit (ensemble weights depend on it, and replays must be bit-identical)."""
+    detections = 0
+    for seed, (max_window, clock) in enumerate([(10, 1), (50, 4), (2000, 32)]):
+        a = ADWIN(max_window=max_window, clock=clock)
+        xs = _stream(40 + seed, [(0.9, 700), (0.2, 700), (0.6, 700)])
+        for x in xs:
+            a.update(x)
+            assert a.mean == float(a.window().mean())
+        detections += a.n_detections
+    assert detections >= 1  # cuts happened, not only the cap
+    b = ADWIN(clock=1)  # a value other than 0/1 switches to numpy for good
+    for x in [1.0, 0.0, 0.25, 1.0, 0.0]:
+        b.update(x)
+    assert b.mean == float(b.window().mean())
