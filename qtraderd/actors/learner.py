@@ -37,14 +37,22 @@ from typing import Any
 import trio
 
 from qtraderd.core.clock import Clock, iso, wall_iso
-from qtraderd.core.config import Config, per_quote
+from qtraderd.core.config import INTERVAL_MS, Config, per_quote
 from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import Command, Record, Scored, Step
 from qtraderd.learning import gate
 from qtraderd.learning.registry import RegistryView
 from qtraderd.learning.triggers import HOUR_MS, Trigger, TriggerState, plan
 from qtraderd.learning.watch import Watch
-from qtraderd.models.artifacts import ArtifactError, ModelMeta, families, list_versions
+from qtraderd.models.artifacts import (
+    ArtifactError,
+    ModelMeta,
+    families,
+    list_versions,
+    meta_path,
+    onnx_path,
+    read_champion,
+)
 from qtraderd.runtime.supervisor import StepActor, answer, pass_on
 
 log = logging.getLogger("qtraderd.learner")
@@ -190,6 +198,7 @@ class LearnerActor(StepActor):
             if self.registry.champion(family) is None and not any(
                     t.family == family for t in triggers):
                 triggers.append(Trigger("initial", family, "no champion yet"))
+        await self._adopt_pointers(ts)
         new_files = self._new_files()
         ready = self._data_ready(ts)
         busy = {j.family for j in self.queue} | ({self.current.family} if self.current else set())
@@ -219,14 +228,49 @@ class LearnerActor(StepActor):
             self.triggers.note_retrained(ts)
 
     def _new_files(self) -> list[tuple[str, str]]:
-        """Complete artifacts in the models directory the registry has never seen."""
+        """Complete artifacts of our families the registry has never seen.
+
+        Families outside `learning.families` are not ours to judge (or train); a version
+        a champion pointer names is the operator's choice, adopted by `_adopt_pointers`.
+        """
         out = []
-        for family in families(self.models_dir):
+        for family in self.families:
+            pointer = self._pointer(family)
             for version in list_versions(self.models_dir, family):
-                if (family, version) not in self._seen_files:
+                if (family, version) not in self._seen_files and version != pointer:
                     self._seen_files.add((family, version))
                     out.append((family, version))
         return out
+
+    def _pointer(self, family: str) -> str | None:
+        try:
+            return read_champion(self.models_dir, family)
+        except ArtifactError:
+            return None
+
+    async def _adopt_pointers(self, ts: int) -> None:
+        """A champion pointer switched by hand serves at once (the predictor follows the
+        pointers); the registry follows it too, as the start-up check does, so the model
+        that serves is never marked rejected or retired behind its back."""
+        for family in self.families:
+            pointer = self._pointer(family)
+            ours = self.registry.champions().get(family)
+            if pointer is None or pointer == ours or \
+                    pointer not in list_versions(self.models_dir, family):
+                continue
+            if not self.registry.knows(family, pointer):
+                meta = ModelMeta.from_json(meta_path(self.models_dir, family, pointer)
+                                           .read_text())
+                await self._record(*self.registry.register(
+                    meta, onnx_path(self.models_dir, family, pointer), "candidate",
+                    "named by a champion pointer switched by hand", ts))
+            self._seen_files.add((family, pointer))
+            await self._record(*self.registry.set_status(
+                family, pointer, "champion", f"the champion pointer names it (switched by "
+                f"hand; registry had {ours or 'none'})", ts))
+            self.triggers.note_deploy(family, ts)
+            log.warning("registry repaired: %s champion %s -> %s (the pointer file wins: "
+                        "switched by hand)", family, ours or "none", pointer)
 
     # -- jobs --------------------------------------------------------------------------
     async def _maybe_start_job(self, ts: int) -> None:
@@ -237,6 +281,8 @@ class LearnerActor(StepActor):
             return
         job = ready[0]
         self.queue.remove(job)
+        if job.version is not None and await self._refuse_unverified(job, ts):
+            return
         self.current = job
         self.changed()
         if self.hold_clock:
@@ -325,15 +371,92 @@ class LearnerActor(StepActor):
         self.current = None
         self.changed()
 
+    # -- what the gate refuses -----------------------------------------------------------
+    def _horizon_ms(self) -> int:
+        return self.cfg.labels.horizon_bars * INTERVAL_MS[self.cfg.feed.interval]
+
+    def _unverified(self, meta: ModelMeta, ts: int) -> str | None:
+        """Why an artifact no job of ours just produced cannot be judged, or None.
+
+        The window first (on the metadata's own claims: a model that says it saw the
+        window did), then its lineage in the store (so a false claim is caught too).
+        """
+        seen = gate.window_conflict(meta.train_end, meta.data_end, self._horizon_ms(),
+                                    gate.eval_start(self.lc, ts), own=False)
+        if seen is not None:
+            return seen
+        return self.registry.lineage_problem(meta)
+
+    async def _refuse_unverified(self, job: Job, ts: int) -> bool:
+        """Refuse a dropped-in artifact before any job scores it. True when refused."""
+        assert job.version is not None
+        try:
+            meta = ModelMeta.from_json(meta_path(self.models_dir, job.family, job.version)
+                                       .read_text())
+        except (OSError, ValueError, TypeError, ArtifactError) as exc:
+            reason = f"unreadable metadata ({exc})"
+            meta = None
+        else:
+            reason = self._unverified(meta, ts)  # type: ignore[assignment]
+        if reason is None:
+            return False
+        decision = await self._refuse(job.family, job.version, meta, reason, ts)
+        await self._record(Record("retrain_jobs", {
+            "evaluation_id": job.evaluation_id, "family": job.family,
+            "reason": "; ".join(job.reasons), "priority": job.priority,
+            "attempt": job.attempt, "started_at": wall_iso(), "clock_ts": ts,
+            "finished_at": wall_iso(), "wall_s": 0.0, "status": "refused",
+            "version": job.version, "decision": json.dumps(decision),
+            "detail": decision["reason"]}))
+        return True
+
+    async def _refuse(self, family: str, version: str, meta: ModelMeta | None, reason: str,
+                      ts: int, action: str = "refused") -> dict[str, Any]:
+        """Record a refusal (or a leakage alarm): rejected in the registry with the
+        reason, one log line, never served, never a canary."""
+        reason = reason if reason.startswith("leakage alarm") else f"refused: {reason}"
+        if action == "alarm":
+            log.error("leakage alarm: %s %s %s", family, version,
+                      reason.removeprefix("leakage alarm: "))
+        else:
+            log.warning("gate refused: %s %s: %s", family, version,
+                        reason.removeprefix("refused: "))
+        self._seen_files.add((family, version))
+        if meta is not None and not self.registry.knows(family, version):
+            meta = ModelMeta(**{**meta.__dict__, "metrics": {
+                **meta.metrics, "gate_decision": action, "gate_reason": reason}})
+            await self._record(*self.registry.register(
+                meta, onnx_path(self.models_dir, family, version), "rejected", reason, ts))
+        elif self.registry.knows(family, version):
+            entry = self.registry.entries[(family, version)]
+            metrics = {**json.loads(entry.row.get("metrics") or "{}"),
+                       "gate_decision": action, "gate_reason": reason}
+            entry.row = {**entry.row, "metrics": json.dumps(metrics, sort_keys=True)}
+            await self._record(*self.registry.set_status(family, version, "rejected",
+                                                         reason, ts))
+        out = {"family": family, "version": version, "action": action, "applied": action,
+               "reason": reason, "clock": iso(ts)}
+        self.decisions = [*self.decisions, out][-50:]
+        return out
+
     async def _decide(self, job: Job, result: dict[str, Any], ts: int) -> dict[str, Any]:
         family, version = job.family, result["version"]
         meta = ModelMeta.from_json(Path(result["meta_path"]).read_text())
         g = result.get("gate") or {}
+        refused = g.get("refused")
+        if refused is None and not result.get("evaluated_only"):
+            refused = _lineage_mismatch(meta, result.get("lineage"))
+        elif refused is None:  # re-checked here, whatever the job said
+            refused = self._unverified(meta, ts)
+        if refused is not None:
+            return await self._refuse(family, version, meta, refused, ts)
         challenger = gate.GateScores(**g["challenger"])
         cmp = gate.Comparison(**g["comparison"]) if g.get("comparison") else None
         has_champion = self.registry.champion(family) is not None
         d = gate.decide(cmp if has_champion else None, challenger, self.lc)
         action, reason = d.action, d.reason
+        if action == "alarm":
+            return await self._refuse(family, version, meta, reason, ts, action="alarm")
         meta_metrics = {**meta.metrics, "gate_decision": action, "gate_reason": reason}
         meta = ModelMeta(**{**meta.__dict__, "metrics": meta_metrics})
         if not self.registry.knows(family, version):
@@ -368,6 +491,13 @@ class LearnerActor(StepActor):
     async def deploy(self, family: str, version: str, reason: str, ts: int,
                      watch: bool = True) -> None:
         previous = self.registry.champion(family)
+        if previous and previous != version and not self.registry.knows(family, previous) \
+                and previous in list_versions(self.models_dir, family):
+            # served from a pointer only: record it, so `rollback` can go back to it
+            meta = ModelMeta.from_json(meta_path(self.models_dir, family, previous).read_text())
+            await self._record(*self.registry.register(
+                meta, onnx_path(self.models_dir, family, previous), "champion",
+                "the champion pointer named it", ts))
         await self._record(*self.registry.set_status(family, version, "champion", reason, ts))
         self.triggers.note_deploy(family, ts)
         self.shadow[family] = [v for v in self.shadow.get(family, []) if v != version]
@@ -445,13 +575,12 @@ class LearnerActor(StepActor):
         return to
 
     def _previous_champion(self, family: str, current: str | None) -> str | None:
+        """The rollback guard's previous champion, else the last other champion on
+        record (deploys, promotes and rollbacks all write the champion history)."""
         for w in self.watches.values():
             if w.kind == "rollback" and w.family == family:
                 return w.other
-        retired = [e for e in self.registry.entries.values() if e.family == family
-                   and e.version != current and e.status == "retired"]
-        retired.sort(key=lambda e: (e.row.get("created_at") or "", e.version))
-        return retired[-1].version if retired else None
+        return self.registry.previous_champion(family, current)
 
     async def _push_models(self) -> None:
         """Tell the predictor what to serve and shadow.
@@ -509,6 +638,10 @@ class LearnerActor(StepActor):
                 await self._record(*self.registry.register(meta, self.models_dir / family /
                                                      f"{version}.onnx", "candidate",
                                                      "ctl promote", ts))
+            entry = self.registry.entries[(family, version)]
+            why = json.loads(entry.row.get("metrics") or "{}").get("gate_reason")
+            log.warning("promote overrides the gate: %s %s (%s)", family, version,
+                        f"was {entry.status}: {why}" if why else f"was {entry.status}")
             await self.deploy(family, version, "ctl promote (gate bypassed)", ts)
             return {"family": family, "champion": version}
         if name == "rollback":
@@ -563,6 +696,15 @@ class LearnerActor(StepActor):
             await self.records.send(rec)
 
 
+
+
+def _lineage_mismatch(meta: ModelMeta, lineage: dict[str, Any] | None) -> str | None:
+    """The metadata file against what the job that produced it reported."""
+    if not lineage:
+        return "lineage mismatch: the job reported no lineage for its model"
+    wrong = [f"{k} {getattr(meta, k)!r} (the job produced {lineage.get(k)!r})"
+             for k in lineage if getattr(meta, k, None) != lineage.get(k)]
+    return "lineage mismatch: its metadata says " + "; ".join(wrong) if wrong else None
 
 
 async def _kill(proc: trio.Process) -> None:
