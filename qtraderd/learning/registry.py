@@ -103,6 +103,7 @@ class RegistryView:
     models_dir: Path | None
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
     champion_history: dict[str, list[str]] = field(default_factory=dict)
+    rolled_back: set[tuple[str, str]] = field(default_factory=set)  # never a rollback target
 
     @classmethod
     def load(cls, conn: sqlite3.Connection | None, models_dir: Path | None) -> RegistryView:
@@ -115,21 +116,26 @@ class RegistryView:
             row = dict(zip(cols, r, strict=True))
             view.entries[(row["family"], row["version"])] = Entry(
                 row["family"], row["version"], row["status"], row)
-        for family, version in conn.execute(
-                "SELECT family, version FROM model_history WHERE status='champion' "
-                "ORDER BY id"):
-            view._note_champion(family, version)
+        for family, version, status in conn.execute(
+                "SELECT family, version, status FROM model_history WHERE status='champion' "
+                "OR (status='retired' AND reason LIKE 'rolled back%') ORDER BY id"):
+            if status == "champion":
+                view._note_champion(family, version)
+            else:
+                view.rolled_back.add((family, version))
         return view
 
     def _note_champion(self, family: str, version: str) -> None:
+        self.rolled_back.discard((family, version))  # promoted again: a target again
         past = self.champion_history.setdefault(family, [])
         if not past or past[-1] != version:
             past.append(version)
 
     def previous_champion(self, family: str, current: str | None) -> str | None:
-        """The champion before `current` (the latest other version that served)."""
+        """The champion before `current`: the latest other version that served and was
+        not itself rolled back (so rolling back twice goes two reigns back)."""
         for version in reversed(self.champion_history.get(family, [])):
-            if version != current:
+            if version != current and (family, version) not in self.rolled_back:
                 return version
         return None
 
@@ -212,6 +218,8 @@ class RegistryView:
 
     def _change(self, entry: Entry, status: str, reason: str,
                 clock_ts: int | None) -> list[Record]:
+        if status == "retired" and reason.startswith("rolled back"):
+            self.rolled_back.add((entry.family, entry.version))
         entry.status = status
         entry.row = {**entry.row, "status": status}
         return [Record("models", entry.row, mode="replace"),
