@@ -30,30 +30,33 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from qtraderd.actors.learner_control import Job, LearnerControl
 from qtraderd.core.clock import Clock, iso, wall_iso
-from qtraderd.core.config import INTERVAL_MS, Config, per_quote
+from qtraderd.core.config import Config, per_quote
 from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import Command, Record, Scored, Step
-from qtraderd.learning import gate
+from qtraderd.learning import admission, gate
 from qtraderd.learning.registry import RegistryView
-from qtraderd.learning.triggers import HOUR_MS, Trigger, TriggerState, plan
+from qtraderd.learning.triggers import (  # retrain_banner: the daemon's start-up line
+    HOUR_MS,
+    Trigger,
+    TriggerState,
+    plan,
+    retrain_banner,
+)
 from qtraderd.learning.watch import Watch
 from qtraderd.models.artifacts import (
     ArtifactError,
     ModelMeta,
     families,
     list_versions,
-    meta_path,
-    onnx_path,
-    read_champion,
 )
-from qtraderd.runtime.supervisor import StepActor, answer, pass_on
+from qtraderd.runtime.supervisor import StepActor, pass_on
 
 log = logging.getLogger("qtraderd.learner")
 
@@ -61,18 +64,7 @@ DAY_MS = 24 * HOUR_MS
 MAX_ATTEMPTS = 3
 
 
-@dataclass
-class Job:
-    family: str
-    reasons: list[str]
-    priority: int
-    evaluation_id: int = 0
-    attempt: int = 1
-    not_before: int = 0
-    version: str | None = None  # evaluate an existing (dropped-in) artifact, no training
-
-
-class LearnerActor(StepActor):
+class LearnerActor(LearnerControl, StepActor):
     name = "learner"
 
     def __init__(self, cfg: Config, config_path: Path | None, state_dir: Path,
@@ -235,42 +227,25 @@ class LearnerActor(StepActor):
         """
         out = []
         for family in self.families:
-            pointer = self._pointer(family)
+            pointer = admission.pointer(self.registry, family)
             for version in list_versions(self.models_dir, family):
                 if (family, version) not in self._seen_files and version != pointer:
                     self._seen_files.add((family, version))
                     out.append((family, version))
         return out
 
-    def _pointer(self, family: str) -> str | None:
-        try:
-            return read_champion(self.models_dir, family)
-        except ArtifactError:
-            return None
-
     async def _adopt_pointers(self, ts: int) -> None:
         """A champion pointer switched by hand serves at once (the predictor follows the
-        pointers); the registry follows it too, as the start-up check does, so the model
-        that serves is never marked rejected or retired behind its back."""
+        pointers); the registry follows it too (learning/admission.py)."""
         for family in self.families:
-            pointer = self._pointer(family)
-            ours = self.registry.champions().get(family)
-            if pointer is None or pointer == ours or \
-                    pointer not in list_versions(self.models_dir, family):
+            recs, was, now = admission.adopt_pointer(self.registry, family, ts)
+            if now is None:
                 continue
-            if not self.registry.knows(family, pointer):
-                meta = ModelMeta.from_json(meta_path(self.models_dir, family, pointer)
-                                           .read_text())
-                await self._record(*self.registry.register(
-                    meta, onnx_path(self.models_dir, family, pointer), "candidate",
-                    "named by a champion pointer switched by hand", ts))
-            self._seen_files.add((family, pointer))
-            await self._record(*self.registry.set_status(
-                family, pointer, "champion", f"the champion pointer names it (switched by "
-                f"hand; registry had {ours or 'none'})", ts))
+            await self._record(*recs)
+            self._seen_files.add((family, now))
             self.triggers.note_deploy(family, ts)
             log.warning("registry repaired: %s champion %s -> %s (the pointer file wins: "
-                        "switched by hand)", family, ours or "none", pointer)
+                        "switched by hand)", family, was or "none", now)
 
     # -- jobs --------------------------------------------------------------------------
     async def _maybe_start_job(self, ts: int) -> None:
@@ -371,34 +346,14 @@ class LearnerActor(StepActor):
         self.current = None
         self.changed()
 
-    # -- what the gate refuses -----------------------------------------------------------
-    def _horizon_ms(self) -> int:
-        return self.cfg.labels.horizon_bars * INTERVAL_MS[self.cfg.feed.interval]
-
-    def _unverified(self, meta: ModelMeta, ts: int) -> str | None:
-        """Why an artifact no job of ours just produced cannot be judged, or None.
-
-        The window first (on the metadata's own claims: a model that says it saw the
-        window did), then its lineage in the store (so a false claim is caught too).
-        """
-        seen = gate.window_conflict(meta.train_end, meta.data_end, self._horizon_ms(),
-                                    gate.eval_start(self.lc, ts), own=False)
-        if seen is not None:
-            return seen
-        return self.registry.lineage_problem(meta)
-
+    # -- what the gate refuses (learning/admission.py) ---------------------------------
     async def _refuse_unverified(self, job: Job, ts: int) -> bool:
         """Refuse a dropped-in artifact before any job scores it. True when refused."""
         assert job.version is not None
-        try:
-            meta = ModelMeta.from_json(meta_path(self.models_dir, job.family, job.version)
-                                       .read_text())
-        except (OSError, ValueError, TypeError, ArtifactError) as exc:
-            reason = f"unreadable metadata ({exc})"
-            meta = None
-        else:
-            reason = self._unverified(meta, ts)  # type: ignore[assignment]
-        if reason is None:
+        meta, reason = admission.read_meta(self.registry, job.family, job.version)
+        if meta is not None:
+            reason = admission.unverified(meta, self.registry, self.cfg, ts) or ""
+        if not reason:
             return False
         decision = await self._refuse(job.family, job.version, meta, reason, ts)
         await self._record(Record("retrain_jobs", {
@@ -412,9 +367,9 @@ class LearnerActor(StepActor):
 
     async def _refuse(self, family: str, version: str, meta: ModelMeta | None, reason: str,
                       ts: int, action: str = "refused") -> dict[str, Any]:
-        """Record a refusal (or a leakage alarm): rejected in the registry with the
-        reason, one log line, never served, never a canary."""
-        reason = reason if reason.startswith("leakage alarm") else f"refused: {reason}"
+        """A refusal or a leakage alarm: rejected in the registry with the reason, one
+        log line (stable wording), never served, never a canary."""
+        reason = admission.refusal_reason(reason)
         if action == "alarm":
             log.error("leakage alarm: %s %s %s", family, version,
                       reason.removeprefix("leakage alarm: "))
@@ -422,18 +377,8 @@ class LearnerActor(StepActor):
             log.warning("gate refused: %s %s: %s", family, version,
                         reason.removeprefix("refused: "))
         self._seen_files.add((family, version))
-        if meta is not None and not self.registry.knows(family, version):
-            meta = ModelMeta(**{**meta.__dict__, "metrics": {
-                **meta.metrics, "gate_decision": action, "gate_reason": reason}})
-            await self._record(*self.registry.register(
-                meta, onnx_path(self.models_dir, family, version), "rejected", reason, ts))
-        elif self.registry.knows(family, version):
-            entry = self.registry.entries[(family, version)]
-            metrics = {**json.loads(entry.row.get("metrics") or "{}"),
-                       "gate_decision": action, "gate_reason": reason}
-            entry.row = {**entry.row, "metrics": json.dumps(metrics, sort_keys=True)}
-            await self._record(*self.registry.set_status(family, version, "rejected",
-                                                         reason, ts))
+        await self._record(*admission.refusal_records(self.registry, family, version, meta,
+                                                      reason, action, ts))
         out = {"family": family, "version": version, "action": action, "applied": action,
                "reason": reason, "clock": iso(ts)}
         self.decisions = [*self.decisions, out][-50:]
@@ -445,9 +390,9 @@ class LearnerActor(StepActor):
         g = result.get("gate") or {}
         refused = g.get("refused")
         if refused is None and not result.get("evaluated_only"):
-            refused = _lineage_mismatch(meta, result.get("lineage"))
+            refused = admission.lineage_mismatch(meta, result.get("lineage"))
         elif refused is None:  # re-checked here, whatever the job said
-            refused = self._unverified(meta, ts)
+            refused = admission.unverified(meta, self.registry, self.cfg, ts)
         if refused is not None:
             return await self._refuse(family, version, meta, refused, ts)
         challenger = gate.GateScores(**g["challenger"])
@@ -491,13 +436,10 @@ class LearnerActor(StepActor):
     async def deploy(self, family: str, version: str, reason: str, ts: int,
                      watch: bool = True) -> None:
         previous = self.registry.champion(family)
-        if previous and previous != version and not self.registry.knows(family, previous) \
-                and previous in list_versions(self.models_dir, family):
-            # served from a pointer only: record it, so `rollback` can go back to it
-            meta = ModelMeta.from_json(meta_path(self.models_dir, family, previous).read_text())
-            await self._record(*self.registry.register(
-                meta, onnx_path(self.models_dir, family, previous), "champion",
-                "the champion pointer named it", ts))
+        if previous and previous != version:  # served from a pointer only: recorded, so
+            await self._record(*admission.file_records(  # `rollback` can go back to it
+                self.registry, family, previous, "champion", "the champion pointer named it",
+                ts))
         await self._record(*self.registry.set_status(family, version, "champion", reason, ts))
         self.triggers.note_deploy(family, ts)
         self.shadow[family] = [v for v in self.shadow.get(family, []) if v != version]
@@ -612,74 +554,6 @@ class LearnerActor(StepActor):
             for err in result.get("errors", []):
                 log.error("predictor refused a model: %s", err)
 
-    # -- commands (ctl) ----------------------------------------------------------------
-    async def _command_loop(self) -> None:
-        async for cmd in self.commands:
-            try:
-                result: Any = await self.command(cmd.name, cmd.args)
-            except (KeyError, ValueError, ArtifactError) as exc:
-                result = {"error": str(exc).strip("'\"")}
-            self.changed()
-            answer(cmd, result)
-
-    async def command(self, name: str, args: dict[str, Any]) -> Any:
-        ts = self.clock.now_ms()
-        if name == "models":
-            return {"registry": self.registry.rows(), "shadow": self.shadow,
-                    "watches": [f"{w.kind} {w.family} {w.subject} vs {w.other}: "
-                                f"{w.n_complete} outcomes" for w in self.watches.values()]}
-        if name == "promote":
-            family, version = str(args.get("model", "")), str(args.get("version", ""))
-            if not self.registry.knows(family, version):
-                if version not in list_versions(self.models_dir, family):
-                    raise ValueError(f"no model {family}/{version} in {self.models_dir}")
-                meta = ModelMeta.from_json((self.models_dir / family / f"{version}.json")
-                                           .read_text())
-                await self._record(*self.registry.register(meta, self.models_dir / family /
-                                                     f"{version}.onnx", "candidate",
-                                                     "ctl promote", ts))
-            entry = self.registry.entries[(family, version)]
-            why = json.loads(entry.row.get("metrics") or "{}").get("gate_reason")
-            log.warning("promote overrides the gate: %s %s (%s)", family, version,
-                        f"was {entry.status}: {why}" if why else f"was {entry.status}")
-            await self.deploy(family, version, "ctl promote (gate bypassed)", ts)
-            return {"family": family, "champion": version}
-        if name == "rollback":
-            family = str(args.get("model", ""))
-            to = await self.rollback(family, "ctl rollback", ts)
-            return {"family": family, "champion": to}
-        if name == "retrain":
-            fams = [args["model"]] if args.get("model") else self.families
-            unknown = [f for f in fams if f not in self.families]
-            if unknown:
-                raise ValueError(f"unknown model family {unknown[0]!r} "
-                                 f"(known: {', '.join(self.families)})")
-            for f in fams:
-                if self.current is None or self.current.family != f:
-                    self.queue.append(Job(f, ["manual: ctl retrain"], 0))
-            self.queue.sort(key=lambda j: (j.priority, j.not_before))
-            return {"queued": fams}
-        if name == "learning":
-            return self.status_report()
-        raise ValueError(f"learner has no command {name!r}")
-
-    def status_report(self) -> dict[str, Any]:
-        nxt = self.next_eval
-        return {
-            "mode": self.lc.mode, "enabled": self.lc.enabled, "auto_deploy": self.lc.auto_deploy,
-            "clock": iso(self.clock.now_ms()), "next_evaluation": iso(nxt),
-            "evaluations": self.evaluations, "last_evaluation": self.last_eval,
-            "current_job": self.current.family if self.current else None,
-            "queue": [f"{j.family} (attempt {j.attempt}, {', '.join(j.reasons)})"
-                      for j in self.queue],
-            "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed,
-            "last_deploys": {f: iso(t) for f, t in sorted(self.triggers.last_deploy.items())},
-            "next_time_retrain": {f: iso(t + int(self.lc.retrain_interval_hours * HOUR_MS))
-                                  for f, t in sorted(self.triggers.last_deploy.items())},
-            "recent_decisions": self.decisions[-10:],
-            "triggers": self.triggers.status(),
-        }
-
     def status(self) -> dict[str, Any]:
         return {"evaluations": self.evaluations, "jobs_done": self.jobs_done,
                 "jobs_failed": self.jobs_failed,
@@ -698,13 +572,7 @@ class LearnerActor(StepActor):
 
 
 
-def _lineage_mismatch(meta: ModelMeta, lineage: dict[str, Any] | None) -> str | None:
-    """The metadata file against what the job that produced it reported."""
-    if not lineage:
-        return "lineage mismatch: the job reported no lineage for its model"
-    wrong = [f"{k} {getattr(meta, k)!r} (the job produced {lineage.get(k)!r})"
-             for k in lineage if getattr(meta, k, None) != lineage.get(k)]
-    return "lineage mismatch: its metadata says " + "; ".join(wrong) if wrong else None
+__all__ = ["Job", "LearnerActor", "retrain_banner"]
 
 
 async def _kill(proc: trio.Process) -> None:
@@ -714,15 +582,3 @@ async def _kill(proc: trio.Process) -> None:
 def _nice() -> None:  # pragma: no cover - runs in the child
     with contextlib.suppress(OSError):
         os.nice(10)
-
-
-def retrain_banner(cfg: Config) -> str:
-    lc = cfg.learning
-    if not lc.enabled:
-        return "Retraining Orchestrator: DISABLED"
-    hours = lc.retrain_interval_hours
-    every = f"{hours / 24:g} days" if hours >= 24 and math.isclose(hours % 24, 0) else \
-        f"{hours:g} hours"
-    return (f"Retraining Orchestrator: ENABLED (retrains every {every}; mode {lc.mode}, "
-            f"auto-deploy {'on' if lc.auto_deploy else 'off'}, families "
-            f"{', '.join(lc.families)})")
