@@ -30,22 +30,33 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from qtraderd.actors.learner_control import Job, LearnerControl
 from qtraderd.core.clock import Clock, iso, wall_iso
 from qtraderd.core.config import Config, per_quote
 from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import Command, Record, Scored, Step
-from qtraderd.learning import gate
+from qtraderd.learning import admission, gate
 from qtraderd.learning.registry import RegistryView
-from qtraderd.learning.triggers import HOUR_MS, Trigger, TriggerState, plan
+from qtraderd.learning.triggers import (  # retrain_banner: the daemon's start-up line
+    HOUR_MS,
+    Trigger,
+    TriggerState,
+    plan,
+    retrain_banner,
+)
 from qtraderd.learning.watch import Watch
-from qtraderd.models.artifacts import ArtifactError, ModelMeta, families, list_versions
-from qtraderd.runtime.supervisor import StepActor, answer, pass_on
+from qtraderd.models.artifacts import (
+    ArtifactError,
+    ModelMeta,
+    families,
+    list_versions,
+)
+from qtraderd.runtime.supervisor import StepActor, pass_on
 
 log = logging.getLogger("qtraderd.learner")
 
@@ -53,18 +64,7 @@ DAY_MS = 24 * HOUR_MS
 MAX_ATTEMPTS = 3
 
 
-@dataclass
-class Job:
-    family: str
-    reasons: list[str]
-    priority: int
-    evaluation_id: int = 0
-    attempt: int = 1
-    not_before: int = 0
-    version: str | None = None  # evaluate an existing (dropped-in) artifact, no training
-
-
-class LearnerActor(StepActor):
+class LearnerActor(LearnerControl, StepActor):
     name = "learner"
 
     def __init__(self, cfg: Config, config_path: Path | None, state_dir: Path,
@@ -190,6 +190,7 @@ class LearnerActor(StepActor):
             if self.registry.champion(family) is None and not any(
                     t.family == family for t in triggers):
                 triggers.append(Trigger("initial", family, "no champion yet"))
+        await self._adopt_pointers(ts)
         new_files = self._new_files()
         ready = self._data_ready(ts)
         busy = {j.family for j in self.queue} | ({self.current.family} if self.current else set())
@@ -219,14 +220,32 @@ class LearnerActor(StepActor):
             self.triggers.note_retrained(ts)
 
     def _new_files(self) -> list[tuple[str, str]]:
-        """Complete artifacts in the models directory the registry has never seen."""
+        """Complete artifacts of our families the registry has never seen.
+
+        Families outside `learning.families` are not ours to judge (or train); a version
+        a champion pointer names is the operator's choice, adopted by `_adopt_pointers`.
+        """
         out = []
-        for family in families(self.models_dir):
+        for family in self.families:
+            pointer = admission.pointer(self.registry, family)
             for version in list_versions(self.models_dir, family):
-                if (family, version) not in self._seen_files:
+                if (family, version) not in self._seen_files and version != pointer:
                     self._seen_files.add((family, version))
                     out.append((family, version))
         return out
+
+    async def _adopt_pointers(self, ts: int) -> None:
+        """A champion pointer switched by hand serves at once (the predictor follows the
+        pointers); the registry follows it too (learning/admission.py)."""
+        for family in self.families:
+            recs, was, now = admission.adopt_pointer(self.registry, family, ts)
+            if now is None:
+                continue
+            await self._record(*recs)
+            self._seen_files.add((family, now))
+            self.triggers.note_deploy(family, ts)
+            log.warning("registry repaired: %s champion %s -> %s (the pointer file wins: "
+                        "switched by hand)", family, was or "none", now)
 
     # -- jobs --------------------------------------------------------------------------
     async def _maybe_start_job(self, ts: int) -> None:
@@ -237,6 +256,8 @@ class LearnerActor(StepActor):
             return
         job = ready[0]
         self.queue.remove(job)
+        if job.version is not None and await self._refuse_unverified(job, ts):
+            return
         self.current = job
         self.changed()
         if self.hold_clock:
@@ -325,15 +346,62 @@ class LearnerActor(StepActor):
         self.current = None
         self.changed()
 
+    # -- what the gate refuses (learning/admission.py) ---------------------------------
+    async def _refuse_unverified(self, job: Job, ts: int) -> bool:
+        """Refuse a dropped-in artifact before any job scores it. True when refused."""
+        assert job.version is not None
+        meta, reason = admission.read_meta(self.registry, job.family, job.version)
+        if meta is not None:
+            reason = admission.unverified(meta, self.registry, self.cfg, ts) or ""
+        if not reason:
+            return False
+        decision = await self._refuse(job.family, job.version, meta, reason, ts)
+        await self._record(Record("retrain_jobs", {
+            "evaluation_id": job.evaluation_id, "family": job.family,
+            "reason": "; ".join(job.reasons), "priority": job.priority,
+            "attempt": job.attempt, "started_at": wall_iso(), "clock_ts": ts,
+            "finished_at": wall_iso(), "wall_s": 0.0, "status": "refused",
+            "version": job.version, "decision": json.dumps(decision),
+            "detail": decision["reason"]}))
+        return True
+
+    async def _refuse(self, family: str, version: str, meta: ModelMeta | None, reason: str,
+                      ts: int, action: str = "refused") -> dict[str, Any]:
+        """A refusal or a leakage alarm: rejected in the registry with the reason, one
+        log line (stable wording), never served, never a canary."""
+        reason = admission.refusal_reason(reason)
+        if action == "alarm":
+            log.error("leakage alarm: %s %s %s", family, version,
+                      reason.removeprefix("leakage alarm: "))
+        else:
+            log.warning("gate refused: %s %s: %s", family, version,
+                        reason.removeprefix("refused: "))
+        self._seen_files.add((family, version))
+        await self._record(*admission.refusal_records(self.registry, family, version, meta,
+                                                      reason, action, ts))
+        out = {"family": family, "version": version, "action": action, "applied": action,
+               "reason": reason, "clock": iso(ts)}
+        self.decisions = [*self.decisions, out][-50:]
+        return out
+
     async def _decide(self, job: Job, result: dict[str, Any], ts: int) -> dict[str, Any]:
         family, version = job.family, result["version"]
         meta = ModelMeta.from_json(Path(result["meta_path"]).read_text())
         g = result.get("gate") or {}
+        refused = g.get("refused")
+        if refused is None and not result.get("evaluated_only"):
+            refused = admission.lineage_mismatch(meta, result.get("lineage"))
+        elif refused is None:  # re-checked here, whatever the job said
+            refused = admission.unverified(meta, self.registry, self.cfg, ts)
+        if refused is not None:
+            return await self._refuse(family, version, meta, refused, ts)
         challenger = gate.GateScores(**g["challenger"])
         cmp = gate.Comparison(**g["comparison"]) if g.get("comparison") else None
         has_champion = self.registry.champion(family) is not None
         d = gate.decide(cmp if has_champion else None, challenger, self.lc)
         action, reason = d.action, d.reason
+        if action == "alarm":
+            return await self._refuse(family, version, meta, reason, ts, action="alarm")
         meta_metrics = {**meta.metrics, "gate_decision": action, "gate_reason": reason}
         meta = ModelMeta(**{**meta.__dict__, "metrics": meta_metrics})
         if not self.registry.knows(family, version):
@@ -368,6 +436,10 @@ class LearnerActor(StepActor):
     async def deploy(self, family: str, version: str, reason: str, ts: int,
                      watch: bool = True) -> None:
         previous = self.registry.champion(family)
+        if previous and previous != version:  # served from a pointer only: recorded, so
+            await self._record(*admission.file_records(  # `rollback` can go back to it
+                self.registry, family, previous, "champion", "the champion pointer named it",
+                ts))
         await self._record(*self.registry.set_status(family, version, "champion", reason, ts))
         self.triggers.note_deploy(family, ts)
         self.shadow[family] = [v for v in self.shadow.get(family, []) if v != version]
@@ -445,13 +517,12 @@ class LearnerActor(StepActor):
         return to
 
     def _previous_champion(self, family: str, current: str | None) -> str | None:
+        """The rollback guard's previous champion, else the last other champion on
+        record (deploys, promotes and rollbacks all write the champion history)."""
         for w in self.watches.values():
             if w.kind == "rollback" and w.family == family:
                 return w.other
-        retired = [e for e in self.registry.entries.values() if e.family == family
-                   and e.version != current and e.status == "retired"]
-        retired.sort(key=lambda e: (e.row.get("created_at") or "", e.version))
-        return retired[-1].version if retired else None
+        return self.registry.previous_champion(family, current)
 
     async def _push_models(self) -> None:
         """Tell the predictor what to serve and shadow.
@@ -483,70 +554,6 @@ class LearnerActor(StepActor):
             for err in result.get("errors", []):
                 log.error("predictor refused a model: %s", err)
 
-    # -- commands (ctl) ----------------------------------------------------------------
-    async def _command_loop(self) -> None:
-        async for cmd in self.commands:
-            try:
-                result: Any = await self.command(cmd.name, cmd.args)
-            except (KeyError, ValueError, ArtifactError) as exc:
-                result = {"error": str(exc).strip("'\"")}
-            self.changed()
-            answer(cmd, result)
-
-    async def command(self, name: str, args: dict[str, Any]) -> Any:
-        ts = self.clock.now_ms()
-        if name == "models":
-            return {"registry": self.registry.rows(), "shadow": self.shadow,
-                    "watches": [f"{w.kind} {w.family} {w.subject} vs {w.other}: "
-                                f"{w.n_complete} outcomes" for w in self.watches.values()]}
-        if name == "promote":
-            family, version = str(args.get("model", "")), str(args.get("version", ""))
-            if not self.registry.knows(family, version):
-                if version not in list_versions(self.models_dir, family):
-                    raise ValueError(f"no model {family}/{version} in {self.models_dir}")
-                meta = ModelMeta.from_json((self.models_dir / family / f"{version}.json")
-                                           .read_text())
-                await self._record(*self.registry.register(meta, self.models_dir / family /
-                                                     f"{version}.onnx", "candidate",
-                                                     "ctl promote", ts))
-            await self.deploy(family, version, "ctl promote (gate bypassed)", ts)
-            return {"family": family, "champion": version}
-        if name == "rollback":
-            family = str(args.get("model", ""))
-            to = await self.rollback(family, "ctl rollback", ts)
-            return {"family": family, "champion": to}
-        if name == "retrain":
-            fams = [args["model"]] if args.get("model") else self.families
-            unknown = [f for f in fams if f not in self.families]
-            if unknown:
-                raise ValueError(f"unknown model family {unknown[0]!r} "
-                                 f"(known: {', '.join(self.families)})")
-            for f in fams:
-                if self.current is None or self.current.family != f:
-                    self.queue.append(Job(f, ["manual: ctl retrain"], 0))
-            self.queue.sort(key=lambda j: (j.priority, j.not_before))
-            return {"queued": fams}
-        if name == "learning":
-            return self.status_report()
-        raise ValueError(f"learner has no command {name!r}")
-
-    def status_report(self) -> dict[str, Any]:
-        nxt = self.next_eval
-        return {
-            "mode": self.lc.mode, "enabled": self.lc.enabled, "auto_deploy": self.lc.auto_deploy,
-            "clock": iso(self.clock.now_ms()), "next_evaluation": iso(nxt),
-            "evaluations": self.evaluations, "last_evaluation": self.last_eval,
-            "current_job": self.current.family if self.current else None,
-            "queue": [f"{j.family} (attempt {j.attempt}, {', '.join(j.reasons)})"
-                      for j in self.queue],
-            "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed,
-            "last_deploys": {f: iso(t) for f, t in sorted(self.triggers.last_deploy.items())},
-            "next_time_retrain": {f: iso(t + int(self.lc.retrain_interval_hours * HOUR_MS))
-                                  for f, t in sorted(self.triggers.last_deploy.items())},
-            "recent_decisions": self.decisions[-10:],
-            "triggers": self.triggers.status(),
-        }
-
     def status(self) -> dict[str, Any]:
         return {"evaluations": self.evaluations, "jobs_done": self.jobs_done,
                 "jobs_failed": self.jobs_failed,
@@ -565,6 +572,9 @@ class LearnerActor(StepActor):
 
 
 
+__all__ = ["Job", "LearnerActor", "retrain_banner"]
+
+
 async def _kill(proc: trio.Process) -> None:
     proc.kill()
 
@@ -572,15 +582,3 @@ async def _kill(proc: trio.Process) -> None:
 def _nice() -> None:  # pragma: no cover - runs in the child
     with contextlib.suppress(OSError):
         os.nice(10)
-
-
-def retrain_banner(cfg: Config) -> str:
-    lc = cfg.learning
-    if not lc.enabled:
-        return "Retraining Orchestrator: DISABLED"
-    hours = lc.retrain_interval_hours
-    every = f"{hours / 24:g} days" if hours >= 24 and math.isclose(hours % 24, 0) else \
-        f"{hours:g} hours"
-    return (f"Retraining Orchestrator: ENABLED (retrains every {every}; mode {lc.mode}, "
-            f"auto-deploy {'on' if lc.auto_deploy else 'off'}, families "
-            f"{', '.join(lc.families)})")

@@ -104,6 +104,7 @@ class PredictorActor(StepActor):
         self.in_sample_skipped = 0
         self.swaps = 0
         self.watch_events = 0
+        self._pointer_gone: set[str] = set()  # served families whose pointer was deleted
         self.swap(models if isinstance(models, ModelSet) else ModelSet(dict(models)))
 
     # -- model changes -------------------------------------------------------------------
@@ -149,6 +150,7 @@ class PredictorActor(StepActor):
         wanted, errors = champions_on_disk(self.models_dir)
         for e in errors:
             log.error("model rejected: %s", e)
+        self._note_deleted_pointers(current, wanted)
         changed = {}
         for family, version in wanted.items():
             m = current.serving.get(family)
@@ -174,6 +176,17 @@ class PredictorActor(StepActor):
         for e in errors:
             log.error("model rejected: %s (still serving what was loaded before)", e)
         return new if new.spec() != current.spec() else None
+
+    def _note_deleted_pointers(self, current: ModelSet, wanted: dict[str, str]) -> None:
+        """One line when a served family's champion pointer disappears (the model keeps
+        serving; the start-up check rewrites the pointer from the registry)."""
+        gone = {f for f in current.serving if f not in wanted
+                and not (self.models_dir / f / "champion").exists()}  # type: ignore[operator]
+        for family in sorted(gone - self._pointer_gone):
+            log.warning("champion pointer deleted: %s (%s keeps serving; the start-up check "
+                        "rewrites the pointer from the registry)", family,
+                        current.serving[family].version)
+        self._pointer_gone = gone
 
     # -- the actor -------------------------------------------------------------------
     async def run(self) -> None:

@@ -185,7 +185,9 @@ class ControlAPI:
             learned = await self._ask(self.learner_commands, "models", "learner")(args)
             return {"served": served, **learned}
         registry = [{"family": r["family"], "version": r["version"], "status": r["status"],
-                     "created_at": r["created_at"]} for r in await self._query(list_models)]
+                     "created_at": r["created_at"],
+                     "reason": r["metrics"].get("gate_reason")}
+                    for r in await self._query(list_models)]
         return {"served": served, "registry": registry}
 
     async def learning(self, args: dict[str, Any]) -> Any:

@@ -207,6 +207,12 @@ class LearningConfig:
                                         help="gate: canary between this and min_improvement")
     significance: float = _spec(0.05, positive=True, hi=1.0,
                                 help="gate: p-value a deploy needs (paired block bootstrap)")
+    leakage_auc: float = _spec(0.65, lo=0.5, hi=1.0,
+                               help="gate: evaluation AUC (one-vs-rest, per side) above "
+                                    "this is a leakage alarm, never deployed")
+    leakage_skill: float = _spec(0.15, positive=True, hi=1.0,
+                                 help="gate: log-loss skill over the class prior above "
+                                      "this is a leakage alarm, never deployed")
     canary_outcomes: int = _spec(50, lo=1, hi=1_000_000,
                                  help="live outcomes a canary needs before promote/retire")
     rollback_outcomes: int = _spec(50, lo=1, hi=1_000_000,
@@ -476,6 +482,7 @@ LIVE_KEYS: frozenset[str] = frozenset({
     "learning.drift_psi", "learning.drift_ks_p", "learning.drift_min_features",
     "learning.regime_sustain_hours", "learning.min_retrain_gap_hours",
     "learning.min_improvement_pct", "learning.canary_threshold_pct", "learning.significance",
+    "learning.leakage_auc", "learning.leakage_skill",
     "learning.canary_outcomes", "learning.rollback_outcomes", "learning.rollback_margin_pct",
     "learning.train_window_days", "learning.eval_window_days", "learning.job_timeout_s",
     "learning.retry_backoff_s", "learning.nets_epochs",

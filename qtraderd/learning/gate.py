@@ -39,6 +39,22 @@ A model that trades less than a losing champion "improves" on it while knowing n
 class prior of its training window, on multi-class log-loss.
 skill = 1 - LL_model / LL_prior, with a block-bootstrap p-value that skill <= 0. No skill
 (skill <= 0 or p >= significance) means "reject", whatever the comparison says.
+`skill_lo`/`skill_hi` are a 95 % percentile interval from the same (uncentred) block
+bootstrap, the denominator held fixed; `n` is the number of evaluation samples.
+
+What the gate never scores, and what it never deploys
+-----------------------------------------------------
+* `window_conflict`: a challenger whose training samples plus one label horizon reach
+  into the evaluation window has seen it; it is refused before any scoring. (The job's
+  own challenger is purged a full horizon before the window by `training.dataset`.)
+* `leakage`: on these 5-minute pairs honest models score an evaluation AUC of about
+  0.50-0.60 and a log-loss skill of a few hundredths (README, "What the gate refuses");
+  an AUC above `learning.leakage_auc` or a skill above `learning.leakage_skill` is a
+  leakage alarm, never a deploy or a canary. The AUC is the mean of the two one-vs-rest
+  AUCs (p_long for "long won" against every other outcome, p_short for "short won"): a
+  leak lifts both far above 0.65 (a model trained on the window scores about 0.9), while
+  one side alone of an honest model can pass 0.65 on a short trending window (0.69 was
+  seen on three pairs over two days, with negative skill) and would raise false alarms.
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from qtraderd.core.clock import iso
 from qtraderd.core.config import Config, LearningConfig
 from qtraderd.core.costs import CostModel
 from qtraderd.core.messages import LABEL_LONG, LABEL_SHORT
@@ -220,16 +237,119 @@ def skill(probs: np.ndarray, y: np.ndarray, prior: np.ndarray, *, n_boot: int = 
     make without features. skill > 0 iff the summed per-sample log-loss gain is > 0, so
     the same bootstrap tests it.
     """
+    value, p, _, _ = skill_interval(probs, y, prior, n_boot=n_boot, block=block, seed=seed)
+    return value, p
+
+
+def skill_interval(probs: np.ndarray, y: np.ndarray, prior: np.ndarray, *,
+                   n_boot: int = 2000, block: int = 48, seed: int = 0
+                   ) -> tuple[float, float, float, float]:
+    """(skill, p, lo, hi): `skill` plus its 95 % block-bootstrap percentile interval."""
     y = np.asarray(y, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     if len(y) == 0:
-        return 0.0, 1.0
+        return 0.0, 1.0, math.nan, math.nan
     ll_model = _sample_log_loss(probs, y)
     prior_rows = np.broadcast_to(np.asarray(prior, dtype=np.float64), probs.shape)
     ll_prior = _sample_log_loss(prior_rows, y)
+    denom = max(float(ll_prior.sum()), _EPS)
     value = 1.0 - float(ll_model.mean()) / max(float(ll_prior.mean()), _EPS)
-    p = paired_block_bootstrap(ll_prior - ll_model, n_boot=n_boot, block=block, seed=seed)
-    return value, p
+    gain = ll_prior - ll_model
+    p = paired_block_bootstrap(gain, n_boot=n_boot, block=block, seed=seed)
+    sums = block_bootstrap_sums(gain, n_boot=n_boot, block=block, seed=seed + 1)
+    lo, hi = np.percentile(sums / denom, [2.5, 97.5]) if len(sums) else (math.nan, math.nan)
+    return value, p, float(lo), float(hi)
+
+
+def block_bootstrap_sums(x: np.ndarray, n_boot: int = 2000, block: int = 48,
+                         seed: int = 0) -> np.ndarray:
+    """Sums of `n_boot` circular-block resamples of x (not centred: for intervals)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return np.zeros(0)
+    b = int(min(max(block, 1), n))
+    k_full, last = divmod(n, b)
+    rng = np.random.default_rng(seed)
+    sums = _block_sums(x, b)[rng.integers(0, n, size=(n_boot, k_full))].sum(axis=1)
+    if last:
+        sums += _block_sums(x, last)[rng.integers(0, n, size=n_boot)]
+    return sums
+
+
+def auc(positive: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC by ranks (Mann-Whitney U, ties averaged); None without both classes.
+
+    numpy only: the daemon imports this module, and sklearn is a training dependency.
+    """
+    pos = np.asarray(positive, dtype=bool)
+    n_pos = int(pos.sum())
+    n_neg = len(pos) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    s = np.asarray(score, dtype=np.float64)
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # average rank of each run of ties (1-based)
+    starts = np.flatnonzero(np.concatenate([[True], sorted_s[1:] != sorted_s[:-1]]))
+    ends = np.concatenate([starts[1:], [len(s)]])
+    avg = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    u = float(ranks[pos].sum()) - n_pos * (n_pos + 1) / 2.0
+    return u / (n_pos * n_neg)
+
+
+def side_aucs(probs: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+    """One-vs-rest AUC of p_long for "long won" and of p_short for "short won"."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) == 0:
+        return None, None
+    return (auc(y == LABEL_LONG, probs[:, LABEL_LONG]),
+            auc(y == LABEL_SHORT, probs[:, LABEL_SHORT]))
+
+
+def eval_start(cfg: LearningConfig, now: int) -> int:
+    """First bar of the evaluation window of a job at clock time `now`."""
+    return now - int(cfg.eval_window_days * 86_400_000)
+
+
+def window_conflict(train_end: int | None, data_end: int | None, horizon_ms: int,
+                    eval_start: int, *, own: bool) -> str | None:
+    """Why a challenger has seen the evaluation window starting at `eval_start`, or None.
+
+    Its training reaches `train_end` (the last training sample) plus one label horizon:
+    that label read bars up to there. A model this job did not train also claims its own
+    validation window up to `data_end` (it may have been chosen on it); the job's own
+    challenger is validated on exactly the gate's window, purged from its training, so
+    for it (`own`) only the training part counts. Missing fields count as "seen it all".
+    """
+    if train_end is None and data_end is None:
+        return "its metadata gives no training window (train_end, data_end)"
+    last = train_end if train_end is not None else data_end
+    assert last is not None
+    reach = last + horizon_ms
+    what = (f"training samples up to {iso(last)} plus the {horizon_ms // 60_000}-minute "
+            "label horizon")
+    if not own and data_end is not None and data_end > reach:
+        reach, what = data_end, f"its training and validation data up to {iso(data_end)}"
+    if reach >= eval_start:
+        return (f"trained on the evaluation window: {what} reach into the window that "
+                f"starts at {iso(eval_start)}")
+    return None
+
+
+def leakage(challenger: GateScores, cfg: LearningConfig) -> str | None:
+    """The leakage alarm's reason (stable wording, starts "leakage alarm"), or None."""
+    top = challenger.auc
+    too_high = top is not None and top > cfg.leakage_auc
+    if not too_high and not challenger.skill > cfg.leakage_skill:
+        return None
+    auc_txt = "n/a" if top is None else f"{top:.3f}"
+    return (f"leakage alarm: auc={auc_txt} skill={challenger.skill:+.3f} over "
+            f"{challenger.n:,} evaluation samples (honest models stay below auc "
+            f"{cfg.leakage_auc:g} and skill {cfg.leakage_skill:g}): never deployed")
 
 
 @dataclass(frozen=True)
@@ -244,6 +364,11 @@ class GateScores:
     prior_log_loss: float
     skill: float
     skill_p: float
+    n: int = 0  # evaluation samples
+    skill_lo: float | None = None  # 95 % block-bootstrap interval of the skill
+    skill_hi: float | None = None
+    auc_long: float | None = None  # one-vs-rest AUC of each side (`side_aucs`)
+    auc_short: float | None = None
     returns: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False,
                                 compare=False)
 
@@ -252,6 +377,20 @@ class GateScores:
         out.pop("returns")
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                 for k, v in out.items()}
+
+    def line(self) -> str:
+        """The validation figures with their sample size and interval (log lines, rows)."""
+        ci = ("n/a" if self.skill_lo is None or self.skill_hi is None else
+              f"[{self.skill_lo:+.4f}, {self.skill_hi:+.4f}]")
+        return (f"n={self.n:,}, skill {self.skill:+.4f} (95 % CI {ci}, p={self.skill_p:.3f})"
+                + (f", auc {self.auc:.3f}" if self.auc is not None else "")
+                + f", {self.n_trades} trades")
+
+    @property
+    def auc(self) -> float | None:
+        """The leakage alarm's AUC: the mean of the sides' one-vs-rest AUCs."""
+        aucs = [a for a in (self.auc_long, self.auc_short) if a is not None]
+        return sum(aucs) / len(aucs) if aucs else None
 
 
 def score(probs: np.ndarray, y: np.ndarray, ret_long: np.ndarray, ret_short: np.ndarray,
@@ -265,7 +404,8 @@ def score(probs: np.ndarray, y: np.ndarray, ret_long: np.ndarray, ret_short: np.
     traded = side != 0
     n_trades = int(traded.sum())
     wins = np.where(side == 1, y == LABEL_LONG, y == LABEL_SHORT)[traded]
-    sk, sk_p = skill(probs, y, prior, n_boot=n_boot, block=block, seed=seed)
+    sk, sk_p, lo, hi = skill_interval(probs, y, prior, n_boot=n_boot, block=block, seed=seed)
+    a_long, a_short = side_aucs(probs, y)
     prior_rows = np.broadcast_to(np.asarray(prior, np.float64), np.shape(probs))
     return GateScores(
         value=equity_value(r, w), n_trades=n_trades,
@@ -273,7 +413,8 @@ def score(probs: np.ndarray, y: np.ndarray, ret_long: np.ndarray, ret_short: np.
         mean_net_return=float(r[traded].mean()) if n_trades else None,
         log_loss=float(_sample_log_loss(probs, y).mean()) if len(y) else math.nan,
         prior_log_loss=float(_sample_log_loss(prior_rows, y).mean()) if len(y) else math.nan,
-        skill=sk, skill_p=sk_p, returns=r)
+        skill=sk, skill_p=sk_p, n=len(y), skill_lo=lo, skill_hi=hi, auc_long=a_long,
+        auc_short=a_short, returns=r)
 
 
 @dataclass(frozen=True)
@@ -312,26 +453,31 @@ def compare(champion_r: np.ndarray, challenger_r: np.ndarray, w: float, seed: in
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "reject" | "deploy" | "canary" | "keep"
+    action: str  # "alarm" | "reject" | "deploy" | "canary" | "keep" ("refuse": learner)
     reason: str
 
 
 def decide(cmp: Comparison | None, challenger: GateScores, cfg: LearningConfig) -> Decision:
     """The gate's verdict. ADVISORY mode / auto_deploy are the caller's business.
 
-    Order matters: the skill veto comes first, so a know-nothing model that merely trades
-    less than a losing champion is never deployed.
+    Order matters: the leakage alarm comes first (a leak also looks like skill and like
+    an improvement), then the skill veto, so a know-nothing model that merely trades less
+    than a losing champion is never deployed.
     """
+    alarm = leakage(challenger, cfg)
+    if alarm is not None:
+        return Decision("alarm", alarm)
     alpha = cfg.significance
     if not (challenger.skill > 0.0 and challenger.skill_p < alpha):
         return Decision("reject", f"no skill over the class prior (skill "
-                                  f"{challenger.skill:+.4f}, p={challenger.skill_p:.3f})")
+                                  f"{challenger.skill:+.4f}, p={challenger.skill_p:.3f}; "
+                                  f"{challenger.line()})")
     if cmp is None:
         return Decision("deploy", f"no champion yet; skill {challenger.skill:+.4f} "
                                   f"(p={challenger.skill_p:.3f}), value "
-                                  f"{challenger.value:.4f}")
+                                  f"{challenger.value:.4f}; {challenger.line()}")
     imp, p = cmp.improvement_pct, cmp.p_value
-    head = f"{imp:+.1f} % (p={p:.3f}) over champion"
+    head = f"{imp:+.1f} % (p={p:.3f}) over champion ({challenger.line()})"
     if imp > cfg.min_improvement_pct:
         if p < alpha:
             return Decision("deploy", head)

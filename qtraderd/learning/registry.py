@@ -87,12 +87,23 @@ class Entry:
     row: dict[str, Any]  # the full `models` row
 
 
+# The lineage fields a model's metadata must share with the store's record of the job
+# (or `qtraderd train`) that produced it.
+LINEAGE_FIELDS = ("sha256", "data_sha256", "train_start", "train_end", "data_end")
+
+
 @dataclass
 class RegistryView:
-    """The registry in memory. `models_dir` None: champion pointers are not written."""
+    """The registry in memory. `models_dir` None: champion pointers are not written.
+
+    `champion_history` is every family's champions in the order they became champion
+    (from `model_history`): what `rollback` goes back to, whoever made the switch.
+    """
 
     models_dir: Path | None
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    champion_history: dict[str, list[str]] = field(default_factory=dict)
+    rolled_back: set[tuple[str, str]] = field(default_factory=set)  # never a rollback target
 
     @classmethod
     def load(cls, conn: sqlite3.Connection | None, models_dir: Path | None) -> RegistryView:
@@ -105,7 +116,51 @@ class RegistryView:
             row = dict(zip(cols, r, strict=True))
             view.entries[(row["family"], row["version"])] = Entry(
                 row["family"], row["version"], row["status"], row)
+        for family, version, status in conn.execute(
+                "SELECT family, version, status FROM model_history WHERE status='champion' "
+                "OR (status='retired' AND reason LIKE 'rolled back%') ORDER BY id"):
+            if status == "champion":
+                view._note_champion(family, version)
+            else:
+                view.rolled_back.add((family, version))
         return view
+
+    def _note_champion(self, family: str, version: str) -> None:
+        self.rolled_back.discard((family, version))  # promoted again: a target again
+        past = self.champion_history.setdefault(family, [])
+        if not past or past[-1] != version:
+            past.append(version)
+
+    def previous_champion(self, family: str, current: str | None) -> str | None:
+        """The champion before `current`: the latest other version that served and was
+        not itself rolled back (so rolling back twice goes two reigns back)."""
+        for version in reversed(self.champion_history.get(family, [])):
+            if version != current and (family, version) not in self.rolled_back:
+                return version
+        return None
+
+    def lineage_problem(self, meta: ModelMeta) -> str | None:
+        """Why `meta` cannot be trusted, or None when the store produced exactly it.
+
+        The store knows every artifact a job or `qtraderd train` produced (its `models`
+        row: sha256, data hash, training window). An artifact with no row has no lineage
+        (a file dropped in by hand); one whose metadata disagrees with its row lies.
+        Reasons start "no lineage" or "lineage mismatch" (stable wording).
+        """
+        entry = self.entries.get((meta.family, meta.version))
+        if entry is None:
+            hashes = {e.row.get("data_sha256") for e in self.entries.values()}
+            if meta.data_sha256 and meta.data_sha256 in hashes:
+                return (f"no lineage: no job of this store produced {meta.family}/"
+                        f"{meta.version} (its metadata borrows a known data hash)")
+            return (f"no lineage: no job of this store produced {meta.family}/"
+                    f"{meta.version}, and its data hash "
+                    f"{(meta.data_sha256 or 'none')[:12]} is not one the store produced")
+        wrong = [f"{k} {getattr(meta, k)!r} (the store recorded {entry.row.get(k)!r})"
+                 for k in LINEAGE_FIELDS if getattr(meta, k) != entry.row.get(k)]
+        if wrong:
+            return "lineage mismatch: its metadata says " + "; ".join(wrong)
+        return None
 
     def champions(self) -> dict[str, str]:
         """{family: version} as the registry has them (pointers not consulted)."""
@@ -135,6 +190,8 @@ class RegistryView:
         row = model_row(meta, path, status)
         self.entries[(meta.family, meta.version)] = Entry(meta.family, meta.version, status,
                                                           row)
+        if status == "champion":
+            self._note_champion(meta.family, meta.version)
         return [Record("models", row, mode="replace"),
                 Record("model_history", history_row(meta.family, meta.version, status,
                                                     reason, clock_ts))]
@@ -149,6 +206,7 @@ class RegistryView:
             raise KeyError(f"no model {family}/{version} in the registry")
         out: list[Record] = []
         if status == "champion":
+            self._note_champion(family, version)
             for other in self.entries.values():
                 if other.family == family and other.status == "champion" and \
                         other.version != version:
@@ -160,6 +218,8 @@ class RegistryView:
 
     def _change(self, entry: Entry, status: str, reason: str,
                 clock_ts: int | None) -> list[Record]:
+        if status == "retired" and reason.startswith("rolled back"):
+            self.rolled_back.add((entry.family, entry.version))
         entry.status = status
         entry.row = {**entry.row, "status": status}
         return [Record("models", entry.row, mode="replace"),
@@ -175,7 +235,8 @@ class RegistryView:
                         "created_at": e.row.get("created_at"),
                         "auc_long": metrics.get("auc_long"),
                         "auc_short": metrics.get("auc_short"),
-                        "gate": metrics.get("gate_decision")})
+                        "gate": metrics.get("gate_decision"),
+                        "reason": metrics.get("gate_reason")})
         return out[-MAX_LISTED:]
 
 

@@ -19,6 +19,7 @@ reads), so it is deterministic and unit-testable.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from qtraderd.core.clock import iso
-from qtraderd.core.config import LearningConfig
+from qtraderd.core.config import Config, LearningConfig
 from qtraderd.core.messages import LABEL_LONG, LABEL_SHORT, Scored
 from qtraderd.features.spec import FEATURE_NAMES
 from qtraderd.learning.changes import ADWIN
@@ -209,3 +210,16 @@ def plan(triggers: list[Trigger], families: list[str],
             "reasons": [f"{t.kind}: {t.detail}" for t in ts]}
            for fam, ts in reasons.items()]
     return sorted(out, key=lambda p: (p["priority"], families.index(p["family"])))
+
+
+def retrain_banner(cfg: Config) -> str:
+    """The start-up line, in the seed's words (`Retraining Orchestrator: ...`)."""
+    lc = cfg.learning
+    if not lc.enabled:
+        return "Retraining Orchestrator: DISABLED"
+    hours = lc.retrain_interval_hours
+    every = f"{hours / 24:g} days" if hours >= 24 and math.isclose(hours % 24, 0) else \
+        f"{hours:g} hours"
+    return (f"Retraining Orchestrator: ENABLED (retrains every {every}; mode {lc.mode}, "
+            f"auto-deploy {'on' if lc.auto_deploy else 'off'}, families "
+            f"{', '.join(lc.families)})")

@@ -174,6 +174,12 @@ def summarize(conn: sqlite3.Connection, run_id: int | None = None) -> dict[str, 
                  "SELECT clock_ts, family, version, status, reason FROM model_history "
                  "WHERE status='champion' AND clock_ts BETWEEN ? AND ? ORDER BY id",
                  history_window(run[10], run[11])).fetchall()]
+    refused = [{"at": iso(ts), "family": f, "version": v, "reason": why}
+               for ts, f, v, why in conn.execute(
+                   "SELECT clock_ts, family, version, reason FROM model_history WHERE "
+                   "status='rejected' AND (reason LIKE 'refused:%' OR reason LIKE "
+                   "'leakage alarm%') AND clock_ts BETWEEN ? AND ? ORDER BY id",
+                   history_window(run[10], run[11])).fetchall()]
     return {
         "run": {"id": run[0], "status": run[8], "mode": run[3], "source": run[4],
                 "symbols": len(symbols), "interval": interval, "bars": run[9],
@@ -189,7 +195,8 @@ def summarize(conn: sqlite3.Connection, run_id: int | None = None) -> dict[str, 
         "denied_orders": denied,
         "filter_vetoes": filter_vetoes(conn, run_id),
         "models": models,
-        "learning": {"evaluations": evaluations, "jobs": learning, "champion_changes": swaps},
+        "learning": {"evaluations": evaluations, "jobs": learning, "champion_changes": swaps,
+                     "refused": refused},
     }
 
 
@@ -268,6 +275,12 @@ def sections(s: dict[str, Any]) -> list[Section]:
                 "table", "Champion changes (hot swaps between two bars)",
                 [{"data time": c["at"], "model": c["family"], "new champion": c["version"],
                   "why": c["reason"][:70]} for c in lr["champion_changes"]]))
+    if lr.get("refused"):
+        out.append(Section(
+            "table", "Refused by the gate (never deployed: trained on the evaluation "
+                     "window, no lineage in the store, or a leakage alarm)",
+            [{"data time": r["at"], "model": r["family"], "version": r["version"],
+              "why": r["reason"]} for r in lr["refused"]]))
     if s["exit_reasons"]:
         out.append(Section("text", None, "Exits: " + ", ".join(
             f"{k} {v}" for k, v in s["exit_reasons"].items())))

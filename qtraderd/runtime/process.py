@@ -14,32 +14,38 @@ processes that never outlive the daemon.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 LOCK_NAME = "qtraderd.lock"
-PR_SET_PDEATHSIG = 1
 
 
 class LockError(RuntimeError):
     """The state directory is in use by another live daemon."""
 
 
-def die_with_parent() -> None:
-    """SIGKILL this process when its parent exits (Linux); exit now if it already has."""
+def die_with_parent(poll_s: float = 0.2) -> None:
+    """SIGKILL this process when its parent process exits.
+
+    Not `prctl(PR_SET_PDEATHSIG)`: that signal fires when the parent *thread* that forked
+    us exits, and trio starts processes from a worker thread that its thread cache ends
+    after 10 idle seconds — every job longer than that was killed mid-run (exit -9). A
+    daemon thread watches for the re-parenting instead (getppid changes when the parent
+    process dies, whichever of its threads forked us).
+    """
     parent = os.getppid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return  # not Linux/glibc: the pipe's EOF still ends the writer
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 class StateLock:

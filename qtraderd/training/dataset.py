@@ -16,6 +16,12 @@ Why it looks the way it does:
   applied the same way; with the validation window at the tail of the span there is no
   training data after it, so today it removes nothing, but it stays correct if the layout
   ever changes (walk-forward folds).
+* **A full label horizon between training and validation.** Training samples also stop
+  `horizon` bars before the validation window, whatever their own label did, so "the
+  last training sample plus one label horizon" — the rule the deploy gate checks
+  (`learning.gate.window_conflict`) — never reaches the window the gate scores on.
+* **Only closed bars.** With `train_until_ms` (a job's `now`) a bar is visible once it
+  has closed: open_time + interval <= now. The bar opening at `now` is still forming.
 * **Validation labels end inside the span.** `triple_barrier` leaves a sample unlabelled
   when its horizon runs past the last loaded bar, and the last loaded bar is the span end.
 """
@@ -30,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from qtraderd.core.config import Config
+from qtraderd.core.config import INTERVAL_MS, Config
 from qtraderd.features.labels import Barriers, purged_train_mask, triple_barrier
 from qtraderd.features.spec import WARMUP_BARS, compute
 
@@ -229,8 +235,11 @@ def build(conn: sqlite3.Connection, cfg: Config, symbols: Sequence[str] | None =
     first, last = rng
     if train_until_ms is None:
         span_end = first + int((last - first) * cfg.train.train_fraction)
-    else:
-        span_end = int(train_until_ms)
+    else:  # `now`: the last bar visible is the last one closed by then
+        if interval not in INTERVAL_MS:
+            raise DatasetError(f"unknown interval {interval!r} (known: "
+                               f"{', '.join(INTERVAL_MS)})")
+        span_end = int(train_until_ms) - INTERVAL_MS[interval]
     if span_end <= first:
         raise DatasetError(f"training span ends ({span_end}) at or before the first stored "
                            f"bar ({first}); nothing to train on")
@@ -281,7 +290,7 @@ def _symbol_rows(sym_index: int, s: Series, b: Barriers, valid_cutoff: int, emba
     test_start = int(np.searchsorted(s.open_time, valid_cutoff, side="left"))
     valid = ok & (idx >= test_start)
     keep = purged_train_mask(idx, np.where(ok, resolved, -1), test_start, n - 1, embargo)
-    train = ok & (idx < test_start) & keep
+    train = ok & (idx < test_start - b.horizon) & keep
     use = train | valid
     end_idx = resolved[use]
     if (end_idx < 0).any() or (end_idx >= n).any():  # pragma: no cover - labels.py contract

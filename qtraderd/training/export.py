@@ -83,6 +83,8 @@ def to_onnx(model: Any) -> bytes:
             # sha256 and version suffix, a function of the model alone.
             name=f"qtraderd_{type(model).__name__}",
         )
+        if type(model).__name__ == "LGBMClassifier":
+            _round_thresholds_down(onx, model)
         # skl2onnx lists opset imports in set order (varies with PYTHONHASHSEED): sort them.
         imports = sorted((o.domain, o.version) for o in onx.opset_import)
         del onx.opset_import[:]
@@ -96,6 +98,46 @@ def to_onnx(model: Any) -> bytes:
         raise ExportError(f"unexpected ONNX signature: inputs "
                           f"{[i.name for i in onx.graph.input]}, outputs {outputs}")
     return onx.SerializeToString()
+
+
+def _round_thresholds_down(onx: Any, model: Any) -> None:
+    """Make the ONNX tree thresholds route float32 inputs exactly as LightGBM does.
+
+    LightGBM splits on double thresholds (midpoints between training values) and tests
+    `x <= t`; the converter stores them as float32, rounded to nearest. When a threshold
+    rounds *up* to a float32 value v, an input exactly v goes left in ONNX and right in
+    LightGBM — one validation row in 1,584 was enough to fail a job's parity check. For
+    float32 x, `x <= t` equals `x <= the largest float32 <= t`, so such thresholds are
+    moved one float32 step down. The doubles come from the booster's own dump (ONNX tree
+    ids are its tree indices).
+    """
+    trees = model.booster_.dump_model()["tree_info"]
+    splits: list[dict[tuple[int, float], list[float]]] = []
+    for info in trees:
+        by_key: dict[tuple[int, float], list[float]] = {}
+        stack = [info["tree_structure"]]
+        while stack:
+            node = stack.pop()
+            if "split_feature" in node:
+                t = float(node["threshold"])
+                by_key.setdefault((int(node["split_feature"]), float(np.float32(t))),
+                                  []).append(t)
+                stack += [node["left_child"], node["right_child"]]
+        splits.append(by_key)
+    for node in onx.graph.node:
+        if not node.op_type.startswith("TreeEnsemble"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        values = attrs["nodes_values"].floats
+        modes, tree_ids = attrs["nodes_modes"].strings, attrs["nodes_treeids"].ints
+        features = attrs["nodes_featureids"].ints
+        for i, mode in enumerate(modes):
+            if mode != b"BRANCH_LEQ" or tree_ids[i] >= len(splits):
+                continue
+            v = float(np.float32(values[i]))
+            doubles = splits[tree_ids[i]].get((int(features[i]), v), [])
+            if doubles and all(t < v for t in doubles):
+                values[i] = float(np.nextafter(np.float32(v), np.float32(-np.inf)))
 
 
 def ort_proba(onnx_bytes: bytes, X: np.ndarray) -> np.ndarray:

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from qtraderd.core.config import Config, ConfigError, load
+from qtraderd.core.config import INTERVAL_MS, Config, ConfigError, load
 from qtraderd.learning import gate
+from qtraderd.learning.registry import LINEAGE_FIELDS
 from qtraderd.models.artifacts import ArtifactError
 from qtraderd.models.onnx_model import LoadedModel, load_model
 from qtraderd.store.db import StoreError, connect
@@ -91,7 +92,7 @@ def job_main(argv: list[str] | None = None) -> int:
 def window_bounds(cfg: Config, now: int) -> tuple[int, int]:
     """(first training bar, first evaluation bar) of the sliding window ending at now."""
     lc = cfg.learning
-    valid_from = now - int(lc.eval_window_days * DAY_MS)
+    valid_from = gate.eval_start(lc, now)
     since = valid_from - int(lc.train_window_days * DAY_MS)
     return since, valid_from
 
@@ -105,18 +106,30 @@ def run_job(conn: sqlite3.Connection, cfg: Config, args: argparse.Namespace
     log.info("job %s at %s: %s train / %s eval samples", args.family, _fmt(args.now),
              f"{ds.n_train:,}", f"{ds.n_valid:,}")
     cache: dict[str, Any] = {}
+    horizon_ms = cfg.labels.horizon_bars * INTERVAL_MS[ds.interval]
     if args.evaluate:
         challenger = load_model(args.models_dir, args.family, args.evaluate)
-        proba = predict(challenger, ds, cfg, cache)
+        meta = challenger.meta
         out: dict[str, Any] = {
             "family": args.family, "version": args.evaluate,
             "path": str(args.models_dir / args.family / f"{args.evaluate}.onnx"),
             "meta_path": str(args.models_dir / args.family / f"{args.evaluate}.json"),
-            "metrics": challenger.meta.metrics, "evaluated_only": True}
+            "metrics": meta.metrics, "evaluated_only": True}
     else:
         out, proba = build_candidate(args.family, ds, cfg, conn, args.models_dir,
                                      clock_ms=args.now, cache=cache)
-        del out["meta"]  # the daemon reads the metadata file itself
+        meta = out.pop("meta")  # the daemon reads the metadata file itself
+    # What this job knows produced the artifact: the daemon checks the file against it.
+    out["lineage"] = {k: getattr(meta, k) for k in LINEAGE_FIELDS}
+    refused = gate.window_conflict(meta.train_end, meta.data_end, horizon_ms, valid_from,
+                                   own=not args.evaluate)
+    if refused is not None:  # before any scoring: a model that saw the window is not judged
+        log.warning("gate refused: %s %s: %s", args.family, out["version"], refused)
+        out.update(ok=True, dataset=ds.summary(), gate={"refused": refused},
+                   seconds=round(time.monotonic() - t0, 2))
+        return out
+    if args.evaluate:
+        proba = predict(challenger, ds, cfg, cache)
     valid = ds.valid
     prior = np.bincount(ds.train.y, minlength=3) / max(1, ds.n_train)
     w = args.notional_fraction
@@ -145,8 +158,10 @@ def run_job(conn: sqlite3.Connection, cfg: Config, args: argparse.Namespace
             result_gate["comparison"] = cmp.to_dict()
             result_gate["champion_in_sample"] = bool(champion.data_end >= ds.valid_start)
             log.info("gate scores %s: challenger %.4f vs champion %.4f (%+.2f %%, p=%.3f); "
-                     "challenger skill %+.4f (p=%.3f)", args.family, ch.value, cp.value,
-                     cmp.improvement_pct, cmp.p_value, ch.skill, ch.skill_p)
+                     "challenger %s", args.family, ch.value, cp.value,
+                     cmp.improvement_pct, cmp.p_value, ch.line())
+    else:
+        log.info("gate scores %s: challenger %.4f; %s", args.family, ch.value, ch.line())
     out.update(ok=True, dataset=ds.summary(), gate=result_gate,
                seconds=round(time.monotonic() - t0, 2))
     return out

@@ -159,6 +159,14 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson interval of a proportion p over n trials (sound at small n)."""
+    denom = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
 def headline(family: str, m: dict[str, Any]) -> str:
     """One readable log line, e.g. for the learner's progress output."""
     def f3(x: Any) -> str:
@@ -170,11 +178,14 @@ def headline(family: str, m: dict[str, Any]) -> str:
     def pct2(x: Any) -> str:
         return "n/a" if x is None else f"{100 * x:+.2f} %"
 
-    return (f"{family} validation: auc_long {f3(m['auc_long'])} auc_short "
+    n_trades = m["n_trades"]
+    ci = "" if not n_trades or m["win_rate"] is None else " [95 % CI {}-{}]".format(
+        *(pct(x) for x in wilson(m["win_rate"], n_trades)))
+    return (f"{family} validation (n={m['n_valid']:,}): auc_long {f3(m['auc_long'])} auc_short "
             f"{f3(m['auc_short'])} auc_direction {f3(m['auc_direction'])}, "
             f"log loss {f3(m['log_loss'])}"
             + (f" (prior {f3(m['log_loss_prior'])})" if "log_loss_prior" in m else "")
-            + f", {m['n_trades']} trades, win rate {pct(m['win_rate'])} "
+            + f", {n_trades} trades, win rate {pct(m['win_rate'])}{ci} "
             f"(breakeven {pct(m['breakeven_win_rate'])}), mean net "
             f"{pct2(m['mean_net_return'])}/trade; always-long win rate "
             f"{pct(m['always_long_win_rate'])}, random win rate {pct(m['random_win_rate'])}")

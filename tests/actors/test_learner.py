@@ -15,7 +15,7 @@ from qtraderd.actors.learner import Job, LearnerActor, retrain_banner
 from qtraderd.core.clock import ReplayClock
 from qtraderd.core.config import load, with_changes
 from qtraderd.core.messages import LABEL_LONG, LABEL_NONE, Scored
-from qtraderd.learning.registry import RegistryView
+from qtraderd.learning.registry import LINEAGE_FIELDS, RegistryView
 from qtraderd.models.artifacts import (
     ModelMeta,
     meta_path,
@@ -99,9 +99,11 @@ def result(models: Path, family: str, version: str, *, skill=0.03, skill_p=0.001
             "champion": None, "comparison": None}
     if improvement is not None:
         gate["comparison"] = {"improvement_pct": improvement, "p_value": p, "dm_stat": 2.0}
+    meta = ModelMeta.from_json(meta_path(models, family, version).read_text())
     return {"ok": True, "family": family, "version": version,
             "path": str(onnx_path(models, family, version)),
-            "meta_path": str(meta_path(models, family, version)), "gate": gate}
+            "meta_path": str(meta_path(models, family, version)), "gate": gate,
+            "lineage": {k: getattr(meta, k) for k in LINEAGE_FIELDS}}
 
 
 def scored(model: str, version: str, role: str, i: int, good: bool) -> Scored:
@@ -286,45 +288,44 @@ async def test_a_job_that_times_out_is_killed_recorded_and_retried(trained, tmp_
     assert read_champion(models, "xgboost") == read_champion(trained["models"], "xgboost")
 
 
-async def test_a_useless_model_dropped_in_by_hand_is_never_deployed(trained, tmp_path,
-                                                                    nursery):
-    """An operator's ONNX file goes through the same gate; shuffled labels never pass."""
-    import numpy as np
-
-    from qtraderd.training import dataset, export, trees
+async def test_a_model_dropped_in_by_hand_is_refused_before_any_job(trained, tmp_path,
+                                                                     nursery, caplog):
+    """An operator's file has no lineage in the store: it cannot be verified, so the gate
+    never judges (or deploys) it; no job process is even started. (`ctl promote` can.)"""
     models = tmp_path / "models"
     shutil.copytree(trained["models"], models)
-    cfg = with_changes(load(env={}), train={"n_estimators": 25, "max_depth": 3})
-    conn = connect(trained["state"], readonly=True)
-    ds = dataset.build(conn, cfg)
-    conn.close()
-    rng = np.random.default_rng(7)
-    shuffled = dataset.Dataset(**{**ds.__dict__, "rows": dataset.Split(
-        ds.rows.X, rng.permutation(ds.rows.y), *[getattr(ds.rows, f) for f in
-                                                 ("ts", "sym", "label_end", "ret_long",
-                                                  "ret_short")])})
-    model = trees.train("xgboost", shuffled, cfg)
-    exp = export.export(model, ds.valid.X)
     champ = read_champion(models, "xgboost")
-    base = ModelMeta.from_json(meta_path(models, "xgboost", champ).read_text())
-    useless = ModelMeta(**{**base.__dict__, "version": "dropped-useless",
-                           "sha256": sha256_bytes(exp.onnx_bytes),
-                           "probe_inputs": exp.probe_inputs,
-                           "probe_outputs": exp.probe_outputs})
-    write_artifact(models, useless, exp.onnx_bytes)
-
-    h = await make(nursery, RegistryView(models), trained["state"], models)
+    copy_version(models, "xgboost", champ, "dropped-by-hand")
+    h = await make(nursery, load_view(trained["state"], models), trained["state"], models)
     now = late_clock(trained)
     h.learner.clock.advance(now)
     h.learner.first_ts = now
     h.learner.data_start = now - 20 * DAY
     await h.learner.evaluate(now)
-    job = next(j for j in h.learner.queue if j.version == "dropped-useless")
+    job = next(j for j in h.learner.queue if j.version == "dropped-by-hand")
     h.learner.queue = [job]
+    h.learner._job_cmd = None  # type: ignore[assignment]  # a job would fail loudly
     await h.learner._maybe_start_job(now)
     await trio.testing.wait_all_tasks_blocked()
     row = next(r.row for r in h.records if r.table == "retrain_jobs")
-    assert row["version"] == "dropped-useless" and row["status"] == "reject", row
-    assert h.statuses("xgboost")["dropped-useless"] == "rejected"
-    assert read_champion(models, "xgboost") == champ
-    assert not any(p["serving"].get("xgboost") == "dropped-useless" for p in h.pushed)
+    assert row["version"] == "dropped-by-hand" and row["status"] == "refused", row
+    assert row["detail"].startswith("refused: no lineage: no job of this store produced")
+    assert h.statuses("xgboost")["dropped-by-hand"] == "rejected"
+    assert read_champion(models, "xgboost") == champ and not h.pushed
+    assert "gate refused: xgboost dropped-by-hand: no lineage" in caplog.text
+    listing = await h.learner.command("models", {})
+    mine = next(r for r in listing["registry"] if r["version"] == "dropped-by-hand")
+    assert mine["gate"] == "refused" and mine["reason"].startswith("refused: no lineage")
+    # the operator can still deploy it by hand; the override is logged
+    await h.learner.command("promote", {"model": "xgboost", "version": "dropped-by-hand"})
+    assert read_champion(models, "xgboost") == "dropped-by-hand"
+    assert "promote overrides the gate: xgboost dropped-by-hand (was rejected: refused: " \
+        "no lineage" in caplog.text
+
+
+def load_view(state: Path, models: Path) -> RegistryView:
+    conn = connect(state, readonly=True)
+    try:
+        return RegistryView.load(conn, models)
+    finally:
+        conn.close()

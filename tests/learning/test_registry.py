@@ -111,3 +111,47 @@ def test_direct_writers_and_the_view_write_the_same_rows(world, tmp_path):
         registry.set_status(direct, "lightgbm", new, "great", "no")
     direct.close()
     other.close()
+
+
+# -------------------------------------------------------------------- lineage
+
+
+def test_lineage_is_checked_against_what_the_store_recorded(world):
+    state, models = world
+    conn = connect(state)
+    view = RegistryView.load(conn, models)
+    champ = read_champion(models, "lightgbm")
+    true = ModelMeta.from_json(meta_path(models, "lightgbm", champ).read_text())
+    assert view.lineage_problem(true) is None  # `qtraderd train` produced exactly this
+    week = 7 * 86_400_000
+    lie = ModelMeta(**{**true.__dict__, "data_end": true.data_end - week})
+    reason = view.lineage_problem(lie)
+    assert reason is not None and reason.startswith("lineage mismatch: its metadata says "
+                                                    "data_end")
+    stranger = ModelMeta(**{**true.__dict__, "version": "dropped"})
+    assert (view.lineage_problem(stranger) or "").startswith(
+        "no lineage: no job of this store produced lightgbm/dropped (its metadata borrows")
+    forged = ModelMeta(**{**stranger.__dict__, "data_sha256": "f" * 64})
+    assert "is not one the store produced" in (view.lineage_problem(forged) or "")
+    conn.close()
+
+
+def test_the_previous_champion_is_on_record_after_a_promote(world):
+    """`rollback` after `promote` needs the champion before it, also after a restart
+    (no rollback guard in memory) and when a retired challenger is newer than it."""
+    state, models = world
+    conn = connect(state)
+    old = read_champion(models, "xgboost")
+    kept = new_version(models, "xgboost", "zz-kept-challenger")  # newest, never served
+    registry.register(conn, ModelMeta.from_json(meta_path(models, "xgboost", kept)
+                                                .read_text()),
+                      onnx_path(models, "xgboost", kept), "candidate", "job")
+    registry.set_status(conn, "xgboost", kept, "retired", "gate: keep")
+    new = new_version(models, "xgboost", "promoted")
+    registry.register(conn, ModelMeta.from_json(meta_path(models, "xgboost", new)
+                                                .read_text()),
+                      onnx_path(models, "xgboost", new), "candidate", "ctl promote")
+    registry.promote(conn, models, "xgboost", new, "ctl promote")
+    view = RegistryView.load(conn, models)  # as a restarted daemon loads it
+    assert view.previous_champion("xgboost", new) == old
+    conn.close()

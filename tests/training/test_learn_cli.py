@@ -81,7 +81,7 @@ def test_train_main_end_to_end(real_store: Path, small_config: Path, tmp_path: P
         np.testing.assert_allclose(proba, meta.probe_outputs, atol=1e-6)
     text = caplog.text
     assert "dataset: 3 symbols" in text and "trained xgboost in" in text
-    assert "exported lightgbm" in text and "xgboost validation: auc_long" in text
+    assert "exported lightgbm" in text and "xgboost validation (n=" in text
 
 
 def test_parity_failure_writes_nothing(real_store: Path, small_config: Path, tmp_path: Path,

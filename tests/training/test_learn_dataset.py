@@ -65,8 +65,28 @@ def test_purge_no_training_label_reaches_validation(real_store: Path) -> None:
     eth = ds.symbols.index("ETHBTC")
     train_ts = set(tr.ts[tr.sym == eth].tolist())
     assert not train_ts & set(s.open_time[straddle].tolist())
-    # ... and only they are dropped: every other labelled sample before the cutoff trains.
-    assert train_ts == set(s.open_time[ok & (s.open_time < ds.valid_cutoff) & ~straddle].tolist())
+    # ... and they and the last horizon before the cutoff are dropped (the gate's rule:
+    # the last training sample plus one label horizon stays before the window); every
+    # other labelled sample trains.
+    test_start = int(np.searchsorted(s.open_time, ds.valid_cutoff))
+    early = np.arange(len(s)) < test_start - ds.barriers.horizon
+    assert train_ts == set(s.open_time[ok & early & ~straddle].tolist())
+    assert ds.train_end + ds.barriers.horizon * 300_000 < ds.valid_cutoff
+
+
+def test_a_job_at_now_reads_only_bars_closed_by_then(real_store: Path) -> None:
+    """The bar opening at `now` is still forming: a job at `now` must not read it."""
+    conn = connect(real_store)
+    opens = [r[0] for r in conn.execute(
+        "SELECT open_time FROM bars WHERE symbol='ETHBTC' ORDER BY open_time").fetchall()]
+    conn.close()
+    now = opens[4000]  # a bar's open time: that bar closes 5 minutes later
+    ds = _build(real_store, train_until_ms=now, valid_from_ms=now - 86_400_000)
+    assert max(int(s.open_time.max()) for s in ds.series.values()) == now - 300_000
+    assert ds.span_end == now - 300_000 and ds.data_end <= now - 300_000
+    # and the same job one second before the bar closes sees no more than that
+    later = _build(real_store, train_until_ms=now + 299_999, valid_from_ms=now - 86_400_000)
+    assert later.data_sha256 == ds.data_sha256
 
 
 def test_no_lookahead_appending_bars_changes_nothing(

@@ -108,3 +108,24 @@ def test_params_follow_config(cfg: Config) -> None:
     assert xp["objective"] == "multi:softprob" and xp["num_class"] == 3
     assert "early_stopping_rounds" not in xp and lp["verbose"] == -1
     assert lp["num_leaves"] <= 2 ** 3
+
+
+def test_lightgbm_thresholds_that_round_up_in_float32_keep_parity() -> None:
+    """LightGBM splits between two adjacent float32 training values at a double midpoint;
+    stored as float32 it may round up onto the upper value, and an input exactly there
+    went the other way in ONNX (a job's parity check failed on one row in 1,584)."""
+    from lightgbm import LGBMClassifier
+
+    lo = np.nextafter(np.float32(1.0), np.float32(2.0))  # odd mantissa: the midpoint
+    hi = np.nextafter(lo, np.float32(2.0))  # to `hi` rounds to even, i.e. up onto hi
+    assert np.float32((float(lo) + float(hi)) / 2) == hi
+    rng = np.random.default_rng(0)
+    n = 600
+    X = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    X[:, 0] = np.where(np.arange(n) % 2 == 0, lo, hi)
+    y = np.where(X[:, 0] == hi, 1, 0)
+    y[::7] = 2
+    model = LGBMClassifier(n_estimators=5, num_leaves=3, min_child_samples=5,
+                           verbose=-1, random_state=0).fit(X, y)
+    exp = export.export(model, X)  # raised ExportError before the thresholds were fixed
+    assert exp.parity_max_abs_diff < 1e-5

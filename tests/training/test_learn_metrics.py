@@ -139,3 +139,17 @@ def test_random_walk_auc_is_chance(family: str, make_store: Callable[..., Path],
     assert abs(m["auc_long"] - 0.5) < 0.05, m["auc_long"]
     assert abs(m["auc_short"] - 0.5) < 0.05, m["auc_short"]
     assert abs(m["auc_direction"] - 0.5) < 0.05, m["auc_direction"]
+
+
+def test_the_validation_line_carries_its_sample_size_and_interval() -> None:
+    from qtraderd.training.metrics import headline, wilson
+
+    lo, hi = wilson(0.4, 50)
+    assert 0.27 < lo < 0.4 < hi < 0.54  # the textbook Wilson interval of 20/50
+    m = {"n_valid": 1584, "auc_long": 0.55, "auc_short": 0.56, "auc_direction": 0.52,
+         "log_loss": 0.95, "log_loss_prior": 0.97, "n_trades": 50, "win_rate": 0.4,
+         "breakeven_win_rate": 0.39, "mean_net_return": 0.001,
+         "always_long_win_rate": 0.2, "random_win_rate": 0.3}
+    line = headline("lightgbm", m)
+    assert line.startswith("lightgbm validation (n=1,584): auc_long 0.550")
+    assert f"50 trades, win rate 40.0 % [95 % CI {100 * lo:.1f} %-{100 * hi:.1f} %]" in line
