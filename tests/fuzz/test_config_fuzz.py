@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from qtraderd.core.config import SEED_ENV, Config, ConfigError, load
 from qtraderd.runtime.daemon import DaemonError, parse_time
 from qtraderd.venues.factory import VenueError, check_venue
+from tests.fuzz.fuzz_count import tally
 
 pytestmark = pytest.mark.fuzz
 
@@ -140,6 +141,7 @@ def test_config_files(tmp_path: Path) -> None:
 
     @given(config_tables())
     def case(doc: tuple[dict[str, Any], dict[str, dict[str, Any]]]) -> None:
+        tally()
         text = toml_doc(*doc)
         path.write_text(text, encoding="utf-8")
         check(path, {})
@@ -156,6 +158,7 @@ def test_config_text(tmp_path: Path) -> None:
                                              st.integers(0, 40)).map(
         lambda t: base[:t[0]] + t[1] + base[t[0] + t[2]:]))
     def case(text: str) -> None:
+        tally()
         path.write_text(text, encoding="utf-8")
         check(path, {})
 
@@ -169,6 +172,7 @@ def test_config_bytes(tmp_path: Path) -> None:
 
     @given(st.binary(max_size=200))
     def case(data: bytes) -> None:
+        tally()
         path.write_bytes(data)
         check(path, {})
 
@@ -178,6 +182,7 @@ def test_config_bytes(tmp_path: Path) -> None:
 def test_environments() -> None:
     @given(environments(ENV_NAMES))
     def case(env: dict[str, str]) -> None:
+        tally()
         check(None, env)
 
     case()
@@ -189,6 +194,7 @@ def test_environments() -> None:
 def test_seed_environment_names() -> None:
     @given(environments(sorted(SEED_ENV)))
     def case(env: dict[str, str]) -> None:
+        tally()
         check(None, env)
 
     case()
@@ -204,6 +210,7 @@ def test_feed_times() -> None:
 
     @given(times, times)
     def case(start: str, end: str) -> None:
+        tally()
         env = {"QT_FEED_START": start, "QT_FEED_END": end}
         try:
             cfg = startup_checks(None, env)

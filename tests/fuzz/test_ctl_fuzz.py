@@ -21,6 +21,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.daemon_harness import CHANGES, MAX_REQUEST_BYTES, FuzzDaemon
+from tests.fuzz.fuzz_count import tally
 
 pytestmark = pytest.mark.fuzz
 
@@ -76,6 +77,7 @@ def test_any_bytes(daemon: FuzzDaemon) -> None:
     @given(st.lists(chunks, max_size=24).map(b"".join)
            | st.binary(min_size=MAX_REQUEST_BYTES - 8, max_size=MAX_REQUEST_BYTES + 8))
     def case(payload: bytes) -> None:
+        tally()
         replies = daemon.case(payload)
         n, too_large = expected_replies(payload)
         if too_large:
@@ -97,6 +99,7 @@ def test_any_json_value(daemon: FuzzDaemon) -> None:
     @NO_SHRINK
     @given(requests)
     def case(value: object) -> None:
+        tally()
         payload = line(value)
         replies = daemon.case(payload)
         _n, too_large = expected_replies(payload)
@@ -115,6 +118,7 @@ def test_query_commands_with_any_args(daemon: FuzzDaemon) -> None:
     @NO_SHRINK
     @given(st.sampled_from(QUERIES), args_dicts)
     def case(cmd: str, args: dict) -> None:
+        tally()
         replies = daemon.case(line({"cmd": cmd, "args": args}))
         assert len(replies) == 1
         if cmd in ("status", "positions", "pnl", "rl", "models", "learning", "modules"):
@@ -130,6 +134,7 @@ def test_trades_with_any_limit(daemon: FuzzDaemon) -> None:
     @NO_SHRINK
     @given(json_values | st.sampled_from([1e999, -1e999, 1e308, 10**30, "1e999", "nan"]))
     def case(limit: object) -> None:
+        tally()
         replies = daemon.case(line({"cmd": "trades", "args": {"limit": limit}}))
         assert len(replies) == 1
         if not replies[0]["ok"]:
@@ -145,6 +150,7 @@ def test_risk_commands_with_any_args(daemon: FuzzDaemon) -> None:
     @NO_SHRINK
     @given(st.sampled_from(CHANGES), args_dicts)
     def case(cmd: str, args: dict) -> None:
+        tally()
         payload = line({"cmd": cmd, "args": args})
         replies = daemon.case(payload)
         assert len(replies) == 1
@@ -180,6 +186,7 @@ def test_pathological_json(daemon: FuzzDaemon) -> None:
     @NO_SHRINK
     @given(nested | nested_obj | digits | floats, st.booleans())
     def case(value: str, wrapped: bool) -> None:
+        tally()
         text = f'{{"cmd":"status","args":{{"x":{value}}}}}' if wrapped else value
         replies = daemon.case(text.encode() + b"\n")
         assert len(replies) == 1, replies
@@ -194,6 +201,7 @@ def test_many_requests_on_one_connection(daemon: FuzzDaemon) -> None:
     @given(st.lists(st.tuples(st.sampled_from(QUERIES[:4]),
                               st.integers(0, MAX_REQUEST_BYTES + 16)), min_size=1, max_size=8))
     def case(reqs: list[tuple[str, int]]) -> None:
+        tally()
         lines = [line({"cmd": c, "args": {"pad": "x" * pad}}) for c, pad in reqs]
         payload = b"".join(lines)
         replies = daemon.case(payload)

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from qtraderd.store.db import connect
 from qtraderd.store.importer import CandleImportError, import_file
+from tests.fuzz.fuzz_count import tally
 
 pytestmark = pytest.mark.fuzz
 
@@ -146,6 +147,7 @@ def candle_file(draw: st.DrawFn) -> tuple[list[str], list[tuple], int]:
 def test_generated_rows(tmp_path: Path, store: sqlite3.Connection) -> None:
     @given(candle_file(), st.sampled_from(["\n", "\r\n"]), st.sampled_from(["csv", "gz", "zip"]))
     def case(spec: tuple[list[str], list[tuple], int], eol: str, ext: str) -> None:
+        tally()
         lines, good, n_bad = spec
         symbol = fresh_symbol()
         text = eol.join([HEADER, *lines]) + eol
@@ -190,6 +192,7 @@ def test_arbitrary_content(tmp_path: Path, store: sqlite3.Connection) -> None:
 
     @given(content, st.sampled_from(["csv", "gz", "zip", "raw.gz", "raw.zip"]))
     def case(data: bytes, ext: str) -> None:
+        tally()
         symbol = fresh_symbol()
         if ext.startswith("raw."):  # not really compressed
             path = tmp_path / f"{symbol}-5m.{'csv.gz' if ext == 'raw.gz' else 'zip'}"
@@ -219,6 +222,7 @@ def test_cli_import_exit_code_when_every_row_is_rejected(tmp_path: Path) -> None
 
     @given(st.lists(bad_row(T0, None).map(lambda r: r[0]), min_size=1, max_size=5))
     def case(lines: list[str]) -> None:
+        tally()
         path = tmp_path / f"{fresh_symbol()}-5m.csv"
         path.write_text("\n".join([HEADER, *lines]) + "\n")
         assert main(["import", str(path), "--state-dir", str(tmp_path / "cli")]) != 0

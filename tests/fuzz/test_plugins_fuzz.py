@@ -28,6 +28,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from qtraderd.plugins.host import ACTIVE, DISABLED, REJECTED, PluginHost
+from tests.fuzz.fuzz_count import tally
 from tests.plugins.plugin_helpers import check_call, filter_call, host, step
 
 pytestmark = pytest.mark.fuzz
@@ -55,8 +56,9 @@ EXCEPTIONS = ("ValueError", "ZeroDivisionError", "RuntimeError", "TypeError",
               "ArithmeticError", "UnicodeError", "Exception", "RecursionError")
 # messages and values that make the space of generated modules unbounded
 messages = st.text(max_size=30).map(repr)
-literals = (st.integers() | st.floats() | st.text(max_size=20) | st.binary(max_size=8)
-            | st.lists(st.integers(), max_size=3)).map(repr)
+literals = ((st.integers() | st.text(max_size=20) | st.binary(max_size=8)
+             | st.lists(st.integers(), max_size=3)).map(repr)
+            | st.floats().map(lambda f: f"float({str(f)!r})"))  # repr(inf) is no literal
 NONSENSE = ("1", "'x'", "float('nan')", "[veto('v')]", "object()", "(0.5,)", "b'x'", "veto",
             "Verdict(factor=float('nan'))",
             "Verdict(factor=-1.0)", "Verdict(factor=2.0)", "RiskVerdict(allowed='no', code=5)",
@@ -149,6 +151,7 @@ def exercise(pdir: Path, place: str, action: str) -> None:
 def test_plugins_that_raise(pdir: Path) -> None:
     @given(st.sampled_from(PLACES), st.sampled_from(EXCEPTIONS), messages)
     def case(place: str, exc: str, msg: str) -> None:
+        tally()
         exercise(pdir, place, f"raise {exc}({msg})")
 
     case()
@@ -158,6 +161,7 @@ def test_plugins_that_return_nonsense(pdir: Path) -> None:
     @given(st.sampled_from(("filter_signal", "check_order", "notify", "async_notify",
                             "setup", "init")), st.sampled_from(NONSENSE) | literals)
     def case(place: str, value: str) -> None:
+        tally()
         exercise(pdir, place, f"return {value}")
 
     case()
@@ -171,6 +175,7 @@ def test_plugins_that_return_evil_objects(pdir: Path) -> None:
            st.sampled_from((*EVIL, "Verdict(factor=Evil())", "Verdict(factor='x')",
                             "RiskVerdict(allowed=Evil())")))
     def case(place: str, value: str) -> None:
+        tally()
         exercise(pdir, place, f"return {value}")
 
     case()
@@ -180,6 +185,7 @@ def test_plugins_that_return_evil_objects(pdir: Path) -> None:
 def test_plugins_that_exit(pdir: Path) -> None:
     @given(st.sampled_from(PLACES), st.sampled_from(BASE))
     def case(place: str, exc: str) -> None:
+        tally()
         try:
             exercise(pdir, place, f"raise {exc}")
         except AssertionError:
@@ -200,6 +206,7 @@ def test_plugins_that_loop(pdir: Path) -> None:
               phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking
     @given(st.sampled_from(PLACES))
     def case(place: str) -> None:
+        tally()
         STOP.clear()
         errors: list[BaseException] = []
 
