@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # (any other version pulls gigabytes of CUDA libraries).
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install run test test-slow lint bench clean
+.PHONY: install run test test-slow fuzz lint bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 	$(PY) -m pytest -q -m slow
+
+# every fuzz target with >= 10,000 generated cases (the default suite runs a few hundred)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -m fuzz tests/fuzz
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check qtraderd tests benchmarks

@@ -6,8 +6,22 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# Hypothesis profiles (tests/fuzz): "ci" for the default suite — a few hundred cases per
+# target, derandomized so a CI failure reproduces; "fuzz" for `make fuzz` — at least
+# 10,000 cases per target, random each time. Selected by $HYPOTHESIS_PROFILE. No example
+# database: the tree stays clean, and a failure prints its reproduction blob instead.
+_FUZZ_COMMON = {"deadline": None, "database": None, "print_blob": True,
+                "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large,
+                                          HealthCheck.function_scoped_fixture,
+                                          HealthCheck.filter_too_much]}
+settings.register_profile("ci", max_examples=200, derandomize=True, **_FUZZ_COMMON)
+settings.register_profile("fuzz", max_examples=10_000, **_FUZZ_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _find_shared() -> Path:

@@ -68,7 +68,19 @@ class ModelMeta:
 
     @classmethod
     def from_json(cls, text: str) -> ModelMeta:
-        data = json.loads(text)
+        """Parse and type-check metadata; ArtifactError says what is wrong.
+
+        Every field is checked against its declared type here, so that nothing later (the
+        loader's messages, the parity probe, the predictor's abstention window) meets a
+        number where it expects a string: a hand-edited or corrupt file is refused with
+        its reason instead of raising somewhere in the serving path.
+        """
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ArtifactError("metadata is nested too deeply to be metadata") from None
+        if not isinstance(data, dict):
+            raise ArtifactError(f"metadata must be a JSON object, got {type(data).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -77,7 +89,44 @@ class ModelMeta:
                    "input_name", "output_name"} - set(data)
         if missing:
             raise ArtifactError(f"metadata lacks {sorted(missing)}")
+        for key, value in data.items():
+            check = _FIELD_CHECKS[str(cls.__dataclass_fields__[key].type)]
+            if not check(value):
+                raise ArtifactError(f"metadata key {key!r} has the wrong type: "
+                                    f"expected {cls.__dataclass_fields__[key].type}, "
+                                    f"got {_short(value)}")
         return cls(**data)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# metadata field type (as annotated) -> check of a parsed JSON value
+_FIELD_CHECKS: dict[str, Any] = {
+    "str": lambda v: isinstance(v, str),
+    "int": _is_int,
+    "float": _is_num,
+    "int | None": lambda v: v is None or _is_int(v),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "dict[str, float]": lambda v: isinstance(v, dict) and all(map(_is_num, v.values())),
+    "dict[str, Any]": lambda v: isinstance(v, dict),
+    "list[Any]": lambda v: isinstance(v, list),
+    "list[list[float]]": lambda v: isinstance(v, list) and all(
+        isinstance(r, list) and all(map(_is_num, r)) for r in v),
+}
+_unchecked = {str(f.type) for f in ModelMeta.__dataclass_fields__.values()} - set(_FIELD_CHECKS)
+if _unchecked:  # a new metadata field needs its check above
+    raise ImportError(f"ModelMeta field types without a check: {sorted(_unchecked)}")
 
 
 def check_version(version: str) -> str:
@@ -139,6 +188,8 @@ def read_artifact(models_dir: Path, family: str, version: str) -> tuple[ModelMet
         meta = ModelMeta.from_json(mpath.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ArtifactError(f"{mpath}: metadata file missing") from exc
+    except ArtifactError as exc:  # the message says what; the operator needs which file
+        raise ArtifactError(f"{mpath}: {exc}") from exc
     except (OSError, ValueError, TypeError) as exc:
         raise ArtifactError(f"{mpath}: unreadable metadata ({exc})") from exc
     if meta.family != family or meta.version != version:
@@ -168,6 +219,8 @@ def read_champion(models_dir: Path, family: str) -> str | None:
         text = p.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, unreadable, binary junk
+        raise ArtifactError(f"{p}: unreadable champion pointer ({exc})") from exc
     return check_version(text) if text else None
 
 

@@ -104,10 +104,13 @@ def _check_probes(model: LoadedModel) -> None:
     meta = model.meta
     if not meta.probe_inputs:
         raise ArtifactError(f"{where}: metadata has no parity probe rows")
-    x = np.asarray(meta.probe_inputs, dtype=np.float32)
-    want = np.asarray(meta.probe_outputs, dtype=np.float64)
-    try:
-        got = model.predict(x)
+    try:  # ragged or non-numeric rows in a hand-edited file
+        x = np.asarray(meta.probe_inputs, dtype=np.float32)
+        want = np.asarray(meta.probe_outputs, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(f"{where}: parity probe rows are malformed ({exc})") from exc
+    try:  # an output that is not a numeric tensor (a map, strings) fails here too
+        got = np.asarray(model.predict(x), dtype=np.float64)
     except Exception as exc:
         raise ArtifactError(f"{where}: inference on probe rows failed ({exc})") from exc
     if got.ndim != 2 or got.shape != want.shape or got.shape[1:] != (3,):
