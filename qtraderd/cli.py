@@ -127,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replay the stored candles in data time with the real learner and "
         "compare, net of costs over the same out-of-sample test period: continuous learning "
         "(retrain every --retrain-hours on a --train-days sliding window), the same initial "
-        "models never retrained, equal-weight buy-and-hold, and seeded random entries. The "
+        "models never retrained, equal-weight buy-and-hold (fully invested and at the "
+        "strategy's exposure), and seeded random entries that take the strategy's sizes and "
+        "exits (TP/SL, trailing and time stops). One Sharpe per arm; per-window lines carry "
+        "their sample size and 95 % intervals. The "
         "test period starts --train-days + learning.eval_window_days after the first stored "
         "bar. Writes OUT/walkforward.md, walkforward.json and PNGs; works in OUT/work.")
     p.add_argument("--config", type=Path, default=None, help="TOML config file")
