@@ -81,8 +81,14 @@ class PredictorActor(StepActor):
     def __init__(self, barriers: Barriers, models: ModelSet | dict[str, LoadedModel],
                  inbox: trio.MemoryReceiveChannel[Step], outbox: trio.MemorySendChannel[Step],
                  models_dir: Path | None = None,
-                 commands: trio.MemoryReceiveChannel[Command] | None = None) -> None:
+                 commands: trio.MemoryReceiveChannel[Command] | None = None,
+                 scored_wanted: bool = True) -> None:
+        """`scored_wanted`: fill `Step.scored` (for the learner downstream). Without a
+        learner nobody reads it and nothing records it, so the daemon turns it off: the
+        ensemble still observes every outcome."""
         super().__init__(inbox, outbox)
+        self.scored_wanted = scored_wanted
+        self._weights_json: dict[str, tuple[dict[str, float], str]] = {}  # per regime
         self.barriers = barriers
         self.models_dir = models_dir
         self.commands = commands
@@ -304,12 +310,19 @@ class PredictorActor(StepActor):
         if not pending or pending[0][0] != ts:
             return
         _, regime, outputs, i = pending.popleft()
+        observe = self.ensemble.observe
+        if not self.scored_wanted:  # the ensemble's record only (runs per outcome)
+            for o in outputs:
+                if o.role == SERVING:
+                    pl, ps = o.p_long[i], o.p_short[i]
+                    observe(o.model, regime, (1.0 - pl - ps, pl, ps), label)
+            return
         for o in outputs:
             pl, ps = o.p_long[i], o.p_short[i]
             out.append(Scored(o.model, o.version, o.role, sym, ts, regime, pl, ps, label, rl,
                               rs, resolved))
             if o.role == SERVING:
-                self.ensemble.observe(o.model, regime, (1.0 - pl - ps, pl, ps), label)
+                observe(o.model, regime, (1.0 - pl - ps, pl, ps), label)
 
     def _predict(self, ts: int, samples: list[Sample], rows: list[tuple[float, ...]],
                  raws: list[np.ndarray], states: list[_Symbol]
@@ -349,10 +362,14 @@ class PredictorActor(StepActor):
         serving = [o for o in outputs if o.role == SERVING]
         predictions: list[Prediction] = []
         by_regime: dict[str, tuple[dict[str, float], str]] = {}
+        last_json = self._weights_json
         for i, s in enumerate(samples):
             if s.regime not in by_regime:
                 w = self.ensemble.weights(s.regime, serving_probs)
-                by_regime[s.regime] = (w, _weights_json(w))
+                known = last_json.get(s.regime)
+                if known is None or known[0] is not w:  # the ensemble's cache moved on
+                    known = last_json[s.regime] = (w, _weights_json(w))
+                by_regime[s.regime] = known
             w, w_json = by_regime[s.regime]
             pl = ps = 0.0  # the members' Python floats, in member order (no numpy scalars)
             for o in serving:
