@@ -20,7 +20,7 @@ import trio
 
 from qtraderd.core.clock import iso
 from qtraderd.core.messages import Bar, Step
-from qtraderd.runtime.supervisor import Actor
+from qtraderd.runtime.supervisor import Actor, pass_on
 
 log = logging.getLogger("qtraderd.feed")
 
@@ -69,7 +69,7 @@ class FeedActor(Actor):
             async for ts, bars in self.source.batches():
                 await self._pace(ts)
                 step = Step(seq=self.seq + 1, ts=ts, close_ts=ts + self.interval_ms, bars=bars)
-                await self.outbox.send(step)
+                await pass_on(self.outbox, step)  # a yield only when execution is behind
                 if self.first_sent is None:
                     self.first_sent = time.perf_counter()
                     self.first_sent_cpu = time.process_time()

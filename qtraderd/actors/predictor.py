@@ -81,8 +81,14 @@ class PredictorActor(StepActor):
     def __init__(self, barriers: Barriers, models: ModelSet | dict[str, LoadedModel],
                  inbox: trio.MemoryReceiveChannel[Step], outbox: trio.MemorySendChannel[Step],
                  models_dir: Path | None = None,
-                 commands: trio.MemoryReceiveChannel[Command] | None = None) -> None:
+                 commands: trio.MemoryReceiveChannel[Command] | None = None,
+                 scored_wanted: bool = True) -> None:
+        """`scored_wanted`: fill `Step.scored` (for the learner downstream). Without a
+        learner nobody reads it and nothing records it, so the daemon turns it off: the
+        ensemble still observes every outcome."""
         super().__init__(inbox, outbox)
+        self.scored_wanted = scored_wanted
+        self._weights_json: dict[str, tuple[dict[str, float], str]] = {}  # per regime
         self.barriers = barriers
         self.models_dir = models_dir
         self.commands = commands
@@ -317,12 +323,19 @@ class PredictorActor(StepActor):
         if not pending or pending[0][0] != ts:
             return
         _, regime, outputs, i = pending.popleft()
+        observe = self.ensemble.observe
+        if not self.scored_wanted:  # the ensemble's record only (runs per outcome)
+            for o in outputs:
+                if o.role == SERVING:
+                    pl, ps = o.p_long[i], o.p_short[i]
+                    observe(o.model, regime, (1.0 - pl - ps, pl, ps), label)
+            return
         for o in outputs:
             pl, ps = o.p_long[i], o.p_short[i]
             out.append(Scored(o.model, o.version, o.role, sym, ts, regime, pl, ps, label, rl,
                               rs, resolved))
             if o.role == SERVING:
-                self.ensemble.observe(o.model, regime, (1.0 - pl - ps, pl, ps), label)
+                observe(o.model, regime, (1.0 - pl - ps, pl, ps), label)
 
     def _predict(self, ts: int, samples: list[Sample], rows: list[tuple[float, ...]],
                  raws: list[np.ndarray], states: list[_Symbol]
@@ -362,10 +375,14 @@ class PredictorActor(StepActor):
         serving = [o for o in outputs if o.role == SERVING]
         predictions: list[Prediction] = []
         by_regime: dict[str, tuple[dict[str, float], str]] = {}
+        last_json = self._weights_json
         for i, s in enumerate(samples):
             if s.regime not in by_regime:
                 w = self.ensemble.weights(s.regime, serving_probs)
-                by_regime[s.regime] = (w, _weights_json(w))
+                known = last_json.get(s.regime)
+                if known is None or known[0] is not w:  # the ensemble's cache moved on
+                    known = last_json[s.regime] = (w, _weights_json(w))
+                by_regime[s.regime] = known
             w, w_json = by_regime[s.regime]
             pl = ps = 0.0  # the members' Python floats, in member order (no numpy scalars)
             for o in serving:
@@ -397,19 +414,32 @@ class PredictorActor(StepActor):
 
 
 _JSON_KEYS: dict[str, str] = {}
+_JSON_TEXTS: dict[tuple[str | float, ...], str] = {}  # by names and rounded weights
 
 
 def _weights_json(w: dict[str, float]) -> str:
     """json.dumps({f: round(v, 4)}, separators=(",", ":")) for finite weights, without
     the encoder's set-up per call (once per regime per step): floats are written with
-    repr, as json does, and the quoted keys are made once."""
+    repr, as json does, and the quoted keys are made once. Rounded to 4 digits the
+    same weights recur bar after bar, so each text is made once (a bounded table)."""
+    rounded = tuple(round(v, 4) for v in w.values())
+    key = (*w, *rounded)
+    text = _JSON_TEXTS.get(key)
+    if text is not None:
+        return text
     parts = []
     for f, v in w.items():
-        key = _JSON_KEYS.get(f)
-        if key is None:
-            key = _JSON_KEYS[f] = json.dumps(f) + ":"
-        parts.append(key + repr(round(v, 4)))
-    return "{" + ",".join(parts) + "}"
+        quoted = _JSON_KEYS.get(f)
+        if quoted is None:
+            quoted = _JSON_KEYS[f] = json.dumps(f) + ":"
+        parts.append(quoted + repr(round(v, 4)))
+    text = "{" + ",".join(parts) + "}"
+    if 0.0 in rounded:  # 0.0 == -0.0 as keys, but their texts differ: not kept
+        return text
+    if len(_JSON_TEXTS) >= 65_536:
+        _JSON_TEXTS.clear()
+    _JSON_TEXTS[key] = text
+    return text
 
 
 def _not_temp(_change: object, path: str) -> bool:

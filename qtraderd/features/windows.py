@@ -30,27 +30,49 @@ class WindowState:
 
     Rows are written twice into a buffer of 2*size rows (at i and i+size), so the last
     `size` bars are always the contiguous slice buf[i+1 : i+1+size]: no copy, no roll.
+    Rows wait in a list until a window is read (or the list holds 4*size): only tree
+    models are served most of the time, and then only the last `size` of them are ever
+    written, instead of two numpy row writes per bar. The buffer ends up the same.
     """
 
-    __slots__ = ("_buf", "_i", "_n", "_size")
+    __slots__ = ("_buf", "_i", "_n", "_rows", "_size")
 
     def __init__(self, size: int = WINDOW) -> None:
         self._size = size
         self._buf = np.zeros((2 * size, CHANNELS))
         self._i = size - 1
         self._n = 0
+        self._rows: list[tuple[float, float, float, float, float]] = []
 
     def update(self, o: float, h: float, low: float, c: float, v: float) -> None:
         lc = math.log(c)
-        row = (lc, math.log(h) - lc, math.log(low) - lc, math.log(o) - lc, math.log1p(v))
-        i = (self._i + 1) % self._size
-        self._buf[i] = row
-        self._buf[i + self._size] = row
-        self._i = i
-        self._n += 1
+        rows = self._rows
+        rows.append((lc, math.log(h) - lc, math.log(low) - lc, math.log(o) - lc,
+                     math.log1p(v)))
+        if len(rows) >= 4 * self._size:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the waiting rows where `update` used to write each one at once; rows a
+        later one would overwrite (all but the last `size`) are skipped."""
+        rows = self._rows
+        if not rows:
+            return
+        size, buf = self._size, self._buf
+        skip = max(0, len(rows) - size)
+        i = self._i + skip
+        for row in rows[skip:] if skip else rows:
+            i = (i + 1) % size
+            buf[i] = row
+            buf[i + size] = row
+        self._i = i % size
+        self._n += len(rows)
+        rows.clear()
 
     def raw(self) -> np.ndarray | None:
         """The last `size` bars, un-normalised (a view); None while warming up."""
+        if self._rows:
+            self._flush()
         if self._n < self._size:
             return None
         i = self._i
@@ -60,6 +82,16 @@ class WindowState:
         """The current window, float32 [size, CHANNELS]; None while warming up."""
         raw = self.raw()
         return None if raw is None else normalize(raw[None])[0]
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        """Checkpoints hold the written buffer, as before rows could wait."""
+        self._flush()
+        return None, {"_buf": self._buf, "_i": self._i, "_n": self._n, "_size": self._size}
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        for name, value in state[1].items():
+            setattr(self, name, value)
+        self._rows = []
 
 
 def normalize(raw: np.ndarray, copy: bool = True) -> np.ndarray:

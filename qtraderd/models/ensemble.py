@@ -41,6 +41,7 @@ BETA = 50.0  # per nat of ewLL gap
 COLLAPSE_FACTOR = 0.1
 _EPS = 1e-15
 ALL = "*"  # key of the per-model overall stats
+_NO_STATS: dict[str, Any] = {}
 
 
 class _Ewm:
@@ -103,8 +104,35 @@ class EnsembleManager:
         # _explain results by (regime, models) until the next outcome or model change:
         # outcomes arrive in bursts between bars, weights are read for every bar.
         self._explained: dict[tuple[str, tuple[str, ...]], dict[str, dict[str, Any]]] = {}
+        self._init_weight_cache()
         for m in models:
             self.add_model(m)
+
+    def _init_weight_cache(self) -> None:
+        # weights() results per regime and model list, kept across outcomes that cannot
+        # change them: an outcome changes its own regime's stats and every model's overall
+        # stats, so it drops that regime's entries and those of regimes where a model
+        # fell back to (or lacked) a regime record (`_overall_users`): the rest depend on
+        # their own regime's stats alone.
+        self._weights: dict[str, dict[tuple[str, ...], dict[str, float]]] = {}
+        self._overall_users: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Checkpoints carry the stats, not the caches (same state as before they existed)."""
+        state = self.__dict__.copy()
+        for name in ("_weights", "_overall_users"):
+            state.pop(name, None)
+        state["_explained"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_weight_cache()
+
+    def _forget(self) -> None:
+        self._explained.clear()
+        self._weights.clear()
+        self._overall_users.clear()
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -113,11 +141,11 @@ class EnsembleManager:
     def add_model(self, name: str) -> None:
         """Add a model, or reset it: a new version's past is not the old version's."""
         self._stats[name] = {ALL: _Stats()}
-        self._explained.clear()
+        self._forget()
 
     def remove_model(self, name: str) -> None:
         self._stats.pop(name, None)
-        self._explained.clear()
+        self._forget()
 
     def observe(self, model: str, regime: str, probs: Sequence[float], label: int) -> None:
         """Record the settled outcome `label` (0 none / 1 long / 2 short) of a prediction."""
@@ -138,7 +166,15 @@ class EnsembleManager:
             side = LABEL_SHORT if p2 > p1 else LABEL_LONG
             hit = 1.0 if side == label else 0.0
         per = self._stats[model]
-        self._explained.clear()
+        if self._explained:
+            self._explained.clear()
+        cached = self._weights
+        if cached:
+            cached.pop(regime, None)
+            if self._overall_users:
+                for g in self._overall_users:
+                    cached.pop(g, None)
+                self._overall_users.clear()
         decay = self.decay
         for key in (ALL, regime):
             st = per.get(key)
@@ -210,11 +246,76 @@ class EnsembleManager:
         return info
 
     def weights(self, regime: str, models: Iterable[str] | None = None) -> dict[str, float]:
-        """Weights (summing to 1, each >= floor when feasible) for `regime`."""
-        names = list(self._stats if models is None else models)
+        """Weights (summing to 1, each >= floor when feasible) for `regime`, in the order
+        of `models`. Cached until an outcome can change them: callers must not modify
+        the result."""
+        names = tuple(self._stats if models is None else models)
         if not names:
             return {}
-        return {m: v["weight"] for m, v in self._explain(names, regime).items()}
+        per = self._weights.get(regime)
+        if per is None:
+            per = self._weights[regime] = {}
+        else:
+            w = per.get(names)
+            if w is not None:
+                return w
+        if len(set(names)) < len(names):  # a repeated name: the general path
+            w = {m: v["weight"] for m, v in self._compute(names, regime).items()}
+            uses_overall = True
+        else:
+            w, uses_overall = self._weigh(names, regime)
+        per[names] = w
+        if uses_overall:
+            self._overall_users.add(regime)
+        return w
+
+    def _weigh(self, names: tuple[str, ...], regime: str) -> tuple[dict[str, float], bool]:
+        """`_compute`'s weights, with the same arithmetic in the same order (so the
+        same bits) but none of its explanation: this runs for every regime of every
+        bar whose weights an outcome changed. Also says whether any model's overall
+        record was used (see `_init_weight_cache`)."""
+        min_outcomes = self.min_outcomes
+        stats = self._stats
+        chosen: list[_Stats | None] = []
+        overall_used: list[bool] = []
+        offsets = []
+        uses_overall = False
+        for m in names:
+            per = stats.get(m, _NO_STATS)
+            st = per.get(regime)
+            if st is not None and st.n >= min_outcomes:
+                overall = per[ALL]
+                if overall.n >= min_outcomes:
+                    offsets.append(st.ll.value - overall.ll.value)
+                chosen.append(st)
+                overall_used.append(False)
+                continue
+            uses_overall = True
+            st = per.get(ALL)
+            if st is None or st.n < min_outcomes:
+                st = None
+            chosen.append(st)
+            overall_used.append(True)
+        offset = sum(offsets) / len(offsets) if offsets else 0.0
+        scores: list[float | None] = []
+        collapsed: list[bool] = []
+        known = []
+        threshold = self.collapse_hit_rate
+        for st, via_overall in zip(chosen, overall_used, strict=True):
+            if st is None:
+                scores.append(None)
+                collapsed.append(False)
+                continue
+            score = st.ll.value + (offset if via_overall else 0.0)
+            scores.append(score)
+            known.append(score)
+            adwin = st.adwin
+            collapsed.append(adwin.width >= min_outcomes and adwin.mean < threshold)
+        neutral = sum(known) / len(known) if known else 0.0
+        best = min(known) if known else 0.0
+        raw = [math.exp(-BETA * ((neutral if s is None else s) - best))
+               * (COLLAPSE_FACTOR if c else 1.0) for s, c in zip(scores, collapsed, strict=True)]
+        return dict(zip(names, _floored_list(raw, self.floor), strict=True)), uses_overall
 
     def combine(self, probs_by_model: Mapping[str, Sequence[float]], regime: str
                 ) -> tuple[tuple[float, float, float], dict[str, float]]:
@@ -260,6 +361,32 @@ class EnsembleManager:
     def snapshot_json(self, regime: str) -> str:
         """`snapshot(regime)` as compact JSON, ready for a predictions row."""
         return json.dumps(self.snapshot(regime), separators=(",", ":"), sort_keys=True)
+
+
+def _floored_list(raw: list[float], floor: float) -> list[float]:
+    """`_floored` on a list (same arithmetic, same order of operations, so the same
+    bits); the result is in the order of `raw`."""
+    n = len(raw)
+    total = sum(raw)
+    if floor * n >= 1.0 or not total > 0 or not math.isfinite(total):
+        return [1.0 / n] * n
+    pinned = [False] * n
+    n_pinned = 0
+    while True:
+        mass = 1.0 - floor * n_pinned
+        free_total = sum(r for r, p in zip(raw, pinned, strict=True) if not p)
+        if free_total > 0:
+            out = [floor if p else mass * r / free_total
+                   for r, p in zip(raw, pinned, strict=True)]
+        else:  # every free weight underflowed: share equally
+            share = mass / (n - n_pinned)
+            out = [floor if p else share for p in pinned]
+        below = [i for i in range(n) if not pinned[i] and out[i] < floor]
+        if not below:
+            return out
+        for i in below:
+            pinned[i] = True
+        n_pinned += len(below)
 
 
 def _floored(raw: Mapping[str, float], floor: float) -> dict[str, float]:

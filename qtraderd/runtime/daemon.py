@@ -297,7 +297,8 @@ class Daemon:
         learning = cfg.learning.enabled
         self.predictor = PredictorActor(barriers, self.models or {}, pred_rx,
                                         learn_tx if learning else size_tx,
-                                        models_dir=self.models_dir, commands=pcmd_rx)
+                                        models_dir=self.models_dir, commands=pcmd_rx,
+                                        scored_wanted=learning)
         self.learner: LearnerActor | None = None
         if learning:
             if self.config_path is not None:

@@ -61,3 +61,37 @@ def test_normalize_matches_the_ndarray_mean_definition_to_the_bit() -> None:
         want = reference(raw)
         assert normalize(raw).tobytes() == want.tobytes()
         assert normalize(raw.copy(), copy=False).tobytes() == want.tobytes()
+
+
+def test_rows_written_late_give_the_buffer_written_at_once() -> None:
+    """Rows wait until a window is read; the buffer (and every window) must be exactly
+    what writing each row at once gives, whenever reads and checkpoints fall, and a
+    checkpoint of the old layout (no waiting rows) must still restore."""
+    import math
+    import pickle
+
+    rng = np.random.default_rng(4)
+    for size in (3, 8, WINDOW):
+        st = WindowState(size)
+        ref_buf, ref_i, ref_n = np.zeros((2 * size, CHANNELS)), size - 1, 0
+        for t in range(2000):
+            o, h, low, c, v = (float(x) for x in (1 + rng.uniform(size=5)))
+            st.update(o, h, low, c, v)
+            lc = math.log(c)  # WindowState.update as written before rows could wait
+            row = (lc, math.log(h) - lc, math.log(low) - lc, math.log(o) - lc, math.log1p(v))
+            ref_i = (ref_i + 1) % size
+            ref_buf[ref_i] = row
+            ref_buf[ref_i + size] = row
+            ref_n += 1
+            if rng.uniform() < (0.5 if t > 1500 else 0.02):
+                raw = st.raw()
+                assert (raw is None) == (ref_n < size)
+                assert st._buf.tobytes() == ref_buf.tobytes() and (st._i, st._n) == (ref_i,
+                                                                                      ref_n)
+            if rng.uniform() < 0.01:
+                st = pickle.loads(pickle.dumps(st))
+                assert st._buf.tobytes() == ref_buf.tobytes()
+        old = WindowState.__new__(WindowState)  # a state pickled before `_rows` existed
+        old.__setstate__((None, {"_buf": ref_buf.copy(), "_i": ref_i, "_n": ref_n,
+                                 "_size": size}))
+        assert old.raw().tobytes() == st.raw().tobytes()

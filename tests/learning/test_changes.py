@@ -129,3 +129,47 @@ def test_adwin_mean_of_a_hit_stream_is_exactly_numpys_after_caps_and_cuts() -> N
     for x in [1.0, 0.0, 0.25, 1.0, 0.0]:
         b.update(x)
     assert b.mean == float(b.window().mean())
+
+
+def _reference_cut(a: ADWIN) -> int:
+    """_find_cut as first written: every quantity computed in place from a cumsum."""
+    w = a.window()
+    n = len(w)
+    lo, hi = a.min_sub, n - a.min_sub
+    if hi < lo:
+        return 0
+    step = max(1, (hi - lo + 1) // a.max_checks)
+    k = np.arange(lo, hi + 1, step)
+    cs = np.cumsum(w)
+    total = cs[-1]
+    s0 = cs[k - 1]
+    n0 = k.astype(np.float64)
+    n1 = n - n0
+    gap = np.abs(s0 / n0 - (total - s0) / n1)
+    m = 1.0 / (1.0 / n0 + 1.0 / n1)
+    eps = np.sqrt(math.log(4.0 * n / a.delta) / (2.0 * m))
+    bad = np.flatnonzero(gap > eps)
+    return int(k[bad[-1]]) if len(bad) else 0
+
+
+def test_adwin_cut_with_cached_split_bounds_is_the_reference_cut() -> None:
+    """Split bounds cached per width and the 0/1 stretch sums must cut exactly where
+    the in-place formula does, on hit streams and on fractional ones."""
+    rng = np.random.default_rng(17)
+    cuts = 0
+    for max_window, min_sub, max_checks in [(60, 1, 8), (400, 5, 256), (2000, 5, 256)]:
+        for fractional in (False, True):
+            # never checks by itself: the window keeps its changes for us to find
+            a = ADWIN(max_window=max_window, min_sub=min_sub, max_checks=max_checks,
+                      clock=10**9)
+            p = 0.5
+            for i in range(2500):
+                if i % 400 == 0:
+                    p = float(rng.uniform(0.1, 0.9))
+                x = float(rng.uniform()) if fractional and i > 1200 else float(
+                    rng.uniform() < p)
+                want = _reference_cut(a)
+                assert a._find_cut() == want
+                cuts += want > 0
+                a.update(x)
+    assert cuts > 10

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
 
-from qtraderd.models.ensemble import BETA, COLLAPSE_FACTOR, EnsembleManager
+from qtraderd.models.ensemble import (
+    BETA,
+    COLLAPSE_FACTOR,
+    EnsembleManager,
+    _floored,
+    _floored_list,
+)
 
 PRIOR = (0.4, 0.3, 0.3)
 
@@ -218,3 +225,44 @@ def test_ewm_half_life() -> None:
         em.observe("a", "range", (0.25, 0.5, 0.25), 0)  # LL ln 4
     ll = em.snapshot()["models"]["a"]["overall"]["ew_log_loss"]
     assert ll == pytest.approx(1.5 * math.log(2), abs=2e-3)
+
+
+def test_cached_weights_are_exactly_the_explained_weights_after_every_outcome() -> None:
+    """weights() keeps results across outcomes that cannot change them (other regimes,
+    when no model falls back to its overall record); after any sequence of outcomes,
+    model resets and a checkpoint round trip they must equal, to the bit and in model
+    order, a fresh computation (`_compute`, which `snapshot` uses)."""
+    rng = np.random.default_rng(21)
+    em = EnsembleManager(["a", "b", "c"], min_outcomes=5, half_life=20)
+    regimes = ["trend_up", "trend_down", "range", "high_vol"]
+    served = 0
+    for i in range(3000):
+        if i == 1500:
+            em.add_model("b")  # a new version: its record starts afresh
+        if i == 2000:
+            em = pickle.loads(pickle.dumps(em))  # a checkpoint restores without caches
+        m = ["a", "b", "c"][int(rng.integers(3))]
+        r = regimes[int(rng.integers(1 if i < 300 else 4))]  # some regimes start late
+        pl = float(rng.uniform(0, 0.7))
+        ps = float(rng.uniform(0, 1 - pl))
+        em.observe(m, r, (1 - pl - ps, pl, ps), int(rng.integers(3)))
+        for g in regimes:
+            for names in (("a", "b", "c"), ("c", "a"), ("a", "new")):
+                w = em.weights(g, names)
+                fresh = {k: v["weight"] for k, v in em._compute(names, g).items()}
+                assert list(w.items()) == list(fresh.items())
+                served += em.weights(g, names) is w  # cached until an outcome changes it
+    assert served > 1000
+
+
+def test_floored_list_is_floored() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        n = int(rng.integers(1, 6))
+        raw = [float(x) for x in rng.exponential(size=n) ** 4]
+        if rng.random() < 0.2:
+            raw[0] = 0.0
+        floor = float(rng.choice([0.0, 0.05, 0.15, 0.3]))
+        names = "abcde"[:n]
+        by_name = _floored(dict(zip(names, raw, strict=True)), floor)
+        assert _floored_list(raw, floor) == [by_name[k] for k in names]
