@@ -49,7 +49,7 @@ def fuzz_daemon(trained, tmp_path_factory):
 
 @pytest.fixture
 def daemon(fuzz_daemon):
-    fuzz_daemon.ensure()  # a fresh daemon if an earlier (xfailed) test killed it
+    fuzz_daemon.ensure()  # a fresh daemon if an earlier (failed) test killed it
     return fuzz_daemon
 
 
@@ -128,8 +128,6 @@ def test_query_commands_with_any_args(daemon: FuzzDaemon) -> None:
     daemon.assert_healthy()
 
 
-@pytest.mark.xfail(reason="B5 (wt-ctl): `trades` limit 1e999/Infinity -> OverflowError "
-                   "traceback in the daemon's log", strict=False)
 def test_trades_with_any_limit(daemon: FuzzDaemon) -> None:
     @NO_SHRINK
     @given(json_values | st.sampled_from([1e999, -1e999, 1e308, 10**30, "1e999", "nan"]))
@@ -144,8 +142,6 @@ def test_trades_with_any_limit(daemon: FuzzDaemon) -> None:
     daemon.assert_healthy()
 
 
-@pytest.mark.xfail(reason="B1/B5 (wt-ctl): non-string symbols and reasons accepted "
-                   "(pause {'a': ...}), halt with a dict reason loses its rows", strict=False)
 def test_risk_commands_with_any_args(daemon: FuzzDaemon) -> None:
     @NO_SHRINK
     @given(st.sampled_from(CHANGES), args_dicts)
@@ -172,9 +168,6 @@ def test_risk_commands_with_any_args(daemon: FuzzDaemon) -> None:
     daemon.assert_healthy()
 
 
-@pytest.mark.xfail(reason="B5 (wt-ctl): deeply nested JSON (RecursionError) or a number "
-                   "over 4300 digits (ValueError) escapes the request parser and kills the "
-                   "daemon", strict=False)
 def test_pathological_json(daemon: FuzzDaemon) -> None:
     """Valid-looking JSON that the parser itself chokes on: deep nesting, huge numbers."""
     room = MAX_REQUEST_BYTES - 40

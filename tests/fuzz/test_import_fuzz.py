@@ -215,8 +215,6 @@ def test_arbitrary_content(tmp_path: Path, store: sqlite3.Connection) -> None:
     case()
 
 
-@pytest.mark.xfail(reason="B6 (wt-start): an import that rejects every row exits 0",
-                   strict=False)
 def test_cli_import_exit_code_when_every_row_is_rejected(tmp_path: Path) -> None:
     from qtraderd.cli import main
 

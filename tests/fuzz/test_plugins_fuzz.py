@@ -8,9 +8,8 @@ items B3, B4, B14): nothing a plugin does escapes the host; a bad module is reje
 its reason; a failing hook is counted as its plugin's error ("no opinion": the trade
 decision falls back to the built-in limits) and the good plugin keeps working.
 
-Plain exceptions and nonsense are handled today. SystemExit/KeyboardInterrupt and
-endless loops need the plugin isolation of B3/B4 (wt-plug): those tests are xfail until
-that lands. Loops sleep in small steps and are released after each case, so an
+SystemExit/KeyboardInterrupt and endless loops are caught by the plugin isolation of
+B3/B4 (plugins/isolation.py: hooks run where the host can abandon them). Loops sleep in small steps and are released after each case, so an
 abandoned one never burns the shared CPU.
 """
 
@@ -167,9 +166,6 @@ def test_plugins_that_return_nonsense(pdir: Path) -> None:
     case()
 
 
-@pytest.mark.xfail(reason="B14 found, plugins (wt-plug): a hook returning an object whose "
-                   "repr/comparison raises (or Verdict(factor='x')) escapes the host into "
-                   "the calling actor", strict=False)
 def test_plugins_that_return_evil_objects(pdir: Path) -> None:
     @given(st.sampled_from(("filter_signal", "check_order")),
            st.sampled_from((*EVIL, "Verdict(factor=Evil())", "Verdict(factor='x')",
@@ -181,7 +177,6 @@ def test_plugins_that_return_evil_objects(pdir: Path) -> None:
     case()
 
 
-@pytest.mark.xfail(reason="needs B3/B4 plugin isolation (wt-plug)", strict=False)
 def test_plugins_that_exit(pdir: Path) -> None:
     @given(st.sampled_from(PLACES), st.sampled_from(BASE))
     def case(place: str, exc: str) -> None:
@@ -197,7 +192,6 @@ def test_plugins_that_exit(pdir: Path) -> None:
     case()
 
 
-@pytest.mark.xfail(reason="needs B3/B4 plugin isolation (wt-plug)", strict=False)
 def test_plugins_that_loop(pdir: Path) -> None:
     """A hook or import that never returns: the caller gets its answer anyway. Few cases
     (each waits for the host's deadline), run in a thread so a missing deadline fails the
