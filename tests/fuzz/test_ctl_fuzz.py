@@ -121,8 +121,20 @@ def test_query_commands_with_any_args(daemon: FuzzDaemon) -> None:
         tally()
         replies = daemon.case(line({"cmd": cmd, "args": args}))
         assert len(replies) == 1
+        reply = replies[0]
         if cmd in ("status", "positions", "pnl", "rl", "models", "learning", "modules"):
-            assert replies[0]["ok"], (cmd, args, replies)  # read-only: arguments ignored
+            # read-only and argument-free: answered without arguments; any argument is
+            # refused naming it (the merged schema: a misspelt one is not ignored)
+            if not args:
+                assert reply["ok"], (cmd, reply)
+            else:
+                first = sorted(args)[0]
+                named = repr(first) if len(first) <= 32 else f"of {len(first)} characters"
+                assert not reply["ok"] and reply["error"].startswith(
+                    f"{cmd}: unknown argument {named} ({cmd} takes no arguments)"), (
+                    cmd, args, reply)
+        elif not reply["ok"]:
+            assert reply["error"], (cmd, args, reply)
 
     case()
     daemon.assert_healthy()
@@ -195,7 +207,8 @@ def test_many_requests_on_one_connection(daemon: FuzzDaemon) -> None:
                               st.integers(0, MAX_REQUEST_BYTES + 16)), min_size=1, max_size=8))
     def case(reqs: list[tuple[str, int]]) -> None:
         tally()
-        lines = [line({"cmd": c, "args": {"pad": "x" * pad}}) for c, pad in reqs]
+        # padded with JSON whitespace (an unknown argument such as "pad" is refused)
+        lines = [line({"cmd": c})[:-2] + b" " * pad + b"}\n" for c, pad in reqs]
         payload = b"".join(lines)
         replies = daemon.case(payload)
         n, too_large = expected_replies(payload)
