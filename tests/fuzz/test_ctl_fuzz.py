@@ -14,6 +14,7 @@ and shrink to nonsense. The ci profile is derandomized, so a failure reproduces 
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -147,8 +148,13 @@ def test_trades_with_any_limit(daemon: FuzzDaemon) -> None:
         tally()
         replies = daemon.case(line({"cmd": "trades", "args": {"limit": limit}}))
         assert len(replies) == 1
+        whole = (not isinstance(limit, bool) and isinstance(limit, int | float)
+                 and math.isfinite(limit) and limit == int(limit))
         if not replies[0]["ok"]:
             assert "limit" in replies[0]["error"], (limit, replies)  # names the bad input
+        else:  # the merged schema: null (the default) or a whole number in 1..10,000
+            assert limit is None or (whole and 1 <= limit <= 10_000), (limit, replies)
+            assert len(replies[0]["result"]) <= (20 if limit is None else limit)
 
     case()
     daemon.assert_healthy()
