@@ -140,8 +140,11 @@ def assert_names_input(msg: str, path: Path | None, env: dict[str, str]) -> None
         for var in filter(None, hint):
             assert var in KNOWN_VARS, f"hint names {var}, which is no variable: {msg!r}"
     bare = HINT.sub("", msg)
-    for m in re.finditer(r"\bQT_[A-Z0-9_]+", bare):  # (a set name may hold any character)
-        assert any(bare.startswith(v, m.start()) for v in env), (
+    names = bare  # the message without the values it echoes ("got 'QT_0'" names no variable)
+    for value in sorted((v for v in env.values() if "QT_" in v), key=len, reverse=True):
+        names = names.replace(value, "<value>")
+    for m in re.finditer(r"\bQT_[A-Z0-9_]+", names):  # (a set name may hold any character)
+        assert any(names.startswith(v, m.start()) for v in env), (
             f"error names {m.group()}, which is not set: {msg!r} (env {env})")
     if m := UNKNOWN_VARS.match(bare):
         listed = m.group(1)
