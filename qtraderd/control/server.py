@@ -40,6 +40,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePath
 from typing import Any
@@ -422,6 +423,13 @@ class ControlServer:
             return "malformed request: not valid UTF-8"
         except json.JSONDecodeError as exc:
             return f"malformed JSON: {exc}"
+        # Valid JSON the parser itself gives up on (found by fuzzing, issue 11 B14): they
+        # used to escape the connection task and end the control server and the daemon.
+        except RecursionError:
+            return "malformed request: nested too deeply"
+        except ValueError:  # int() refuses more digits than this (CVE-2020-10735 limit)
+            return (f"malformed request: a number of more than {sys.get_int_max_str_digits()} "
+                    "digits")
         if not isinstance(req, dict):
             return f"request must be a JSON object, got {type(req).__name__}"
         cmd = req.get("cmd")

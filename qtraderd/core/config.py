@@ -396,6 +396,9 @@ def load(path: str | Path | None = None, env: typing.Mapping[str, str] | None = 
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:  # TOML is UTF-8; a ValueError, not an OSError
+            raise ConfigError(f"config file {p} is not UTF-8 text (TOML must be): byte "
+                              f"{exc.object[exc.start]:#04x} at offset {exc.start}") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,6 @@ import watchfiles
 from qtraderd.core.config import Config, PluginsConfig
 from qtraderd.core.messages import AccountView, OrderIntent, Prediction, RiskEvent, Sample, Step
 from qtraderd.plugins import views
-from qtraderd.plugins.api import RiskVerdict, Verdict
 from qtraderd.plugins.isolation import Lane, Overrun, PluginFailed
 from qtraderd.plugins.loader import (
     LoadedPlugin,
@@ -58,6 +57,7 @@ from qtraderd.plugins.loader import (
     load_plugin,
 )
 from qtraderd.plugins.notify import Notifications
+from qtraderd.plugins.results import BadResult, checked, filter_result, risk_result
 from qtraderd.runtime import secrets
 from qtraderd.runtime.dirwatch import watch_in_thread
 
@@ -316,8 +316,11 @@ class PluginHost:
         """A call through the plugin's lane raised (`PluginFailed`) or overran."""
         if isinstance(exc, PluginFailed):
             error = exc.error
+            if isinstance(error, BadResult):  # its message says what came back
+                self.failed(st, hook, exc.text)
+                return
             if isinstance(error, Exception):
-                self.failed(st, hook, f"{type(error).__name__}: {error}", error)
+                self.failed(st, hook, f"{type(error).__name__}: {exc.text}", error)
                 return
             # SystemExit, KeyboardInterrupt, ...: the plugin tried to stop the process
             self.failed(st, hook, describe(error))
@@ -333,14 +336,15 @@ class PluginHost:
         elif stuck >= STUCK_LIMIT:
             self.disable(st, f"{stuck} abandoned calls are still running")
 
-    def _call(self, st: PluginState, hook: str, *args: Any) -> Any:
+    def _call(self, st: PluginState, hook: str, check: Callable[[Any], Any], *args: Any) -> Any:
         """One chain hook, in the plugin's thread, within `hook_timeout_ms` (blocking: the
-        chain is synchronous). `_FAILED` when it raised or overran (already counted)."""
+        chain is synchronous), its answer checked there too (plugins/results.py).
+        `_FAILED` when it raised, returned nonsense or overran (already counted)."""
         st.calls += 1
         assert st.plugin is not None and st.lane is not None
         try:
-            return st.lane.call(self.cfg.hook_timeout_ms / 1000.0, st.plugin.hooks[hook],
-                                *args)
+            return st.lane.call(self.cfg.hook_timeout_ms / 1000.0, checked, check,
+                                st.plugin.hooks[hook], *args)
         except (Overrun, PluginFailed) as exc:
             self.call_failed(st, hook, exc)
             return _FAILED
@@ -366,21 +370,14 @@ class PluginHost:
         for st in list(self.filters):
             if st.state != ACTIVE or st.plugin is None:
                 continue
-            out = self._call(st, "filter_signal", view)
+            out = self._call(st, "filter_signal", filter_result, view)
             if out is _FAILED:
                 continue
-            if out is None:
-                self.succeeded(st)
-                continue
-            if not isinstance(out, Verdict) or not 0.0 <= out.factor <= 1.0:
-                self.failed(st, "filter_signal", f"returned {out!r}; expected keep(), "
-                            "veto(reason), scale(factor) or None")
-                continue
             self.succeeded(st)
-            if out.factor >= 1.0:
+            if out is None or out[0] >= 1.0:
                 continue
-            factor *= out.factor
-            reason = f"plugin:{st.name}:{out.reason or 'veto'}"
+            factor *= out[0]
+            reason = f"plugin:{st.name}:{out[1] or 'veto'}"
             if factor <= 0.0:
                 return 0.0, reason
         return factor, reason
@@ -404,19 +401,12 @@ class PluginHost:
         for st in list(self.rules):
             if st.state != ACTIVE or st.plugin is None:
                 continue
-            out = self._call(st, "check_order", order, account)
-            if out is _FAILED:
-                continue
-            if out is None:
-                self.succeeded(st)
-                continue
-            if not isinstance(out, RiskVerdict):
-                self.failed(st, "check_order", f"returned {out!r}; expected allow(), "
-                            "deny(code) or None")
+            code = self._call(st, "check_order", risk_result, order, account)
+            if code is _FAILED:
                 continue
             self.succeeded(st)
-            if not out.allowed:
-                return f"plugin:{st.name}:{out.code or 'deny'}"
+            if code is not None:
+                return f"plugin:{st.name}:{code or 'deny'}"
         return None
 
     def note_entry(self, symbol: str, ts: int) -> None:

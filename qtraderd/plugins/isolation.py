@@ -53,16 +53,32 @@ class Overrun(Exception):
         self.timeout_s = timeout_s
 
 
-class PluginFailed(Exception):
-    """The plugin's code raised `error` (any BaseException, SystemExit included)."""
+def safe_text(obj: object, *, use_repr: bool = False, limit: int = 1000) -> str:
+    """str() or repr() of a plugin's object, which may raise anything (its __str__ and
+    __repr__ are plugin code): a fallback naming its type then. Run it in the plugin's
+    lane where it could loop (PluginAbandoned still ends the thread)."""
+    try:
+        text = repr(obj) if use_repr else str(obj)
+    except PluginAbandoned:
+        raise
+    except BaseException as exc:  # the plugin's, whatever it is (module docstring)
+        text = (f"<{type(obj).__qualname__} object: its {'repr' if use_repr else 'str'}() "
+                f"raised {type(exc).__qualname__}>")
+    return text if len(text) <= limit else text[:limit] + "..."
 
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(f"{type(error).__name__}: {error}")
+
+class PluginFailed(Exception):
+    """The plugin's code raised `error` (any BaseException, SystemExit included); `text` is
+    its message, taken safely (in the lane when the lane caught it)."""
+
+    def __init__(self, error: BaseException, text: str | None = None) -> None:
+        self.text = safe_text(error) if text is None else text
+        super().__init__(f"{type(error).__name__}: {self.text}")
         self.error = error
 
 
 class _Job:
-    __slots__ = ("args", "done", "error", "finished", "fn", "value", "wake")
+    __slots__ = ("args", "done", "error", "finished", "fn", "text", "value", "wake")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...],
                  wake: Callable[[], None] | None) -> None:
@@ -72,10 +88,11 @@ class _Job:
         self.finished = False
         self.value: Any = None
         self.error: BaseException | None = None
+        self.text: str | None = None
 
     def outcome(self) -> Any:
         if self.error is not None:
-            raise PluginFailed(self.error)
+            raise PluginFailed(self.error, self.text)
         return self.value
 
 
@@ -91,6 +108,7 @@ def _serve(jobs: SimpleQueue[_Job | None]) -> None:
                 return
             except BaseException as exc:  # the plugin's, whatever it is (module docstring)
                 job.error = exc
+                job.text = safe_text(exc)  # its __str__ is plugin code too
             job.finished = True
             job.done.release()
             if job.wake is not None:

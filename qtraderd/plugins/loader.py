@@ -32,7 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from qtraderd.plugins.api import CHAIN_HOOKS, HOOKS, SUPPORTED_API_VERSIONS
-from qtraderd.plugins.isolation import PluginAbandoned
+from qtraderd.plugins.isolation import PluginAbandoned, safe_text
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 _counter = itertools.count(1)
@@ -128,7 +128,8 @@ def plugin_raised(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """`Type: message`, saying plainly when a plugin tried to stop the process."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    msg = safe_text(exc)  # a plugin's exception may have a __str__ that raises
+    text = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
     if isinstance(exc, SystemExit | KeyboardInterrupt):
         text += " (a plugin cannot stop the daemon)"
     return text

@@ -151,6 +151,11 @@ async def test_pipelined_requests_get_replies_in_order(sock_path: Path) -> None:
     (b'{"args": {}}', "missing 'cmd'"),
     (b'{"cmd": 7}', "'cmd' must be a string, got int"),
     (b'{"cmd": "status", "args": [1]}', "'args' must be a JSON object, got list"),
+    # found by fuzzing (issue 11, B14): these ended the server (and the daemon)
+    (b"[" * 1345 + b"]" * 1345, "nested too deeply"),
+    (b'{"cmd": "status", "args": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+     "nested too deeply"),
+    (b'{"cmd": "status", "args": {"x": ' + b"9" * 5000 + b"}}", "more than 4300 digits"),
 ])
 async def test_bad_request_keeps_connection_usable(sock_path: Path, line: bytes,
                                                    expected: str) -> None:
@@ -159,6 +164,19 @@ async def test_bad_request_keeps_connection_usable(sock_path: Path, line: bytes,
         reply = await c.ask(line + b"\n")
         assert reply["ok"] is False and expected in reply["error"]
         assert (await c.ask({"cmd": "status"}))["ok"] is True
+
+
+async def test_each_line_the_parser_gives_up_on_gets_one_error_reply(sock_path: Path) -> None:
+    """Pipelined: deep nesting and huge numbers, several times over, one reply each."""
+    bad = [b"[" * 1345 + b"]" * 1345, b"9" * 4301, b'{"a":' * 3000 + b"1" + b"}" * 3000]
+    async with running(ControlServer(sock_path, HANDLERS)) as server:
+        c = await Client.open(sock_path)
+        await c.send(b"\n".join(bad * 3) + b"\n" + json.dumps({"cmd": "status"}).encode()
+                     + b"\n")
+        replies = [await c.reply() for _ in range(len(bad) * 3 + 1)]
+        assert [r["ok"] for r in replies] == [False] * 9 + [True]
+        assert all(r["error"].startswith("malformed request: ") for r in replies[:9])
+    assert server.stats["requests"] == 10
 
 
 async def test_unknown_command_lists_known_ones(sock_path: Path) -> None:

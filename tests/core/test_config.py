@@ -92,6 +92,16 @@ def test_missing_file_is_a_config_error(tmp_path):
         load(tmp_path / "nope.toml", env={})
 
 
+def test_non_utf8_file_is_a_config_error_naming_it(tmp_path):
+    """Found by fuzzing (issue 11, B14): a UnicodeDecodeError is no OSError, so it used to
+    escape load() as a traceback (exit 1)."""
+    p = tmp_path / "latin1.toml"
+    p.write_bytes(b"[feed]\nsymbols = ['\xe9THBTC']\n")
+    with pytest.raises(ConfigError) as err:
+        load(p, env={})
+    assert str(p) in str(err.value) and "not UTF-8" in str(err.value) and "0xe9" in str(err.value)
+
+
 def test_cli_exits_2_on_bad_config(tmp_path):
     p = write(tmp_path, "[risk]\nmax_drawdown_pct = 200\n")
     out = subprocess.run([sys.executable, "-m", "qtraderd", "run", "--config", str(p),

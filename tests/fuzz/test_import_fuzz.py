@@ -155,10 +155,14 @@ def test_generated_rows(tmp_path: Path, store: sqlite3.Connection) -> None:
         try:
             res = import_file(store, path)
         except CandleImportError as exc:
-            # only a whole-file verdict: off-grid rows outnumbering the good ones
-            assert str(path) in str(exc) and "grid" in str(exc), exc
+            # only a whole-file verdict: off-grid rows outnumbering the good ones, or (B6)
+            # every row rejected — refused, not a result the operator may overlook
+            assert str(path) in str(exc), exc
+            assert "grid" in str(exc) or (
+                not good and f"all {n_bad} rows were rejected" in str(exc)), exc
             assert stored(store, symbol) == []
             return
+        assert good, "every row was rejected, yet the import succeeded"
         assert res.rows_read == len(good) + n_bad
         assert res.rejected_count == n_bad, res.rejected
         assert all(isinstance(r, str) and r for _, r in res.rejected)
@@ -215,8 +219,6 @@ def test_arbitrary_content(tmp_path: Path, store: sqlite3.Connection) -> None:
     case()
 
 
-@pytest.mark.xfail(reason="B6 (wt-start): an import that rejects every row exits 0",
-                   strict=False)
 def test_cli_import_exit_code_when_every_row_is_rejected(tmp_path: Path) -> None:
     from qtraderd.cli import main
 

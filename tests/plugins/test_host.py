@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 
 import pytest
 import trio
@@ -224,6 +225,64 @@ def test_risk_rules_deny_with_their_code_and_see_entries_today(pdir):
     next_day = step(ts=TS + 86_400_000)
     assert check_call(h, s=next_day) is None  # a new UTC day starts from zero
     assert h.states[pdir / "cap.py"].plugin.module.seen[-1][1].entries_today == 0
+
+
+EVIL = """
+class Evil:
+    def __repr__(self):
+        raise ValueError("repr")
+    __str__ = __repr__
+    def __bool__(self):
+        raise ValueError("bool")
+    def __le__(self, other):
+        raise ValueError("le")
+    __ge__ = __lt__ = __gt__ = __le__
+"""
+
+
+@pytest.mark.parametrize(("hook", "value"), [
+    ("filter_signal", "Verdict(factor='x')"),  # was a TypeError in the sizer
+    ("filter_signal", "Verdict(factor=Evil())"),  # comparison raises
+    ("filter_signal", "Evil()"),  # repr raises inside the host's error message
+    ("filter_signal", "Verdict(factor=0.0, reason=Evil())"),  # bool() raises
+    ("check_order", "RiskVerdict(allowed=Evil())"),  # bool() raises
+    ("check_order", "RiskVerdict(allowed='no', code=5)"),  # no bool, no str
+    ("check_order", "Evil()"),
+])
+def test_a_nonsense_answer_is_the_plugins_error_not_the_callers(pdir, hook, value):
+    """Found by fuzzing (issue 11, B14): answers were read, compared and repr'd outside
+    the protected call, so a bad one raised in the sizer or risk actor. Now they are
+    checked in the plugin's lane: an error counted to the plugin, named in last_error,
+    and the decision falls back to keep/allow."""
+    args = "signal" if hook == "filter_signal" else "order, account"
+    (pdir / "bad.py").write_text(source("bad", body=EVIL + textwrap.dedent(f"""
+        from qtraderd.plugins.api import RiskVerdict, Verdict
+        def {hook}({args}):
+            return {value}
+    """)))
+    h = host(pdir, max_errors=0)
+    h.load_all()
+    st = h.states[pdir / "bad.py"]
+    for _ in range(2):
+        assert filter_call(h, step()) == (1.0, "")
+        assert check_call(h) is None
+    assert st.state == ACTIVE and st.errors == 2, st
+    assert st.last_error.startswith(f"{hook}: returned "), st.last_error
+    if value.startswith("Evil"):
+        assert "<Evil object: its repr() raised ValueError>" in st.last_error
+
+
+def test_an_exception_whose_str_raises_is_reported_by_type(pdir):
+    (pdir / "bad.py").write_text(source("bad", body=EVIL + textwrap.dedent("""
+        def filter_signal(signal):
+            raise RuntimeError(Evil())
+    """)))
+    h = host(pdir, max_errors=0)
+    h.load_all()
+    assert filter_call(h, step()) == (1.0, "")
+    st = h.states[pdir / "bad.py"]
+    assert st.errors == 1 and st.last_error == (
+        "filter_signal: RuntimeError: <RuntimeError object: its str() raised ValueError>")
 
 
 async def test_notifiers_get_events_sync_in_a_thread_async_on_the_loop(pdir):
