@@ -22,9 +22,17 @@ run: $(STAMP)
 	$(VENV)/bin/qtraderd run --config examples/demo.toml
 	$(VENV)/bin/qtraderd report --out state/report --json > /dev/null
 
+# Everything — the default suite and the slow one — in one run over two processes: the
+# longest tests start first, modules sharing a fixture stay on one worker
+# (tests/parallel.py). `pytest -q` alone still runs the quick default suite serially.
+TEST_WORKERS ?= 2
+PYTEST_PAR := -n $(TEST_WORKERS) --dist loadgroup
+
 test: $(STAMP)
-	$(PY) -m pytest -q
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "" $(PYTEST_PAR)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(PYTEST_PAR)
 
 # every fuzz target with >= 10,000 generated cases (the default suite runs a few hundred)
 fuzz: $(STAMP)

@@ -10,6 +10,12 @@ from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[1]
 
+# OpenMP threads (torch, LightGBM, XGBoost: 2 each) spin at every barrier by default. With
+# two test workers on two cores, or any other load, a spinning thread burns the core its
+# partner needs: a PatchTST fit took 34 s of CPU instead of 5 s. Waiting threads sleep
+# instead; set before anything loads libgomp, inherited by every daemon and job started.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 # Hypothesis profiles (tests/fuzz): "ci" for the default suite — a few hundred cases per
 # target, derandomized so a CI failure reproduces; "fuzz" for `make fuzz` — at least
@@ -104,16 +110,38 @@ FAST_TRAIN = "[train]\nn_estimators = 25\nmax_depth = 3\n"
 def trained(tmp_path_factory):
     """A store with three real pairs and small XGBoost + LightGBM models trained on it.
 
-    Session-scoped: training takes a few seconds. Tests copy `models` if they modify it.
+    Built once per session (`build_once`: with xdist, one worker trains and every worker
+    gets its own copy). Tests copy `models` if they modify it.
     """
-    from qtraderd.training.cli import train_main
+    from tests.parallel import build_once
 
-    root = tmp_path_factory.mktemp("trained")
-    state, models = root / "state", root / "models"
-    make_store(state)
-    cfg = root / "train.toml"
-    cfg.write_text(FAST_TRAIN)
-    code = train_main(["--state-dir", str(state), "--models-dir", str(models),
-                       "--config", str(cfg)])
-    assert code == 0
-    return {"state": state, "models": models, "config": cfg, "root": root}
+    def build(root: Path) -> None:
+        from qtraderd.training.cli import train_main
+
+        make_store(root / "state")
+        cfg = root / "train.toml"
+        cfg.write_text(FAST_TRAIN)
+        code = train_main(["--state-dir", str(root / "state"), "--models-dir",
+                           str(root / "models"), "--config", str(cfg)])
+        assert code == 0
+
+    root = build_once(tmp_path_factory, "trained", build)
+    return {"state": root / "state", "models": root / "models", "config": root / "train.toml",
+            "root": root}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In xdist workers: longest work first (tests/parallel.py)."""
+    from tests.parallel import schedule
+
+    schedule(config, items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadgroup`: modules with shared fixtures on one worker, longest first."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from tests.parallel import make_scheduler
+
+    return make_scheduler(config, log)

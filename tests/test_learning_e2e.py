@@ -14,7 +14,7 @@ import trio
 
 from qtraderd.control import client as ctl
 from qtraderd.core.clock import iso
-from qtraderd.core.config import load, with_changes
+from qtraderd.core.config import load, to_toml, with_changes
 from qtraderd.runtime.daemon import Daemon
 
 DAY = 86_400_000
@@ -31,7 +31,16 @@ def world(trained, root: Path) -> dict:
             "first": first, "last": last}
 
 
-def learning_daemon(w: dict, days: float = 2.5, **over) -> Daemon:
+# What these tests check (the data clock, the records, determinism) does not depend on
+# model quality: the jobs train as many trees as the session's `trained` fixture.
+SMALL_TREES = {"n_estimators": 25, "max_depth": 3}
+
+
+def learning_daemon(w: dict, days: float = 2.5, jobs_see_config: bool = False,
+                    **over) -> Daemon:
+    """A replay of `days` after the initial models' data with the learner on. With
+    `jobs_see_config` the daemon has a config file, so its jobs train with its settings
+    (job-config.toml) instead of the defaults."""
     start = w["first"] + 11 * DAY  # after the initial models' training data
     cfg = with_changes(
         load(env={}),
@@ -41,7 +50,12 @@ def learning_daemon(w: dict, days: float = 2.5, **over) -> Daemon:
                   "eval_window_days": 1.0, "retrain_interval_hours": 24.0,
                   "min_retrain_gap_hours": 12.0, **over.pop("learning", {})},
         rl={"enabled": False}, **over)
-    return Daemon(cfg, w["state"], w["models"], socket_path=w["sock"], progress_every_s=0)
+    path = None
+    if jobs_see_config:
+        path = w["state"].parent / "qtraderd.toml"
+        path.write_text(to_toml(cfg, "learning_daemon"), encoding="utf-8")
+    return Daemon(cfg, w["state"], w["models"], socket_path=w["sock"], progress_every_s=0,
+                  config_path=path)
 
 
 def rows(db: Path, sql: str, *args):
@@ -54,7 +68,7 @@ def rows(db: Path, sql: str, *args):
 
 async def test_learner_evaluates_hourly_on_the_data_clock_and_records_jobs(trained, tmp_path):
     w = world(trained, tmp_path)
-    d = learning_daemon(w)
+    d = learning_daemon(w, jobs_see_config=True, train=SMALL_TREES)
     assert await d.run() == 0
     db = w["state"] / "qtraderd.db"
     evals = [r[0] for r in rows(db, "SELECT clock_ts FROM learner_evaluations WHERE run_id=? "
@@ -74,6 +88,7 @@ async def test_learner_evaluates_hourly_on_the_data_clock_and_records_jobs(train
 
 async def test_ctl_answers_while_a_job_holds_the_clock(trained, tmp_path):
     w = world(trained, tmp_path)
+    # default trees: the job must last while the test asks ctl what it is doing
     d = learning_daemon(w, days=1.5, feed={"exit_at_end": False})
 
     async def ask(cmd, **args):
@@ -111,7 +126,7 @@ async def test_replays_with_the_learner_are_identical(trained, tmp_path):
     results = []
     for i in range(2):
         w = world(trained, tmp_path / f"r{i}")
-        d = learning_daemon(w, days=3.0)
+        d = learning_daemon(w, days=3.0, jobs_see_config=True, train=SMALL_TREES)
         assert await d.run() == 0
         db = w["state"] / "qtraderd.db"
         results.append((

@@ -371,6 +371,7 @@ class Daemon:
             why = str(self.supervisor.escalation or "") or "end of data"
             log.info("stopping: %s", why)
             self.service.stopping(why)
+            self.lock.mark_stopping()
         self._log_progress(final=True)
 
     def _restore(self, actors: list[Any]) -> None:
@@ -398,6 +399,7 @@ class Daemon:
         self.stopping = True
         log.info("stopping: %s", why)
         self.service.stopping(why)
+        self.lock.mark_stopping()  # a successor started now waits for us, not refused
         if self.feed is not None:
             self.feed.stop()
 

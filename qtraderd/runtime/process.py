@@ -3,8 +3,9 @@ processes that never outlive the daemon.
 
 * `StateLock`: an exclusive `flock` on `<state-dir>/qtraderd.lock`, held for the daemon's
   life and inherited by its store writer, so a second daemon on the same directory is
-  refused (exit 2, naming the holder's pid) and a restarted daemon waits until every
-  process of the previous one — a store writer still committing its last batch — is gone.
+  refused at once (exit 2, naming the holder's pid) and a restarted daemon waits until
+  every process of the previous one — a store writer still committing its last batch, or
+  a daemon that is stopping — is gone.
   A lock held by a dead process is released by the kernel: nothing to clean up after
   `kill -9`.
 * `die_with_parent()`: helper processes (the store writer, learner jobs) ask the kernel for
@@ -48,6 +49,32 @@ def die_with_parent(poll_s: float = 0.2) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
+def _holder(fd: int) -> tuple[str, bool]:
+    """(pid, stopping) as the lock's holder wrote them: "1234" or "1234 stopping"."""
+    words = os.pread(fd, 64, 0).decode(errors="replace").split()
+    return (words[0] if words else ""), "stopping" in words[1:]
+
+
+def _running(pid: str) -> bool:
+    """Whether `pid` is another live process: a daemon that holds the lock and is not
+    stopping, so waiting for it is pointless. A dead holder (kill -9: its store writer
+    still holds the lock while it finishes), a zombie, an unreadable pid or our own (an
+    earlier daemon of this process finishing) are waited for, as before."""
+    if not pid.isdigit() or int(pid) in (0, os.getpid()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[:1] != [b"Z"]
+    except OSError:
+        return True  # no /proc here: kill(0) said it exists
+
+
 class StateLock:
     """`with StateLock(state_dir):` — exclusive use of a state directory."""
 
@@ -68,16 +95,23 @@ class StateLock:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(fd)
                     raise
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                holder, stopping = _holder(fd)
+                if time.monotonic() >= deadline or (not stopping and _running(holder)):
                     os.close(fd)
                     raise LockError(
                         f"state directory {self.path.parent} is in use by another qtraderd "
-                        f"(pid {holder}); stop it first, or use another --state-dir") from None
+                        f"(pid {holder or '?'}); stop it first, or use another --state-dir"
+                    ) from None
                 time.sleep(0.05)  # a predecessor's store writer is finishing: poll for it
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+
+    def mark_stopping(self) -> None:
+        """Note in the lock file that this daemon is on its way out, so a successor
+        started meanwhile waits for it (up to `wait_s`) instead of being refused."""
+        if self.fd is not None:
+            os.pwrite(self.fd, f"{os.getpid()} stopping\n".encode(), 0)
 
     def release(self) -> None:
         if self.fd is not None:

@@ -362,8 +362,13 @@ def test_the_whole_walkforward_is_deterministic(wf: dict, tmp_path: Path) -> Non
         """The initial models are named after the wall clock (`qtraderd train`): compare
         them by role; the learner's challengers are named after data time."""
         initial = {m["version"]: f"initial {m['family']}" for m in doc["initial_models"]}
-        return [{k: initial.get(v, v) if isinstance(v, str) else v for k, v in h.items()}
-                for h in doc["hit_rates"]]
+
+        def role(v: object) -> object:  # "served_*" joins versions with "+"
+            if not isinstance(v, str):
+                return v
+            return "+".join(str(initial.get(p, p)) for p in v.split("+"))
+
+        return [{k: role(v) for k, v in h.items()} for h in doc["hit_rates"]]
 
     assert named(again["doc"]) == named(wf["doc"])
     strip = [{k: v for k, v in j.items() if k != "wall_s"} for j in again["doc"]["jobs"]]
