@@ -165,7 +165,10 @@ def test_kill_9_at_twenty_random_moments_changes_nothing(crash_world):
         seen = _wait_for_checkpoint(db, after=progress[-1] if progress else None)
         if seen is None:
             break  # the data ended first
-        time.sleep(rng.uniform(0.0, replay_s / KILLS))  # a random moment, not a sync
+        # A random moment, not a sync. Within half the clean run's pace per kill: the 20
+        # moments then fit in the replay even when this start runs faster than the clean
+        # one did (a busy machine during the clean run, an idle one now).
+        time.sleep(rng.uniform(0.0, replay_s / KILLS / 2))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
@@ -175,8 +178,11 @@ def test_kill_9_at_twenty_random_moments_changes_nothing(crash_world):
         kills += 1
         assert _integrity(db) == "ok"
         conn = sqlite3.connect(db)
-        progress.append(conn.execute("SELECT resume_seq FROM runs").fetchone()[0])
+        resume_seq, status = conn.execute("SELECT resume_seq, status FROM runs").fetchone()
         conn.close()
+        # the kill must have cut a replay, not a daemon already past its end of data
+        assert status != "finished", f"the run finished before kill {kills} landed"
+        progress.append(resume_seq)
     assert kills == KILLS, f"the data ended after {kills} kills: " + "\n".join(log[-20:])
     assert proc.returncode == 0, "\n".join(log[-40:])
     assert _integrity(db) == "ok"
