@@ -38,6 +38,8 @@ import pytest
 # modules whose tests share a module-scoped fixture (`schedule` warns about one missing here)
 GROUPED = frozenset({
     "tests/control/test_bad_requests.py",
+    "tests/fuzz/test_ctl_fuzz.py",
+    "tests/fuzz/test_models_fuzz.py",
     "tests/reporting/test_report_html.py",
     "tests/reporting/test_report_vetoes.py",
     "tests/reporting/test_walkforward.py",
@@ -67,6 +69,8 @@ LONG: dict[str, float] = {
     "tests/reporting/test_verify.py::test_verify_a_healthy_then_broken_then_stopped_daemon": 6.5,
     "tests/test_startup_errors.py::test_run_on_a_store_locked_by_another_process_exits_2": 5.6,
     "tests/test_cli.py::test_locked_store_is_a_clear_error": 5.2,
+    "tests/fuzz/test_plugins_fuzz.py::test_plugins_that_loop": 7,
+    "tests/actors/test_learner.py::test_a_real_job_trains_scores_and_records_its_decision": 4,
 }
 
 
