@@ -20,7 +20,6 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from qtraderd.control.client import daemon_socket_path
 from qtraderd.control.schema import validated
 from qtraderd.control.server import ControlError, ControlServer
 from qtraderd.core.clock import ReplayClock, iso, wall_iso
-from qtraderd.core.config import INTERVAL_MS, Config
+from qtraderd.core.config import INTERVAL_MS, Config, parse_time
 from qtraderd.core.costs import CostModel
 from qtraderd.core.instruments import InstrumentError, load_state_dir, quote_asset
 from qtraderd.core.messages import Command, Record, Step
@@ -107,18 +106,6 @@ def unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
-
-
-def parse_time(text: str) -> int | None:
-    if not text:
-        return None
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise DaemonError(f"bad date/time {text!r} (expected ISO-8601)") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 @dataclass
@@ -262,7 +249,8 @@ class Daemon:
         cfg = self.cfg
         cap = cfg.runtime.channel_capacity
         source, self.broker, self.clock = build_venue(
-            cfg, self.state_dir, symbols, parse_time(cfg.feed.start), parse_time(cfg.feed.end))
+            cfg, self.state_dir, symbols, parse_time("feed.start", cfg.feed.start),
+            parse_time("feed.end", cfg.feed.end))
         costs = CostModel.from_config(cfg.costs)
         feed_tx, feed_rx = trio.open_memory_channel[Step](1)
         mon_tx, mon_rx = trio.open_memory_channel[Step](cap)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -266,29 +267,29 @@ def _careful(conn: sqlite3.Connection, table: str, sql: str, params: list[Any],
              aside: list[SetAside]) -> None:
     """`executemany` in a savepoint; if a row fails, each row in a savepoint of its own,
     setting aside those that fail with a row error."""
-    conn.execute("SAVEPOINT batch_op")
-    try:
-        conn.executemany(sql, params)
-    except Exception as exc:
-        conn.execute("ROLLBACK TO batch_op")
-        conn.execute("RELEASE batch_op")
-        if not is_row_error(exc):
-            raise
-    else:
-        conn.execute("RELEASE batch_op")
+    if _row_error(conn, "batch_op", lambda: conn.executemany(sql, params)) is None:
         return
     for row in params:
-        conn.execute("SAVEPOINT batch_row")
-        try:
-            conn.execute(sql, row)
-        except Exception as exc:
-            conn.execute("ROLLBACK TO batch_row")
-            conn.execute("RELEASE batch_row")
-            if not is_row_error(exc):
-                raise
+        exc = _row_error(conn, "batch_row", lambda row=row: conn.execute(sql, row))
+        if exc is not None:
             aside.append(SetAside.of(table, exc, row))
-        else:
-            conn.execute("RELEASE batch_row")
+
+
+def _row_error(conn: sqlite3.Connection, name: str,
+               op: Callable[[], object]) -> Exception | None:
+    """Run `op` in savepoint `name`: undo it and return its error if that is a row error
+    (re-raise any other), else keep it and return None."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        op()
+    except Exception as exc:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        if not is_row_error(exc):
+            raise
+        return exc
+    conn.execute(f"RELEASE {name}")
+    return None
 
 
 def aside_record(item: SetAside) -> Record:

@@ -24,9 +24,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qtraderd.core.config import Config, ConfigError, load
+from qtraderd.core.config import Config, ConfigError, load, parse_time
 from qtraderd.core.config_env import NOT_CONFIG, QT_TOOLKIT, SEED_ENV
-from qtraderd.runtime.daemon import DaemonError, parse_time
 from qtraderd.venues.factory import VenueError, check_venue
 from tests.fuzz.fuzz_count import tally
 
@@ -243,8 +242,9 @@ def test_feed_times() -> None:
             assert "feed.start" in str(exc) or "feed.end" in str(exc), exc
             return
         try:  # what the daemon does with them later; by then it must not fail
-            s, e = parse_time(cfg.feed.start), parse_time(cfg.feed.end)
-        except DaemonError as exc:
+            s = parse_time("feed.start", cfg.feed.start)
+            e = parse_time("feed.end", cfg.feed.end)
+        except ConfigError as exc:
             raise AssertionError(f"accepted at load, refused at run: {exc}") from exc
         assert s is None or e is None or s < e, (start, end)  # end not after start: refused
 
