@@ -90,6 +90,7 @@ class ExchangeInfo(msgspec.Struct, frozen=True):
 
 
 # ------------------------------------------------------------------- wire shapes (private)
+# Field names are Binance's own (one-letter stream keys are renamed; camelCase REST keys kept).
 
 
 class _K(msgspec.Struct):
@@ -128,33 +129,33 @@ class _KlineRow(msgspec.Struct, array_like=True):
 
 
 class _Filter(msgspec.Struct):
-    filterType: str  # noqa: N815 - Binance's name
+    filterType: str
 
 
 class _Symbol(msgspec.Struct):
     symbol: str
     status: str
-    baseAsset: str  # noqa: N815
-    quoteAsset: str  # noqa: N815
-    contractType: str = ""  # noqa: N815
+    baseAsset: str
+    quoteAsset: str
+    contractType: str = ""
     filters: list[dict[str, Any]] = []
 
 
 class _RateLimit(msgspec.Struct):
-    rateLimitType: str  # noqa: N815
+    rateLimitType: str
     interval: str
     limit: int
-    intervalNum: int = 1  # noqa: N815
+    intervalNum: int = 1
 
 
 class _ExchangeInfo(msgspec.Struct):
-    serverTime: int  # noqa: N815
+    serverTime: int
     symbols: list[_Symbol]
-    rateLimits: list[_RateLimit] = []  # noqa: N815
+    rateLimits: list[_RateLimit] = []
 
 
 class _ServerTime(msgspec.Struct):
-    serverTime: int  # noqa: N815
+    serverTime: int
 
 
 _frame_dec = msgspec.json.Decoder(_Frame)

@@ -40,7 +40,12 @@ import trio
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, WebSocketException
 from websockets.trio.client import ClientConnection, connect
 
-from qtraderd.venues.binance.payloads import Kline, PayloadError, UnexpectedPayload, parse_kline_frame
+from qtraderd.venues.binance.payloads import (
+    Kline,
+    PayloadError,
+    UnexpectedPayload,
+    parse_kline_frame,
+)
 
 log = logging.getLogger("qtraderd.binance.stream")
 
@@ -206,7 +211,7 @@ class KlineStream:
                         continue
                 with trio.move_on_at(current.deadline) as planned:
                     while True:
-                        conn_id, reason, frames = await ended_rx.receive()
+                        conn_id, _reason, frames = await ended_rx.receive()
                         if conn_id == current.id:
                             break
                 if planned.cancelled_caught:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import partial
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
 import trio
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 from websockets.trio.server import ServerConnection, serve
 
@@ -88,7 +89,7 @@ class HttpServer:
         self.url = ""
 
     async def start(self, nursery: trio.Nursery) -> HttpServer:
-        listeners = await nursery.start(trio.serve_tcp, self._serve, 0, "127.0.0.1")
+        listeners = await nursery.start(partial(trio.serve_tcp, self._serve, 0, host="127.0.0.1"))
         host, port = listeners[0].socket.getsockname()[:2]
         self.url = f"http://{host}:{port}"
         return self
@@ -229,7 +230,7 @@ class WsServer:
             try:
                 await ws.send(text)
                 n += 1
-            except Exception:  # noqa: BLE001 - a connection closing meanwhile
+            except ConnectionClosed:  # closing meanwhile
                 pass
         return n
 

@@ -105,7 +105,7 @@ def test_rest_klines_rows_and_closedness():
     [k] = p.parse_klines(body, symbol="BTCUSDT", interval="1w", server_now_ms=row[6])
     assert not k.closed
     for bad in (b'{"a": 1}', b"[[1, 2]]", b'[[1,"a","1","1","1","1",2]]', b"[nope"):
-        with pytest.raises(p.PayloadError, match="klines.* of BTCUSDT|klines for BTCUSDT 1w"):
+        with pytest.raises(p.PayloadError, match=r"klines.* of BTCUSDT|klines for BTCUSDT 1w"):
             p.parse_klines(bad, symbol="BTCUSDT", interval="1w", server_now_ms=0)
 
 
