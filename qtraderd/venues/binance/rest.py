@@ -9,7 +9,7 @@ banned:
 * `429` (too many requests) pauses every call for `Retry-After` seconds, then retries.
 * `418` (IP banned, after ignoring 429s) stops every call until the ban ends: one error
   line when it starts, one line when calls resume. Hammering a banned IP lengthens the ban.
-* Timeouts, transport errors and `5xx` are retried with exponential backoff and seeded
+* Timeouts, transport errors, `408` and `5xx` are retried with exponential backoff and seeded
   jitter, `max_attempts` in all, then `RestUnavailable` names the request and the last
   failure. Every call here is a GET, so a retry is always safe.
 * Any other `4xx` is the caller's mistake: `BinanceAPIError` carries Binance's code and msg.
@@ -286,7 +286,7 @@ class RestClient:
                 if status in (418, 429):
                     self._block(resp, path)
                     continue
-                if status < 500:
+                if status < 500 and status != 408:  # 408: Binance's backend timed out
                     err = parse_error(resp.content)
                     code, msg = (err.code, err.msg) if err else (0, resp.text[:200])
                     self.last_error = f"HTTP {status} on GET {path}: {code} {msg}"

@@ -40,6 +40,7 @@ import trio
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, WebSocketException
 from websockets.trio.client import ClientConnection, connect
 
+from qtraderd.core.config import INTERVAL_MS
 from qtraderd.venues.binance.payloads import (
     Kline,
     PayloadError,
@@ -94,8 +95,9 @@ class _OpenFailed(Exception):
 class _Conn:
     """One live connection (held by its shard to retire it at handover)."""
 
-    def __init__(self, conn_id: int) -> None:
+    def __init__(self, conn_id: int, symbols: tuple[str, ...]) -> None:
         self.id = conn_id
+        self.symbols = symbols
         self.scope = trio.CancelScope()
         self.first_frame = trio.Event()
         self.frames = 0
@@ -123,7 +125,8 @@ class KlineStream:
                  idle_timeout_s: float = 30.0, reconnect_min_s: float = 0.25,
                  reconnect_max_s: float = 30.0, max_streams_per_connection: int = 1024,
                  planned_reconnect_s: float = 23.5 * 3600, open_timeout_s: float = 10.0,
-                 seed: int = 0, dedupe_window: int = 64) -> None:
+                 silence_s: float | None = None, seed: int = 0,
+                 dedupe_window: int = 64) -> None:
         if not symbols:
             raise ValueError("KlineStream needs at least one symbol")
         self.ws_url = ws_url.rstrip("/")
@@ -133,6 +136,7 @@ class KlineStream:
         self.reconnect_min_s, self.reconnect_max_s = reconnect_min_s, reconnect_max_s
         self.planned_reconnect_s = planned_reconnect_s
         self.open_timeout_s = open_timeout_s
+        self.silence_s = silence_s
         self.dedupe_window = dedupe_window
         n = max(1, max_streams_per_connection)
         self.shards = [self.symbols[i:i + n] for i in range(0, len(self.symbols), n)]
@@ -143,13 +147,17 @@ class KlineStream:
         self._last_frame: float | None = None
         self.frames = self.klines = self.open_klines = self.duplicates = 0
         self.malformed_frames = self.unexpected_frames = 0
-        self.reconnects = self.planned_reconnects = self.idle_timeouts = 0
+        self.reconnects = self.planned_reconnects = self.idle_timeouts = self.silences = 0
         self.connect_failures = 0
         self.last_error: str | None = None
 
     @classmethod
     def from_config(cls, cfg: Any, symbols: Sequence[str], **kwargs: Any) -> KlineStream:
+        """From a Config: [exchange] keys, feed.interval, the seed; a stream silent for one
+        bar interval (wall time at feed.speed) plus stream_timeout_s is reconnected."""
         ex = cfg.exchange
+        bar_s = INTERVAL_MS[cfg.feed.interval] / 1000 / cfg.feed.speed  # speed "max": 0
+        kwargs.setdefault("silence_s", bar_s + ex.stream_timeout_s)
         return cls(ex.stream_url, symbols, cfg.feed.interval,
                    idle_timeout_s=ex.stream_timeout_s, reconnect_min_s=ex.reconnect_min_s,
                    reconnect_max_s=ex.reconnect_max_s,
@@ -167,7 +175,8 @@ class KlineStream:
         return {"connected": up == len(self.shards),
                 "connections": sum(self._open.values()), "shards": len(self.shards),
                 "reconnects": self.reconnects, "planned_reconnects": self.planned_reconnects,
-                "idle_timeouts": self.idle_timeouts, "connect_failures": self.connect_failures,
+                "idle_timeouts": self.idle_timeouts, "silent_streams": self.silences,
+                "connect_failures": self.connect_failures,
                 "last_frame_age_s": None if age is None else round(age, 3),
                 "frames": self.frames, "klines": self.klines, "open_klines": self.open_klines,
                 "duplicates": self.duplicates, "malformed_frames": self.malformed_frames,
@@ -257,7 +266,7 @@ class KlineStream:
                           ) -> None:
         """One connection's life: handshake, Connected, frames until it ends; reports the
         end to the shard (unless retired on purpose)."""
-        conn = _Conn(next(self._ids))
+        conn = _Conn(next(self._ids), symbols)
         started = False
         reason = "closed"
         with conn.scope:
@@ -290,8 +299,13 @@ class KlineStream:
 
     async def _read(self, ws: ClientConnection, conn: _Conn,
                     send: trio.MemorySendChannel[StreamEvent]) -> str:
-        """Frames until the connection ends or is idle; returns why it ended."""
+        """Frames until the connection ends, is idle, or one of its streams falls silent
+        (`silence_s`); returns why it ended."""
         wanted = {s: self.interval for s in self.symbols}
+        opened = trio.current_time()
+        heard = dict.fromkeys(conn.symbols, opened)  # symbol -> last frame about it
+        every = 1.0 if self.silence_s is None else min(1.0, self.silence_s / 4)
+        next_check = opened + every
         while True:
             with trio.move_on_after(self.idle_timeout_s) as idle:
                 try:
@@ -305,7 +319,7 @@ class KlineStream:
                 return f"no frame for {self.idle_timeout_s:g} s (idle timeout)"
             self.frames += 1
             conn.frames += 1
-            self._last_frame = trio.current_time()
+            self._last_frame = now = trio.current_time()
             conn.first_frame.set()
             try:
                 _, k = parse_kline_frame(raw)
@@ -322,6 +336,14 @@ class KlineStream:
                 log.warning("stream connection %d: kline of %s %s not subscribed, ignored",
                             conn.id, k.symbol, k.interval)
                 continue
+            heard[k.symbol] = now
+            if self.silence_s is not None and now >= next_check:
+                next_check = now + every
+                quiet = min(heard, key=heard.__getitem__)
+                if now - heard[quiet] > self.silence_s:
+                    self.silences += 1
+                    return (f"no frame for {quiet} in {now - heard[quiet]:.1f} s (silent "
+                            f"stream; limit {self.silence_s:g} s)")
             if not k.closed:
                 self.open_klines += 1
                 continue

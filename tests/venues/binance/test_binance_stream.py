@@ -88,9 +88,11 @@ async def test_routed_url_combined_frames_open_ignored_garbage_counted():
 async def test_legacy_root_paths_are_never_used():
     assert market_stream_url("wss://fstream.binance.com/", ["a@kline_5m", "b@kline_5m"]) == \
         "wss://fstream.binance.com/market/stream?streams=a@kline_5m/b@kline_5m"
-    cfg = load(env={})
-    urls = KlineStream.from_config(cfg, ["ETHUSDT"]).urls()
-    assert urls == ["wss://demo-fstream.binance.com/market/stream?streams=ethusdt@kline_5m"]
+    cfg = load(env={"QT_FEED_SOURCE": "binance", "QT_FEED_SPEED": "1"})
+    stream = KlineStream.from_config(cfg, ["ETHUSDT"])
+    assert stream.urls() == ["wss://demo-fstream.binance.com/market/stream?streams="
+                             "ethusdt@kline_5m"]
+    assert stream.silence_s == 300 + 30.0  # one 5m bar plus exchange.stream_timeout_s
 
 
 async def test_server_drop_reconnects_and_announces_it():
@@ -145,6 +147,28 @@ async def test_idle_connection_is_replaced():
     [d, *_] = c.of(Disconnected)
     assert "no frame for 0.3 s (idle timeout)" in d.reason
     assert st["idle_timeouts"] >= 1 and len(server.paths) >= 2
+
+
+async def test_a_silent_stream_on_a_busy_connection_is_reconnected():
+    """The legacy-URL failure mode, per stream: frames flow for ETHUSDT, none for BTCUSDT."""
+    async with trio.open_nursery() as n:
+        server = await WsServer().start(n)
+        c = await Collector(make(server, silence_s=0.3)).start(n)
+        await wait_for(lambda: server.conns)
+
+        async def chatter() -> None:
+            while True:
+                await server.send_all(kline_frame("ETHUSDT", "5m", T, closed=False))
+                await trio.sleep(0.02)
+
+        n.start_soon(chatter)
+        await wait_for(lambda: c.of(Disconnected))
+        await wait_for(lambda: len(c.of(Connected)) == 2)
+        st = c.stream.status()
+        n.cancel_scope.cancel()
+    reason = c.of(Disconnected)[0].reason
+    assert "no frame for BTCUSDT in" in reason and "silent stream; limit 0.3 s" in reason
+    assert st["silent_streams"] >= 1 and st["idle_timeouts"] == 0
 
 
 async def test_streams_are_split_over_the_per_connection_limit():
