@@ -20,7 +20,8 @@ What `KlineStream.run` keeps true:
 
 Output, on the memory channel given to `run`, in order per connection:
 `Connected` (after the handshake, before any kline of that connection), closed `Kline`s
-(open klines are dropped here), and `Disconnected` when a connection ends unplanned. The
+(open klines are dropped here), and `Disconnected` when a connection ends unplanned
+(not for one that a handover's replacement had already taken over). The
 bar source backfills over REST after every `Connected` whose `handover` is False: a
 handover loses nothing, any other (re)connect may have missed closed bars.
 """
@@ -144,6 +145,7 @@ class KlineStream:
         self._ids = itertools.count(1)
         self._recent: dict[str, tuple[deque[int], set[int]]] = {}
         self._open: dict[int, int] = {}  # shard -> connections up (2 during a handover)
+        self._newest: dict[int, int] = {}  # shard -> id of its newest connection
         self._last_frame: float | None = None
         self.frames = self.klines = self.open_klines = self.duplicates = 0
         self.malformed_frames = self.unexpected_frames = 0
@@ -279,6 +281,7 @@ class KlineStream:
                     try:
                         log.info("stream connection %d up (shard %d, %d streams)%s", conn.id,
                                  idx, len(symbols), " [handover]" if handover else "")
+                        self._newest[idx] = conn.id
                         await send.send(Connected(conn.id, idx, symbols, handover))
                         started = True
                         task_status.started(conn)
@@ -291,6 +294,12 @@ class KlineStream:
                     raise _OpenFailed(f"{url}: {reason}") from None
         if conn.retired or conn.scope.cancelled_caught:
             log.info("stream connection %d closed (replaced)", conn.id)
+            return
+        if self._newest.get(idx) != conn.id:
+            # dropped while its replacement was already up: nothing was missed
+            log.info("stream connection %d ended after its replacement came up: %s", conn.id,
+                     reason)
+            ended_tx.send_nowait((conn.id, reason, conn.frames))
             return
         self.last_error = f"connection {conn.id}: {reason}"
         log.warning("stream connection %d down (shard %d): %s", conn.id, idx, reason)
