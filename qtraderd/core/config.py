@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from qtraderd.core.config_env import check_unknown, env_overrides, named_by_plugins
 from qtraderd.core.config_values import ConfigError, coerce
@@ -51,6 +52,57 @@ class FeedConfig:
     start: str = _spec("", help="ISO date/time; empty: first stored bar")
     end: str = _spec("", help="ISO date/time; empty: last stored bar")
     exit_at_end: bool = _spec(True, help="stop the daemon when the replay data ends")
+
+
+# Binance USD-M hosts per `exchange.environment` (REST root, WebSocket root). Testnet is
+# Binance's "demo trading" environment: its general-info page names demo-fapi / demo-fstream
+# (the older testnet.binancefuture.com / fstream.binancefuture.com still answer, 2026).
+EXCHANGE_URLS = {
+    "production": ("https://fapi.binance.com", "wss://fstream.binance.com"),
+    "testnet": ("https://demo-fapi.binance.com", "wss://demo-fstream.binance.com"),
+}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    """Where the Binance USD-M feed connects and how it behaves. `base_url` / `ws_url` are
+    empty for testnet and production (each environment's hosts are fixed, see
+    EXCHANGE_URLS; read `rest_url` / `stream_url`) and required for `custom`."""
+
+    environment: str = _spec("testnet", choices=("testnet", "production", "custom"))
+    allow_production: bool = _spec(False, help="required to use environment = production")
+    base_url: str = _spec("", help="REST root (custom only), e.g. http://127.0.0.1:8765")
+    ws_url: str = _spec("", help="WebSocket root (custom only), e.g. ws://127.0.0.1:8765")
+    recv_window: int = _spec(5000, lo=1, hi=60_000, help="ms a signed request stays valid")
+    stream_timeout_s: float = _spec(30.0, positive=True, hi=3600.0,
+                                    help="no frame on a stream connection this long: reconnect")
+    close_deadline_s: float = _spec(5.0, positive=True, hi=3600.0,
+                                    help="a closed kline later than this after its bar's "
+                                         "close is fetched over REST instead")
+    reconnect_min_s: float = _spec(0.25, positive=True, hi=600.0,
+                                   help="first reconnect delay (doubling, with jitter)")
+    reconnect_max_s: float = _spec(30.0, positive=True, hi=3600.0,
+                                   help="longest reconnect delay")
+    warmup_days: float = _spec(12.0, positive=True, hi=3650.0,
+                               help="history backfilled over REST before the first live step")
+    max_streams_per_connection: int = _spec(1024, lo=1, hi=1024,
+                                            help="kline streams on one combined connection")
+    planned_reconnect_h: float = _spec(23.5, positive=True, hi=23.99,
+                                       help="hours after which a connection is replaced "
+                                            "(overlapping; Binance cuts at 24 h)")
+
+    @property
+    def rest_url(self) -> str:
+        """The REST root in effect (the environment's, or base_url for custom)."""
+        return self.base_url.rstrip("/") if self.environment == "custom" else \
+            EXCHANGE_URLS[self.environment][0]
+
+    @property
+    def stream_url(self) -> str:
+        """The WebSocket root in effect (routed paths such as /market are appended)."""
+        return self.ws_url.rstrip("/") if self.environment == "custom" else \
+            EXCHANGE_URLS[self.environment][1]
 
 
 @dataclass(frozen=True)
@@ -273,6 +325,7 @@ class Config:
     mode: str = _spec("paper", choices=("paper", "live"))
     seed: int = _spec(42, lo=0, hi=2**32 - 1)
     feed: FeedConfig = field(default_factory=FeedConfig)
+    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
     account: AccountConfig = field(default_factory=AccountConfig)
     costs: CostsConfig = field(default_factory=CostsConfig)
     sizing: SizingConfig = field(default_factory=SizingConfig)
@@ -413,6 +466,7 @@ def load(path: str | Path | None = None, env: typing.Mapping[str, str] | None = 
 
 def _cross_check(cfg: Config) -> None:
     _check_feed_span(cfg.feed)
+    _check_exchange(cfg)
     if not cfg.account.balances:
         raise ConfigError("config key 'account.balances': expected at least one QUOTE = "
                           "amount > 0, got an empty table")
@@ -455,6 +509,44 @@ def _check_feed_span(feed: FeedConfig) -> None:
     if start is not None and end is not None and end <= start:
         raise ConfigError(f"config keys 'feed.end' ({feed.end!r}) and 'feed.start' "
                           f"({feed.start!r}): the end must come after the start")
+
+
+def _check_exchange(cfg: Config) -> None:
+    """[exchange]: production needs its explicit key; custom needs both URLs; the fixed
+    environments take none; a real exchange's data runs at wall time (feed.speed = 1)."""
+    ex = cfg.exchange
+    if ex.environment == "production" and not ex.allow_production:
+        raise ConfigError("config key 'exchange.environment': \"production\" trades and "
+                          "reads the real exchange; set exchange.allow_production = true "
+                          "to confirm it (or use \"testnet\" / \"custom\")")
+    for key, scheme in (("base_url", ("http://", "https://")), ("ws_url", ("ws://", "wss://"))):
+        value = getattr(ex, key)
+        if ex.environment != "custom":
+            if value:
+                raise ConfigError(
+                    f"config key 'exchange.{key}': set only with exchange.environment = "
+                    f"\"custom\" ({ex.environment!r} uses "
+                    f"{EXCHANGE_URLS[ex.environment][0 if key == 'base_url' else 1]}), "
+                    f"got {value!r}")
+            continue
+        if not value.startswith(scheme) or not _url_host(value):
+            raise ConfigError(f"config key 'exchange.{key}': expected a URL starting with "
+                              f"{' or '.join(scheme)} (required with exchange.environment = "
+                              f"\"custom\"), got {value!r}")
+    if cfg.feed.source == "binance" and cfg.feed.speed != 1.0 \
+            and _url_host(ex.rest_url) not in LOOPBACK_HOSTS:
+        speed = "max" if math.isinf(cfg.feed.speed) else f"{cfg.feed.speed:g}"
+        raise ConfigError(
+            f"config key 'feed.speed': with feed.source = \"binance\" on {ex.rest_url} data "
+            f"time is wall time; expected 1, got {speed} (only a loopback exchange, such as "
+            "`qtraderd exchange-sim`, runs at another speed)")
+
+
+def _url_host(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 def with_changes(cfg: Config, **sections: dict[str, Any]) -> Config:
@@ -509,6 +601,7 @@ INTERVAL_MS = {
 }
 
 __all__ = [
+    "EXCHANGE_URLS",
     "INTERVAL_MS",
     "LIVE_KEYS",
     "Config",

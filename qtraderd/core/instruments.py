@@ -78,17 +78,25 @@ def read_file(path: Path) -> dict[str, Instrument]:
 def from_exchange_info(payload: Mapping[str, Any]) -> dict[str, Instrument]:
     """Instruments from a `GET /fapi/v1/exchangeInfo` answer (PRICE_FILTER, LOT_SIZE,
     MIN_NOTIONAL filters; numbers arrive as strings). Unknown fields are ignored."""
-    out = {}
-    for s in payload.get("symbols", ()):
-        filters = {f.get("filterType"): f for f in s.get("filters", ())}
-        price = filters.get("PRICE_FILTER", {})
-        lot = filters.get("LOT_SIZE", {})
-        notional = filters.get("MIN_NOTIONAL", {})
-        out[s["symbol"]] = Instrument(
-            symbol=s["symbol"], base=s["baseAsset"], quote=s["quoteAsset"],
-            tick_size=float(price.get("tickSize", 0)), step_size=float(lot.get("stepSize", 0)),
-            min_qty=float(lot.get("minQty", 0)), min_notional=float(notional.get("notional", 0)))
-    return out
+    return {s["symbol"]: from_filters(s["symbol"], s["baseAsset"], s["quoteAsset"],
+                                      s.get("filters", ()))
+            for s in payload.get("symbols", ())}
+
+
+def from_filters(symbol: str, base: str, quote: str,
+                 filters: Iterable[Mapping[str, Any]]) -> Instrument:
+    """One symbol's definition from its exchangeInfo `filters` list (the live venue's
+    typed parser, qtraderd.venues.binance.payloads, calls this too, so the filter
+    mapping is written once). A missing filter is 0: not enforced."""
+    by_type = {f.get("filterType"): f for f in filters}
+    price = by_type.get("PRICE_FILTER", {})
+    lot = by_type.get("LOT_SIZE", {})
+    notional = by_type.get("MIN_NOTIONAL", {})
+    return Instrument(symbol=symbol, base=base, quote=quote,
+                      tick_size=float(price.get("tickSize", 0)),
+                      step_size=float(lot.get("stepSize", 0)),
+                      min_qty=float(lot.get("minQty", 0)),
+                      min_notional=float(notional.get("notional", 0)))
 
 
 def write_file(path: Path, instruments: Iterable[Instrument]) -> None:

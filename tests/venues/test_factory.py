@@ -40,8 +40,8 @@ def test_unbuilt_combinations_are_refused_naming_the_key(changes, msgs) -> None:
 @pytest.mark.parametrize(("toml", "msg"), [
     ('mode = "live"\n', "config key 'mode': \"live\" is not built yet (exists today: "
                         "\"paper\")"),
-    ('[feed]\nsource = "binance"\n', "config key 'feed.source': \"binance\" is not built yet "
-                                     "(exists today: \"replay\")"),
+    ('[feed]\nsource = "binance"\nspeed = 1\n',
+     "config key 'feed.source': \"binance\" is not built yet (exists today: \"replay\")"),
 ])
 def test_qtraderd_run_refuses_with_exit_2(tmp_path: Path, toml: str, msg: str) -> None:
     """Live mode with credentials, or the Binance feed, used to paper-trade stored candles

@@ -1,0 +1,306 @@
+"""The Binance USD-M REST client for market data: server time, exchangeInfo, klines.
+
+One `httpx.AsyncClient` per process, and the exchange's rules kept so that it never gets
+banned:
+* Request weight. Binance counts weight per IP per minute (2,400 on production, stated in
+  exchangeInfo's `rateLimits`) and reports what is used in `X-MBX-USED-WEIGHT-1M`. Each
+  request reserves its known weight first; when the minute's budget (the limit less a
+  margin) would be exceeded, the request waits for the next minute instead of being sent.
+* `429` (too many requests) pauses every call for `Retry-After` seconds, then retries.
+* `418` (IP banned, after ignoring 429s) stops every call until the ban ends: one error
+  line when it starts, one line when calls resume. Hammering a banned IP lengthens the ban.
+* Timeouts, transport errors, `408` and `5xx` are retried with exponential backoff and seeded
+  jitter, `max_attempts` in all, then `RestUnavailable` names the request and the last
+  failure. Every call here is a GET, so a retry is always safe.
+* Any other `4xx` is the caller's mistake: `BinanceAPIError` carries Binance's code and msg.
+
+Time: `now_ms` (injectable) is this machine's epoch ms; `server_time()` measures the
+exchange clock's offset from it (logged when it moves by `offset_log_ms` or more), and
+`server_now_ms()` is the exchange's "now" — what decides whether a candle is closed.
+Waiting uses Trio's clock, so tests can run with `trio.testing.MockClock`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import trio
+
+from qtraderd.core.clock import iso
+from qtraderd.venues.binance.payloads import (
+    ExchangeInfo,
+    Kline,
+    PayloadError,
+    parse_error,
+    parse_exchange_info,
+    parse_klines,
+    parse_server_time,
+)
+
+log = logging.getLogger("qtraderd.binance.rest")
+
+__all__ = ["KLINES_PAGE", "BinanceAPIError", "PayloadError", "RestClient", "RestError",
+           "RestUnavailable", "klines_weight"]
+
+KLINES_PAGE = 1500  # Binance's largest `limit` for /fapi/v1/klines
+WEIGHT_HEADER = "x-mbx-used-weight-1m"
+# Known request weights (Binance USD-M docs); klines' depends on `limit`.
+WEIGHTS = {"/fapi/v1/time": 1, "/fapi/v1/exchangeInfo": 1, "/fapi/v1/ping": 1}
+
+
+def klines_weight(limit: int) -> int:
+    """Weight of GET /fapi/v1/klines: 1 below 100 rows, 2 below 500, 5 up to 1000, else 10."""
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
+class RestError(Exception):
+    """A REST call that did not produce an answer."""
+
+
+class BinanceAPIError(RestError):
+    """Binance refused the request (a 4xx other than 418/429): its code and msg."""
+
+    def __init__(self, path: str, status: int, code: int, msg: str) -> None:
+        super().__init__(f"GET {path}: HTTP {status}, Binance error {code}: {msg}")
+        self.path, self.status, self.code, self.msg = path, status, code, msg
+
+
+class RestUnavailable(RestError):
+    """Retries exhausted (timeouts, transport errors, 5xx)."""
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RestClient:
+    """Market-data REST calls with weight throttling, 429/418 handling and retries.
+
+    Use as `async with RestClient(base_url) as rest: ...` (or call `aclose()`); one
+    instance per process shares the weight budget among all callers.
+    """
+
+    def __init__(self, base_url: str, *, weight_limit: int = 2400,
+                 weight_margin: float = 0.1, timeout_s: float = 10.0, max_attempts: int = 5,
+                 backoff_s: float = 0.5, backoff_max_s: float = 30.0,
+                 ban_default_s: float = 120.0, seed: int = 0,
+                 now_ms: Callable[[], int] = _wall_ms, offset_log_ms: int = 500) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.weight_limit = weight_limit
+        self.weight_margin = weight_margin
+        self.max_attempts = max_attempts
+        self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
+        self.ban_default_s = ban_default_s
+        self.now_ms = now_ms
+        self.offset_log_ms = offset_log_ms
+        self._rng = random.Random(seed)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s,
+                                       headers={"Accept": "application/json"})
+        self.offset_ms: int | None = None  # exchange clock - local clock
+        self._window = -1  # exchange minute the weight figures belong to
+        self._used = 0  # weight used in that minute: the header's figure + our reservations
+        self._blocked_until = 0.0  # trio time before which no request is sent (429 / 418)
+        self._banned = False
+        self.requests = self.retries = self.throttled = self.rate_limited = self.bans = 0
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, **kwargs: Any) -> RestClient:
+        """From a Config: `exchange.rest_url`, the config's seed for the jitter."""
+        return cls(cfg.exchange.rest_url, seed=cfg.seed, **kwargs)
+
+    async def __aenter__(self) -> RestClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------- public calls
+
+    def server_now_ms(self) -> int:
+        """The exchange's clock now (local clock + the last measured offset)."""
+        return self.now_ms() + (self.offset_ms or 0)
+
+    async def server_time(self) -> int:
+        """GET /fapi/v1/time; updates the clock offset (midpoint of the round trip)."""
+        t0 = self.now_ms()
+        body = await self._get("/fapi/v1/time")
+        t1 = self.now_ms()
+        server = parse_server_time(body)
+        offset = server - (t0 + t1) // 2
+        if self.offset_ms is None or abs(offset - self.offset_ms) >= self.offset_log_ms:
+            log.info("exchange clock offset %+d ms (round trip %d ms)", offset, t1 - t0)
+        self.offset_ms = offset
+        return server
+
+    async def exchange_info(self) -> ExchangeInfo:
+        """GET /fapi/v1/exchangeInfo: symbols with status and filters. Adopts the stated
+        request-weight limit (lower on production than on testnet)."""
+        info = parse_exchange_info(await self._get("/fapi/v1/exchangeInfo"))
+        if info.weight_limit and info.weight_limit != self.weight_limit:
+            log.info("REST weight limit %d/min (exchangeInfo)", info.weight_limit)
+            self.weight_limit = info.weight_limit
+        return info
+
+    async def klines(self, symbol: str, interval: str, start_ms: int | None = None,
+                     end_ms: int | None = None, limit: int = 500) -> list[Kline]:
+        """GET /fapi/v1/klines: candles whose open time is in [start_ms, end_ms] (Binance's
+        endTime is inclusive), oldest first, the still-open one included (closed=False)."""
+        if not 1 <= limit <= KLINES_PAGE:
+            raise ValueError(f"klines limit must be 1..{KLINES_PAGE}, got {limit}")
+        params: dict[str, Any] = {"symbol": symbol, "interval": interval, "limit": limit}
+        if start_ms is not None:
+            params["startTime"] = start_ms
+        if end_ms is not None:
+            params["endTime"] = end_ms
+        body = await self._get("/fapi/v1/klines", params, klines_weight(limit))
+        return parse_klines(body, symbol=symbol, interval=interval,
+                            server_now_ms=self.server_now_ms())
+
+    async def closed_klines(self, symbol: str, interval: str, start_ms: int,
+                            end_ms: int) -> AsyncIterator[list[Kline]]:
+        """Closed candles with open time in [start_ms, end_ms) (end exclusive), one list
+        per page of up to 1,500, oldest first; stops at the first candle still open on the
+        exchange's clock. Measures the clock offset first if it is unknown.
+
+        An async generator: iterate it to the end, or close it (`aclosing`).
+        """
+        if self.offset_ms is None:
+            await self.server_time()
+        cursor = start_ms
+        while cursor < end_ms:
+            page = await self.klines(symbol, interval, cursor, end_ms - 1, KLINES_PAGE)
+            closed = [k for k in page if k.closed and cursor <= k.open_time < end_ms]
+            if closed:
+                yield closed
+            if len(page) < KLINES_PAGE or not page[-1].closed or page[-1].open_time < cursor:
+                return
+            cursor = page[-1].open_time + 1
+
+    def status(self) -> dict[str, Any]:
+        """Snapshot for `ctl status`."""
+        self._roll_window()
+        banned = self._banned and trio.current_time() < self._blocked_until
+        return {"weight_used": self._used, "weight_limit": self.weight_limit,
+                "offset_ms": self.offset_ms, "requests": self.requests,
+                "retries": self.retries, "throttled": self.throttled,
+                "rate_limited": self.rate_limited, "bans": self.bans, "banned": banned,
+                "last_error": self.last_error}
+
+    # ------------------------------------------------------------------------ plumbing
+
+    def _roll_window(self) -> int:
+        minute = self.server_now_ms() // 60_000
+        if minute != self._window:
+            self._window, self._used = minute, 0
+        return minute
+
+    async def _reserve(self, weight: int) -> None:
+        """Take `weight` from this minute's budget, waiting for the next minute if needed."""
+        budget = max(1, math.floor(self.weight_limit * (1.0 - self.weight_margin)))
+        while True:
+            minute = self._roll_window()
+            if self._used + weight <= budget or self._used == 0:
+                self._used += weight
+                return
+            wait_ms = (minute + 1) * 60_000 - self.server_now_ms() + 50
+            self.throttled += 1
+            log.info("REST weight %d/%d used this minute: waiting %.1f s before the next "
+                     "request", self._used, self.weight_limit, wait_ms / 1000)
+            await trio.sleep(max(wait_ms, 1) / 1000)
+
+    def _note_weight(self, resp: httpx.Response) -> None:
+        raw = resp.headers.get(WEIGHT_HEADER)
+        if raw is None:
+            return
+        try:
+            used = int(raw)
+        except ValueError:
+            return
+        self._roll_window()
+        self._used = max(self._used, used)
+
+    async def _wait_unblocked(self) -> None:
+        while trio.current_time() < self._blocked_until:
+            await trio.sleep_until(self._blocked_until)
+        if self._banned:
+            self._banned = False
+            log.warning("REST ban over: calls resume")
+
+    def _block(self, resp: httpx.Response, path: str) -> None:
+        try:
+            seconds = float(resp.headers.get("retry-after", ""))
+        except ValueError:
+            seconds = math.nan
+        banned = resp.status_code == 418
+        if not math.isfinite(seconds) or seconds < 0:
+            seconds = self.ban_default_s if banned else 1.0
+        until = trio.current_time() + seconds
+        if banned:
+            self.bans += 1
+            if not self._banned:  # one line per ban, however many calls hit it
+                end = iso(self.server_now_ms() + int(seconds * 1000))
+                log.error("REST banned by Binance (HTTP 418 on GET %s) for %.0f s, until %s "
+                          "UTC: every REST call waits", path, seconds, end)
+            self._banned = True
+        else:
+            self.rate_limited += 1
+            log.warning("REST rate limited (HTTP 429 on GET %s): every call waits %.1f s "
+                        "(Retry-After)", path, seconds)
+        self.last_error = f"HTTP {resp.status_code} on GET {path}"
+        self._blocked_until = max(self._blocked_until, until)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with "equal jitter": half fixed, half random (seeded)."""
+        d = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+        return d / 2 + self._rng.random() * d / 2
+
+    async def _get(self, path: str, params: dict[str, Any] | None = None,
+                   weight: int | None = None) -> bytes:
+        weight = WEIGHTS.get(path, 1) if weight is None else weight
+        attempt = 0
+        while True:
+            await self._wait_unblocked()
+            await self._reserve(weight)
+            self.requests += 1
+            try:
+                resp = await self._http.get(path, params=params)
+            except httpx.TimeoutException as exc:
+                failure = f"timed out ({type(exc).__name__})"
+            except httpx.TransportError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            else:
+                self._note_weight(resp)
+                status = resp.status_code
+                if status == 200:
+                    return resp.content
+                if status in (418, 429):
+                    self._block(resp, path)
+                    continue
+                if status < 500 and status != 408:  # 408: Binance's backend timed out
+                    err = parse_error(resp.content)
+                    code, msg = (err.code, err.msg) if err else (0, resp.text[:200])
+                    self.last_error = f"HTTP {status} on GET {path}: {code} {msg}"
+                    raise BinanceAPIError(path, status, code, msg)
+                failure = f"HTTP {status}"
+            attempt += 1
+            self.last_error = f"GET {path}: {failure}"
+            if attempt >= self.max_attempts:
+                log.error("REST GET %s failed after %d attempts: %s", path, attempt, failure)
+                raise RestUnavailable(f"GET {self.base_url}{path} failed after {attempt} "
+                                      f"attempts: {failure}")
+            delay = self._backoff(attempt)
+            self.retries += 1
+            log.warning("REST GET %s: %s; retry %d/%d in %.2f s", path, failure, attempt,
+                        self.max_attempts - 1, delay)
+            await trio.sleep(delay)
+
