@@ -323,19 +323,21 @@ class PredictorActor(StepActor):
         if not pending or pending[0][0] != ts:
             return
         _, regime, outputs, i = pending.popleft()
-        observe = self.ensemble.observe
-        if not self.scored_wanted:  # the ensemble's record only (runs per outcome)
+        settled = []  # every serving model's prediction of the bar, settled at once
+        if self.scored_wanted:
+            for o in outputs:
+                pl, ps = o.p_long[i], o.p_short[i]
+                out.append(Scored(o.model, o.version, o.role, sym, ts, regime, pl, ps, label,
+                                  rl, rs, resolved))
+                if o.role == SERVING:
+                    settled.append((o.model, 1.0 - pl - ps, pl, ps))
+        else:  # the ensemble's record only (runs per outcome)
             for o in outputs:
                 if o.role == SERVING:
                     pl, ps = o.p_long[i], o.p_short[i]
-                    observe(o.model, regime, (1.0 - pl - ps, pl, ps), label)
-            return
-        for o in outputs:
-            pl, ps = o.p_long[i], o.p_short[i]
-            out.append(Scored(o.model, o.version, o.role, sym, ts, regime, pl, ps, label, rl,
-                              rs, resolved))
-            if o.role == SERVING:
-                observe(o.model, regime, (1.0 - pl - ps, pl, ps), label)
+                    settled.append((o.model, 1.0 - pl - ps, pl, ps))
+        if settled:
+            self.ensemble.observe_outcome(regime, label, settled)
 
     def _predict(self, ts: int, samples: list[Sample], rows: list[tuple[float, ...]],
                  raws: list[np.ndarray], states: list[_Symbol]

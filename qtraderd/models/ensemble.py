@@ -149,23 +149,19 @@ class EnsembleManager:
 
     def observe(self, model: str, regime: str, probs: Sequence[float], label: int) -> None:
         """Record the settled outcome `label` (0 none / 1 long / 2 short) of a prediction."""
-        if model not in self._stats:
-            raise KeyError(f"unknown model {model!r}; add_model() it first")
         a, b, c = probs
-        p0, p1, p2 = float(a), float(b), float(c)
-        if p0 < _EPS:  # max(p, _EPS) without the calls (NaN stays NaN, as with max)
-            p0 = _EPS
-        if p1 < _EPS:
-            p1 = _EPS
-        if p2 < _EPS:
-            p2 = _EPS
-        total = sum((p0, p1, p2))
-        ll = -math.log((p0, p1, p2)[label] / total)
-        decisive = label in (LABEL_LONG, LABEL_SHORT)
-        if decisive:
-            side = LABEL_SHORT if p2 > p1 else LABEL_LONG
-            hit = 1.0 if side == label else 0.0
-        per = self._stats[model]
+        self.observe_outcome(regime, label, ((model, float(a), float(b), float(c)),))
+
+    def observe_outcome(self, regime: str, label: int,
+                        predictions: Sequence[tuple[str, float, float, float]]) -> None:
+        """One settled outcome for several models' predictions of the same bar, each
+        (model, p_none, p_long, p_short): the predictor settles every serving model at
+        once, so the caches are dropped once, not per model. The same arithmetic in the
+        same order as observing them one by one, so the same bits."""
+        stats = self._stats
+        for p in predictions:
+            if p[0] not in stats:
+                raise KeyError(f"unknown model {p[0]!r}; add_model() it first")
         if self._explained:
             self._explained.clear()
         cached = self._weights
@@ -176,20 +172,35 @@ class EnsembleManager:
                     cached.pop(g, None)
                 self._overall_users.clear()
         decay = self.decay
-        for key in (ALL, regime):
-            st = per.get(key)
-            if st is None:
-                st = per[key] = _Stats()
-            st.n += 1
-            ew = st.ll  # _Ewm.add, inlined: this runs per model for every settled outcome
-            ew.num = decay * ew.num + ll
-            ew.den = decay * ew.den + 1.0
+        decisive = label in (LABEL_LONG, LABEL_SHORT)
+        hit = 0.0
+        for model, p0, p1, p2 in predictions:
+            if p0 < _EPS:  # max(p, _EPS) without the calls (NaN stays NaN, as with max)
+                p0 = _EPS
+            if p1 < _EPS:
+                p1 = _EPS
+            if p2 < _EPS:
+                p2 = _EPS
+            total = sum((p0, p1, p2))
+            ll = -math.log((p0, p1, p2)[label] / total)
             if decisive:
-                st.n_decisive += 1
-                ew = st.hit
-                ew.num = decay * ew.num + hit
+                side = LABEL_SHORT if p2 > p1 else LABEL_LONG
+                hit = 1.0 if side == label else 0.0
+            per = stats[model]
+            for key in (ALL, regime):
+                st = per.get(key)
+                if st is None:
+                    st = per[key] = _Stats()
+                st.n += 1
+                ew = st.ll  # _Ewm.add, inlined: this runs per model for every outcome
+                ew.num = decay * ew.num + ll
                 ew.den = decay * ew.den + 1.0
-                st.adwin.update(hit)
+                if decisive:
+                    st.n_decisive += 1
+                    ew = st.hit
+                    ew.num = decay * ew.num + hit
+                    ew.den = decay * ew.den + 1.0
+                    st.adwin.update(hit)
 
     def _source(self, model: str, regime: str) -> tuple[str, _Stats | None]:
         per = self._stats.get(model, {})

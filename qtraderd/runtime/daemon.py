@@ -49,6 +49,7 @@ from qtraderd.learning.rl import restore
 from qtraderd.models.onnx_model import LoadedModel, load_champions
 from qtraderd.plugins.host import PluginHost
 from qtraderd.runtime import resume as resume_mod
+from qtraderd.runtime.gcpolicy import steady_gc
 from qtraderd.runtime.process import LockError, StateLock
 from qtraderd.runtime.reload import (
     ReloadRejected,
@@ -348,7 +349,8 @@ class Daemon:
             if self.progress_every_s > 0:
                 services.start_soon(self._progress)
             task_status.started(self)
-            await self.supervisor.run(actors)
+            with steady_gc():
+                await self.supervisor.run(actors)
             if self.plugins is not None:  # the last trades' events still reach notifiers
                 await self.plugins.notifications.drain(cfg.runtime.shutdown_timeout_s / 2)
             services.cancel_scope.cancel()

@@ -266,3 +266,41 @@ def test_floored_list_is_floored() -> None:
         names = "abcde"[:n]
         by_name = _floored(dict(zip(names, raw, strict=True)), floor)
         assert _floored_list(raw, floor) == [by_name[k] for k in names]
+
+
+def test_settling_several_models_at_once_is_bit_identical_to_one_by_one():
+    """The predictor settles every serving model's prediction of a bar in one call; the
+    stats, weights and ADWIN windows must be exactly those of observing them in turn."""
+    rng = np.random.default_rng(7)
+    one, many = EnsembleManager(["a", "b", "c"]), EnsembleManager(["a", "b", "c"])
+    regimes = ["trend_up", "range", "volatile"]
+    for _ in range(3000):
+        regime = regimes[int(rng.integers(3))]
+        label = int(rng.choice([0, 0, 1, 2]))
+        rows = []
+        for m in ("a", "b", "c"):
+            pl, ps = float(rng.uniform(0, 0.5)), float(rng.uniform(0, 0.5))
+            rows.append((m, 1.0 - pl - ps, pl, ps))
+            one.observe(m, regime, (1.0 - pl - ps, pl, ps), label)
+        many.observe_outcome(regime, label, rows)
+        assert one.weights(regime) == many.weights(regime)
+    for regime in regimes:
+        assert json.dumps(one.snapshot(regime)) == json.dumps(many.snapshot(regime))
+    assert json.dumps(one.snapshot()) == json.dumps(many.snapshot())
+    assert _state(one) == _state(many)
+
+
+def _state(e: EnsembleManager) -> list:
+    """Every number the stats hold (floats compared exactly)."""
+    return [(m, k, st.n, st.n_decisive, st.ll.num, st.ll.den, st.hit.num, st.hit.den,
+             st.adwin.window().tolist(), st.adwin.n_detections, st.adwin.n_seen)
+            for m, per in e._stats.items() for k, st in sorted(per.items())]
+
+
+def test_settling_with_an_unknown_model_changes_nothing():
+    e = EnsembleManager(["a"])
+    e.observe("a", "range", (0.5, 0.3, 0.2), 1)
+    before = _state(e)
+    with pytest.raises(KeyError, match="zzz"):
+        e.observe_outcome("range", 1, [("a", 0.5, 0.3, 0.2), ("zzz", 0.5, 0.3, 0.2)])
+    assert _state(e) == before
