@@ -13,34 +13,29 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from qtraderd.core.clock import iso
 from qtraderd.core.messages import Bar, Step
+from qtraderd.features.spec import HISTORY_BARS
 from qtraderd.runtime.supervisor import Actor, pass_on
+from qtraderd.venues.base import BarSource
 
 log = logging.getLogger("qtraderd.feed")
-
-
-class BarSource(Protocol):
-    """A feed: closed bars grouped by open time, resumable after a restart."""
-
-    last_ts: int | None
-
-    def batches(self) -> AsyncIterator[tuple[int, tuple[Bar, ...]]]: ...
-
-    def close(self) -> None: ...
 
 
 class FeedActor(Actor):
     name = "feed"
 
     def __init__(self, source: BarSource, outbox: trio.MemorySendChannel[Step],
-                 interval_ms: int, speed: float = math.inf, hold_at_end: bool = False) -> None:
+                 interval_ms: int, speed: float = math.inf, hold_at_end: bool = False,
+                 history_bars: int = HISTORY_BARS) -> None:
+        """`history_bars`: stored bars per symbol before the first step of a fresh run
+        that ride along with it for the predictor's warm-up (see Step.history)."""
         super().__init__()
+        self.history_bars = history_bars
         self.source = source
         self.outbox = outbox
         self.interval_ms = interval_ms
@@ -68,7 +63,14 @@ class FeedActor(Actor):
                 scope.cancel()
             async for ts, bars in self.source.batches():
                 await self._pace(ts)
-                step = Step(seq=self.seq + 1, ts=ts, close_ts=ts + self.interval_ms, bars=bars)
+                history: tuple[Bar, ...] = ()
+                if self.seq == 0 and self.history_bars > 0:  # a fresh run, not a resume
+                    history = await self.source.history(ts, self.history_bars)
+                    if history:
+                        log.info("warm-up: %d stored bars before the first step (%d "
+                                 "symbols)", len(history), len({b.symbol for b in history}))
+                step = Step(seq=self.seq + 1, ts=ts, close_ts=ts + self.interval_ms, bars=bars,
+                            history=history)
                 await pass_on(self.outbox, step)  # a yield only when execution is behind
                 if self.first_sent is None:
                     self.first_sent = time.perf_counter()

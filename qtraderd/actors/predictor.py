@@ -36,6 +36,7 @@ import trio
 from qtraderd.core.checkpoint import put, take
 from qtraderd.core.clock import iso
 from qtraderd.core.messages import (
+    Bar,
     Command,
     ModelOutput,
     Outcome,
@@ -108,6 +109,7 @@ class PredictorActor(StepActor):
         self.samples = 0
         self.outcomes = 0
         self.in_sample_skipped = 0
+        self.warmed_up = 0  # history bars of the first step (Step.history)
         self.swaps = 0
         self.watch_events = 0
         self._pointer_gone: set[str] = set()  # served families whose pointer was deleted
@@ -268,6 +270,8 @@ class PredictorActor(StepActor):
             staged, self._staged = self._staged, None
             self.swap(staged)
             self.swaps += 1
+        if step.history:
+            self._warm_up(step.history)
         windows_needed = self._windows_needed
         samples: list[Sample] = []
         outcomes: list[Outcome] = []
@@ -314,6 +318,24 @@ class PredictorActor(StepActor):
             predictions=tuple(predictions),
             global_regime=global_regime(s.regime for s in samples),
         )
+
+    def _warm_up(self, history: tuple[Bar, ...]) -> None:
+        """Features, candle windows, labelers and regimes through the stored bars before
+        a fresh run's first step: no samples, predictions or outcomes come of them (the
+        run did not exist then), but the first step is predicted as a replay that had
+        passed through those bars would predict it."""
+        for bar in history:
+            st = self._symbols.get(bar.symbol)
+            if st is None:
+                st = self._symbols[bar.symbol] = _Symbol(self.barriers)
+            row = st.features.update(bar.open_time, bar.open, bar.high, bar.low, bar.close,
+                                     bar.volume)
+            st.window.update(bar.open, bar.high, bar.low, bar.close, bar.volume)
+            st.labeler.update(bar.open_time, bar.open, bar.high, bar.low, bar.close,
+                              track=False)
+            if row is not None:
+                self._last_regime[bar.symbol] = st.detector.update(row)
+        self.warmed_up += len(history)
 
     def _score(self, sym: str, st: _Symbol, ts: int, label: int, rl: float, rs: float,
                resolved: int, out: list[Scored]) -> None:
@@ -404,6 +426,7 @@ class PredictorActor(StepActor):
             "samples": self.samples,
             "outcomes": self.outcomes,
             "in_sample_skipped": self.in_sample_skipped,
+            "warmed_up": self.warmed_up,
             "swaps": self.swaps,
             "regimes": dict(self._last_regime),
         }

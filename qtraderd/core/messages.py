@@ -287,6 +287,9 @@ class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
     checkpoint: bool = False
     seal: bool = False  # no bars: sent at the end only to collect the actors' final state
     state: tuple[ActorState, ...] = ()
+    # the first step of a fresh run only: the stored bars before it (oldest first), which
+    # the predictor's features, windows and regimes warm up on; nothing trades on them
+    history: tuple[Bar, ...] = ()
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True):

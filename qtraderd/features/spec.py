@@ -47,6 +47,10 @@ N_FEATURES = len(FEATURE_NAMES)
 # 14 % of it after 49 bars, 0.03 % after 200): without the longer warm-up the first rows
 # would depend on where the series happens to start, a skew between training and serving.
 WARMUP_BARS = 200
+# Bars per symbol a fresh run warms up on before its first step (Step.history): the
+# features' warm-up, and as much again for the regime detector's slow volatility
+# average (~1 day of 5m bars) to settle.
+HISTORY_BARS = 2 * WARMUP_BARS
 
 _EMA_FAST = 2.0 / (12 + 1)
 _EMA_SLOW = 2.0 / (48 + 1)

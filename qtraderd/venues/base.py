@@ -48,11 +48,19 @@ class Order(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
 
 class BarSource(Protocol):
-    """A feed: closed bars grouped by open time, resumable after a restart."""
+    """A feed: closed bars grouped by open time, resumable after a restart.
+
+    `history(before_ms, bars)`: up to `bars` closed bars of each symbol opened before
+    `before_ms` (the first step of a fresh run), oldest first, for the predictor's
+    warm-up: a run that starts mid-data or live predicts from its first step instead of
+    after the features' warm-up, on exactly the bars a replay from that point would see.
+    """
 
     last_ts: int | None
 
     def batches(self) -> AsyncIterator[tuple[int, tuple[Bar, ...]]]: ...
+
+    async def history(self, before_ms: int, bars: int) -> tuple[Bar, ...]: ...
 
     def close(self) -> None: ...
 

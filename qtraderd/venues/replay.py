@@ -82,6 +82,11 @@ class ReplaySource:
             self.last_ts = ts
             yield ts, tuple(bars)
 
+    async def history(self, before_ms: int, bars: int) -> tuple[Bar, ...]:
+        """The stored bars before the replay's first step (see BarSource)."""
+        return await trio.to_thread.run_sync(
+            recent_bars, self.state_dir, self.symbols, self.interval, before_ms, bars)
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -101,3 +106,25 @@ def stored_span(conn: sqlite3.Connection, symbols: list[str], interval: str
         f"SELECT min(open_time), max(open_time), count(*) FROM bars "
         f"WHERE interval=? AND symbol IN ({marks})", [interval, *symbols]).fetchone()
     return row[0], row[1], row[2]
+
+
+def recent_bars(state_dir: Path, symbols: list[str], interval: str, before_ms: int,
+                bars: int) -> tuple[Bar, ...]:
+    """Up to `bars` stored bars of each symbol opened before `before_ms`, in time order
+    (symbols in the given order within a timestamp, as steps carry them)."""
+    if bars <= 0:
+        return ()
+    conn = connect(state_dir, readonly=True)
+    try:
+        out: list[Bar] = []
+        for sym in symbols:
+            rows = conn.execute(
+                "SELECT open_time, open, high, low, close, volume FROM bars WHERE symbol=? "
+                "AND interval=? AND open_time<? ORDER BY open_time DESC LIMIT ?",
+                (sym, interval, before_ms, bars)).fetchall()
+            out.extend(Bar(sym, *row) for row in reversed(rows))
+    finally:
+        conn.close()
+    order = {s: i for i, s in enumerate(symbols)}
+    out.sort(key=lambda b: (b.open_time, order[b.symbol]))
+    return tuple(out)
