@@ -259,7 +259,7 @@ def build_market(candles: dict[str, list[Candle]], interval: str, start_ms: int 
     for sym, rows in candles.items():
         rows = [r for r in rows if end_ms is None or r[0] < end_ms]
         if not rows:
-            continue
+            raise SimInputError(f"--end: symbol {sym} has no candles before {_fmt(end_ms)}")
         d = defs.get(sym)
         if d is not None:
             base, quote = d.base, d.quote

@@ -3,6 +3,7 @@
     sim = SimServer(load_market(csv=[path]), speed=3000, faults="drop=0.01", seed=1)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(sim.serve)      # listening; the sim clock has started
+                                                   # (paused=True: at sim.resume())
         ...  # base_url = sim.url, ws_url = sim.ws_url
         sim.set_faults("http429=1")                # change faults while it runs
         await sim.data_ended.wait()                # the last candle has closed
@@ -70,7 +71,8 @@ class SimServer:
     def __init__(self, market: Market, *, speed: float = 1.0, port: int = 0,
                  host: str = "127.0.0.1", faults: FaultSpec | str | None = None,
                  seed: int = 0, stream_options: StreamOptions | None = None,
-                 updates_per_candle: int = 3, weight_limit: int = WEIGHT_LIMIT) -> None:
+                 updates_per_candle: int = 3, weight_limit: int = WEIGHT_LIMIT,
+                 paused: bool = False) -> None:
         if not speed > 0:
             raise SimInputError(f"--speed: expected a number > 0, got {speed}")
         self.market = market
@@ -84,6 +86,8 @@ class SimServer:
         self.rest = Rest(market, self.clock, self.faults, weight_limit)
         self.hub = Hub(self.options, self.faults)
         self.data_ended = trio.Event()
+        self.paused = paused
+        self._resumed = trio.Event()
         self.closed_klines = 0  # closed kline events published (per symbol, per candle)
 
     @property
@@ -102,12 +106,20 @@ class SimServer:
     def now_ms(self) -> int:
         return self.clock.now_ms()
 
+    def resume(self) -> None:
+        """Start the clock of a server made with paused=True (tests connect first, then
+        let time run, so no frame can come before they listen)."""
+        if not self._resumed.is_set():
+            self.clock.begin()
+            self._resumed.set()
+
     async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         """Listen, start the clock, report the port, serve until cancelled."""
         listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         self.port = listeners[0].socket.getsockname()[1]
-        self.clock.begin()
+        if not self.paused:
+            self.resume()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self._connection, listeners)
             nursery.start_soon(self._schedule)
@@ -118,6 +130,7 @@ class SimServer:
 
     async def _schedule(self) -> None:
         """Publish open updates and the closed kline of every live candle, in sim time."""
+        await self._resumed.wait()
         m = self.market
         iv = m.interval_ms
         steps = self.updates_per_candle + 1
