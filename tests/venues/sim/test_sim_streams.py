@@ -157,3 +157,22 @@ async def test_pings_and_max_age(start_sim: StartSim) -> None:
     assert 0.3 < lived < 2.0
     # the client answered the server's pings: pongs came back over the socket
     assert session.ws.last_pong > session.ws.opened_at + 0.04
+
+
+async def test_a_client_that_never_answers_pings_is_dropped(start_sim: StartSim) -> None:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import Ping, Request
+
+    sim = await start_sim(stream_options=StreamOptions(ping_interval_s=0.05,
+                                                       pong_timeout_s=0.1))
+    stream = await trio.open_tcp_stream("127.0.0.1", sim.port)
+    client = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(client.send(Request(host="127.0.0.1", target="/market/ws")))
+    pings, t0 = 0, trio.current_time()
+    with trio.fail_after(5):
+        while data := await stream.receive_some(4096):
+            client.receive_data(data)
+            pings += sum(isinstance(ev, Ping) for ev in client.events())  # never answered
+    assert pings >= 2
+    assert 0.1 < trio.current_time() - t0 < 2.0
+    await stream.aclose()
