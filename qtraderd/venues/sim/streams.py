@@ -58,6 +58,7 @@ class Session:
         self.faults = faults
         self.send, self.recv = trio.open_memory_channel[Frame](opts.queue_frames)
         self.frames_sent = 0
+        self._scope = trio.CancelScope()
 
     @property
     def delivers_klines(self) -> bool:
@@ -70,13 +71,15 @@ class Session:
             log.warning("exchange-sim: dropping a slow stream client (%d frames queued)",
                         self.opts.queue_frames)
             self.send.close()
+            self._scope.cancel()  # the caller aborts the connection
         except trio.ClosedResourceError:
             pass
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            for task in (self._sender, self._receiver, self._pinger, self._aging):
-                nursery.start_soon(self._until_gone, task, nursery.cancel_scope)
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                for task in (self._sender, self._receiver, self._pinger, self._aging):
+                    nursery.start_soon(self._until_gone, task, nursery.cancel_scope)
 
     async def _until_gone(self, task, scope: trio.CancelScope) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -96,7 +99,6 @@ class Session:
             try:
                 frame = await self.recv.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
-                await self.ws.abort()  # overflowed: cut the slow reader off
                 return
             if self.faults.roll("reorder", count=False):
                 later = None

@@ -176,3 +176,13 @@ async def test_a_client_that_never_answers_pings_is_dropped(start_sim: StartSim)
     assert pings >= 2
     assert 0.1 < trio.current_time() - t0 < 2.0
     await stream.aclose()
+
+
+async def test_a_client_too_far_behind_is_dropped(start_sim: StartSim) -> None:
+    sim = await start_sim(live=6, paused=True, speed=IV / 1000 / CANDLE_S, faults="stall=1:5s",
+                          stream_options=StreamOptions(queue_frames=4))
+    async with connect(f"{sim.ws_url}/market/ws/xrpusdt@kline_5m") as ws:
+        sim.resume()
+        with pytest.raises(ConnectionClosed), trio.fail_after(2):  # well before the stall ends
+            await ws.recv()
+    assert not sim.hub.sessions
