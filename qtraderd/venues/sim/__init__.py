@@ -1,15 +1,25 @@
 """`qtraderd exchange-sim`: a loopback Binance USD-M futures exchange over stored candles.
 
-Public API (see server.py for an example):
-`SimServer(market, *, speed, port, host, faults, seed, stream_options, updates_per_candle,
-weight_limit)`, `load_market(csv=..., state_dir=..., symbols, interval, start_ms, end_ms)`,
-`StreamOptions`, `FaultSpec`, `FaultSpecError`, `SimInputError`.
+Public API (example in server.py): `SimServer`, `load_market`, `StreamOptions`,
+`FaultSpec`, `FaultSpecError`, `SimInputError`, `Market`. They load on first use, so the
+CLI can build its parser from `qtraderd.venues.sim.main` without importing the server.
 """
 
-from qtraderd.venues.sim.candles import Market, SimInputError
-from qtraderd.venues.sim.faults import FaultSpec, FaultSpecError
-from qtraderd.venues.sim.server import SimServer, load_market
-from qtraderd.venues.sim.streams import StreamOptions
+from __future__ import annotations
 
-__all__ = ["FaultSpec", "FaultSpecError", "Market", "SimInputError", "SimServer",
-           "StreamOptions", "load_market"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Market": "candles", "SimInputError": "candles", "FaultSpec": "faults",
+    "FaultSpecError": "faults", "SimServer": "server", "load_market": "server",
+    "StreamOptions": "streams",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
