@@ -1,7 +1,7 @@
 """`qtraderd exchange-sim`: the simulator as a process.
 
-Prints `exchange-sim listening on http://127.0.0.1:PORT` first, writes that URL to
-`--url-file` (atomically) if given, prints `exchange-sim data ended` when the last candle
+Prints `exchange-sim listening on http://127.0.0.1:PORT` first (once the URL is in
+`--url-file`, written atomically, if given), prints `exchange-sim data ended` when the last candle
 has closed, serves `--linger` seconds more and exits 0. SIGTERM/SIGINT: exit 0. Bad input
 (files, symbols, range, fault spec, port): exit 2 with one line naming it.
 This module imports only argparse at load time: `qtraderd --help` stays fast.
@@ -192,13 +192,13 @@ async def _main(sim, args: argparse.Namespace) -> int:  # type: ignore[no-untype
             except OSError as exc:
                 raise OSError(f"--port {args.port}: cannot listen on 127.0.0.1: "
                               f"{exc.strerror or exc}") from None
-            print(f"exchange-sim listening on {sim.url}", flush=True)
-            if args.url_file is not None:
+            if args.url_file is not None:  # before the line: whoever sees it finds the file
                 try:
                     write_url_file(args.url_file, sim.url)
                 except OSError as exc:
                     raise OSError(f"--url-file {args.url_file}: cannot write: "
                                   f"{exc.strerror or exc}") from None
+            print(f"exchange-sim listening on {sim.url}", flush=True)
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
             s = sim.market
             print(f"exchange-sim serving {', '.join(s.series)} {s.interval} at speed "
