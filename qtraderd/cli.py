@@ -1,5 +1,5 @@
 """The `qtraderd` command line: run, import, train, ctl, report, walkforward,
-verify.
+verify, exchange-sim.
 
 Exit codes: 0 ok; 1 a command failed at run time; 2 bad input (config, files, state dir);
 3 the daemon gave up after too many actor restarts (systemd restarts it).
@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain interval, also the report's window length (24)")
     p.add_argument("--symbols", default=None, help="comma-separated (default: all stored)")
     p.add_argument("--seed", type=_seed, default=None, help="seed (default: config seed)")
+
+    from qtraderd.venues.sim import main as sim_main  # argparse only at import
+
+    p = sub.add_parser("exchange-sim", help="a local Binance USD-M exchange over stored candles",
+                       description=sim_main.DESCRIPTION)
+    sim_main.add_arguments(p)
     return parser
 
 
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         handler = {"run": cmd_run, "import": cmd_import, "train": cmd_train,
                    "report": cmd_report, "walkforward": cmd_walkforward,
-                   "verify": cmd_verify}[args.command]
+                   "verify": cmd_verify, "exchange-sim": cmd_exchange_sim}[args.command]
         code = handler(args)
         sys.stdout.flush()  # here, where a closed pipe can still be caught
         return code
@@ -451,6 +457,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from qtraderd.reporting.verify import main as verify_main
 
     return verify_main(args)
+
+
+# ------------------------------------------------------------------------- exchange-sim
+
+
+def cmd_exchange_sim(args: argparse.Namespace) -> int:
+    from qtraderd.runtime import logs as logsetup
+    from qtraderd.venues.sim.main import run
+
+    logsetup.setup("INFO")
+    return run(args)
 
 
 # -------------------------------------------------------------------------- walkforward

@@ -1,0 +1,155 @@
+"""`SimServer`: the exchange simulator as an object a Trio program (or test) runs.
+
+    sim = SimServer(load_market(csv=[path]), speed=3000, faults="drop=0.01", seed=1)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(sim.serve)      # listening; the sim clock has started
+                                                   # (paused=True: at sim.resume())
+        ...  # base_url = sim.url, ws_url = sim.ws_url
+        sim.set_faults("http429=1")                # change faults while it runs
+        await sim.data_ended.wait()                # the last candle has closed
+        nursery.cancel_scope.cancel()
+
+REST and WebSocket share one port on 127.0.0.1. The schedule task turns sim time into
+kline frames: `updates_per_candle` open updates at even fractions of each candle, then
+exactly one closed kline (`"x": true`) when sim time reaches its close.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import msgspec
+import trio
+
+from qtraderd.venues.sim.candles import (
+    Market,
+    SimClock,
+    SimInputError,
+    build_market,
+    kline_event,
+    load_csv,
+    load_store,
+    partial,
+)
+from qtraderd.venues.sim.faults import Faults, FaultSpec
+from qtraderd.venues.sim.rest import WEIGHT_LIMIT, Rest
+from qtraderd.venues.sim.streams import Hub, StreamOptions
+from qtraderd.venues.sim.transport import serve_connection
+
+log = logging.getLogger("qtraderd.sim")
+
+
+def load_market(*, csv: list[Path] | None = None, state_dir: Path | None = None,
+                symbols: list[str] | None = None, interval: str | None = None,
+                start_ms: int | None = None, end_ms: int | None = None) -> Market:
+    """Candles from CSV files or a state directory's store, cut to [start, end).
+    Raises SimInputError naming the bad input."""
+    if (csv is None) == (state_dir is None):
+        raise SimInputError("give either --csv FILE... or --state-dir DIR")
+    if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+        raise SimInputError("--end: must come after --start")
+    if csv is not None:
+        interval, candles = load_csv([Path(p) for p in csv], interval)
+        if symbols:
+            unknown = [s for s in symbols if s not in candles]
+            if unknown:
+                raise SimInputError(f"--symbols: unknown symbol {unknown[0]} (the files "
+                                    f"hold {', '.join(sorted(candles))})")
+            candles = {s: candles[s] for s in symbols}
+    else:
+        assert state_dir is not None
+        interval = interval or "5m"
+        candles = load_store(Path(state_dir), interval, symbols, end_ms)
+    return build_market(candles, interval, start_ms, end_ms, state_dir)
+
+
+class SimServer:
+    """The simulator. Attributes for callers: `port`, `url`, `ws_url` (after start),
+    `data_ended` (trio.Event), `faults` (its `counts`), `rest`, `hub`, `clock`."""
+
+    def __init__(self, market: Market, *, speed: float = 1.0, port: int = 0,
+                 host: str = "127.0.0.1", faults: FaultSpec | str | None = None,
+                 seed: int = 0, stream_options: StreamOptions | None = None,
+                 updates_per_candle: int = 3, weight_limit: int = WEIGHT_LIMIT,
+                 paused: bool = False) -> None:
+        if not speed > 0:
+            raise SimInputError(f"--speed: expected a number > 0, got {speed}")
+        self.market = market
+        self.speed = speed
+        self.host = host
+        self.port = port
+        self.updates_per_candle = updates_per_candle
+        self.clock = SimClock(market.start_ms, speed)
+        self.faults = Faults(faults, seed)
+        self.options = stream_options or StreamOptions()
+        self.rest = Rest(market, self.clock, self.faults, weight_limit)
+        self.hub = Hub(self.options, self.faults)
+        self.data_ended = trio.Event()
+        self.paused = paused
+        self._resumed = trio.Event()
+        self.closed_klines = 0  # closed kline events published (per symbol, per candle)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    def set_faults(self, spec: FaultSpec | str | None) -> None:
+        """Replace the faults in force (None or "" for none); raises FaultSpecError."""
+        self.faults.set(spec)
+        log.info("exchange-sim: faults now %s", self.faults.spec)
+
+    def now_ms(self) -> int:
+        return self.clock.now_ms()
+
+    def resume(self) -> None:
+        """Start the clock of a server made with paused=True (tests connect first, then
+        let time run, so no frame can come before they listen)."""
+        if not self._resumed.is_set():
+            self.clock.begin()
+            self._resumed.set()
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Listen, start the clock, report the port, serve until cancelled."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        if not self.paused:
+            self.resume()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._connection, listeners)
+            nursery.start_soon(self._schedule)
+            task_status.started(self.port)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        await serve_connection(stream, self.rest.handle, self.hub.handle)
+
+    async def _schedule(self) -> None:
+        """Publish open updates and the closed kline of every live candle, in sim time."""
+        await self._resumed.wait()
+        m = self.market
+        iv = m.interval_ms
+        steps = self.updates_per_candle + 1
+        cursor = {sym: s.between(m.start_ms, m.start_ms)[0] for sym, s in m.series.items()}
+        for t in m.live_times():
+            due = []
+            for sym, s in m.series.items():
+                i = cursor[sym]
+                if i < len(s.times) and s.times[i] == t:
+                    due.append((s, i, f"{sym.lower()}@kline_{m.interval}"))
+                    cursor[sym] = i + 1
+            for k in range(1, steps + 1):
+                at = t + iv * k // steps
+                await trio.sleep_until(self.clock.wall_at(at))
+                closed = k == steps
+                for s, i, name in due:
+                    c = s.candles[i] if closed else partial(s.candles[i], k / steps)
+                    payload = kline_event(s, c, m.interval, iv, i, at, closed)
+                    self.hub.publish(name, msgspec.json.encode(payload).decode(), closed)
+                if closed:
+                    self.closed_klines += len(due)
+        self.data_ended.set()
