@@ -92,6 +92,7 @@ class SizerActor(StepActor):
         self.tp = sizing.take_profit_pct / 100.0
         self.sl = sizing.stop_loss_pct / 100.0
         self.min_edge = sizing.min_edge_pct / 100.0
+        self._margins: dict[str, float] = {}  # per symbol, from cfg.margin (reset on reload)
         self.entries = 0
         self.skipped = 0
 
@@ -103,6 +104,7 @@ class SizerActor(StepActor):
         self.tp = cfg.sizing.take_profit_pct / 100.0
         self.sl = cfg.sizing.stop_loss_pct / 100.0
         self.min_edge = cfg.sizing.min_edge_pct / 100.0
+        self._margins = {}
         if self.agent is not None:
             self.agent.cfg = cfg.rl
 
@@ -163,7 +165,10 @@ class SizerActor(StepActor):
             sample = samples[p.symbol]
             edge = self.costs.expected_edge(prob, self.tp, self.sl)
             price = closes[p.symbol]
-            margin = per_quote(self.cfg.margin, quote_asset(p.symbol))
+            margin = self._margins.get(p.symbol)
+            if margin is None:  # a lookup per symbol, not per prediction
+                margin = self._margins[p.symbol] = per_quote(self.cfg.margin,
+                                                             quote_asset(p.symbol))
             if p.symbol in open_symbols:
                 action, reason = "skip", "position_open"
             elif edge <= self.min_edge:

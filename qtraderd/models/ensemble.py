@@ -381,6 +381,12 @@ def _floored_list(raw: list[float], floor: float) -> list[float]:
     total = sum(raw)
     if floor * n >= 1.0 or not total > 0 or not math.isfinite(total):
         return [1.0 / n] * n
+    # The first pass of the loop below with nothing pinned, spelled out (it is the usual
+    # outcome, once per regime per step): mass is 1.0 - floor * 0 = 1.0 and the free total
+    # is sum(raw), so each weight is (1.0 * r) / total = r / total, bit for bit.
+    out = [r / total for r in raw]
+    if min(out) >= floor:
+        return out
     pinned = [False] * n
     n_pinned = 0
     while True:
