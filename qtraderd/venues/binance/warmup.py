@@ -72,24 +72,20 @@ def check_symbols(info: ExchangeInfo, symbols: Sequence[str], where: str
 
 def missing_ranges(stored: Iterable[int], start: int, end: int, step: int,
                    page: int = KLINES_PAGE) -> list[tuple[int, int]]:
-    """[a, b) open-time ranges covering every grid time in [start, end) not in `stored`,
-    each at most `page` bars long (one request), merged where that saves requests."""
+    """[a, b) open-time ranges covering exactly the grid times in [start, end) not in
+    `stored` (runs of missing bars, each cut at `page` bars: one request per range);
+    nothing stored is asked for again."""
     have = set(stored)
-    first = start + (-start) % step  # first grid time at or after start
     out: list[tuple[int, int]] = []
-    t = first
+    t = start + (-start) % step  # first grid time at or after start
     while t < end:
         if t in have:
             t += step
             continue
         a = t
-        b = t + step
-        t += step
-        while t < end and t < a + page * step:  # extend over stored bars too: same request
-            if t not in have:
-                b = t + step
+        while t < end and t not in have and t < a + page * step:
             t += step
-        out.append((a, b))
+        out.append((a, min(t, end)))
     return out
 
 
