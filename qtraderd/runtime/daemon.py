@@ -500,7 +500,8 @@ class Daemon:
                           if a.quote in self.quotes)
         current = self.snapshot("learner").get("current_job")
         job = f" | learner: retraining {current}" if current and not final else ""
-        return (f"{'replay finished' if final and feed['finished'] else 'progress'}: "
+        done = "replay finished" if self.cfg.feed.source == "replay" else "feed finished"
+        return (f"{done if final and feed['finished'] else 'progress'}: "
                 f"{feed['bars']:,} bars ({feed['bars'] / elapsed:,.0f} bars/s) | data time "
                 f"{iso(feed['last_ts'])} | trades {ex['trades']} | open "
                 f"{len(ex['positions'])} | equity {equity or '-'} | risk "
