@@ -76,3 +76,15 @@ def test_qtraderd_run_refuses_with_exit_2(tmp_path: Path, toml: str, msg: str) -
     assert out.returncode == 2, out.stderr
     assert msg in out.stderr
     assert not (tmp_path / "state").exists() and not (tmp_path / "models").exists()
+
+
+async def test_examples_sim_toml_is_a_dry_run_on_the_local_simulator(tmp_path: Path) -> None:
+    """README "Try live mode locally": the example config builds the dry run against the
+    simulator's URLs at the simulator's speed."""
+    cfg = load(REPO / "examples" / "sim.toml", env={})
+    source, broker, clock = build_venue(cfg, tmp_path, list(cfg.feed.symbols))
+    assert isinstance(source, BinanceSource) and isinstance(broker, PaperBroker)
+    assert source.rest.base_url == "http://127.0.0.1:8765"
+    assert source.stream.ws_url == "ws://127.0.0.1:8765"
+    assert isinstance(clock, LiveClock) and clock.speed == cfg.feed.speed == 60
+    await source.aclose()
