@@ -217,7 +217,11 @@ class BinanceSource:
                 self._ready_rx.receive_nowait()
             except trio.WouldBlock:
                 break
-        await self.sync_clock()
+        try:
+            await self.sync_clock()
+        except RestError as exc:  # prepare() measured it; the stream may still come up
+            log.warning("exchange clock not re-measured at feed start (%s); keeping offset "
+                        "%d ms", exc, self.clock.offset_ms)
         self._reset()
         events_tx, events_rx = trio.open_memory_channel[StreamEvent](math.inf)
         late_tx, late_rx = trio.open_memory_channel[tuple[str, int]](math.inf)
