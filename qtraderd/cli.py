@@ -365,7 +365,13 @@ def _run_locked(args: argparse.Namespace, cfg: Any, credentials: Any, lock: Any)
     from qtraderd.models.artifacts import families, list_versions
     from qtraderd.reporting.report import render, summarize
     from qtraderd.runtime import logs as logsetup
-    from qtraderd.runtime.daemon import Daemon, DaemonError, unwrap
+    from qtraderd.runtime.daemon import (
+        Daemon,
+        DaemonError,
+        DaemonUnavailable,
+        unwrap,
+        warm_up_exchange,
+    )
     from qtraderd.runtime.systemd import Notifier
     from qtraderd.store.db import StoreError, connect, db_path, store_error
 
@@ -373,6 +379,11 @@ def _run_locked(args: argparse.Namespace, cfg: Any, credentials: Any, lock: Any)
         if cfg.feed.source == "replay":
             ensure_candles(args.state_dir, cfg.feed.interval)
         has_models = any(list_versions(args.models_dir, f) for f in families(args.models_dir))
+        live = cfg.feed.source != "replay"
+        if not has_models and not args.no_train and live:
+            # the first models train on the exchange's history: fetch it first (the daemon
+            # resumes this warm-up at start and fetches only what closed meanwhile)
+            warm_up_exchange(cfg, args.state_dir)
         if not has_models and not args.no_train:
             # Under systemd this is still start-up (READY=1 comes from the daemon): ask for
             # the time training may take instead of a TimeoutStartSec sized for it.
@@ -381,7 +392,10 @@ def _run_locked(args: argparse.Namespace, cfg: Any, credentials: Any, lock: Any)
             notifier.extend_timeout(cfg.train.timeout_s + 60)
             code = train_subprocess(args.state_dir, args.models_dir, args.config,
                                     cfg.train.timeout_s)
-            if code != 0:
+            if code != 0 and live:  # too little history yet: the learner trains them later
+                log.warning("initial training failed (exit %d): running without models "
+                            "until the learner trains some", code)
+            elif code != 0:
                 return _error(f"initial training failed (exit {code}); see the lines above, "
                               "or start with --no-train to run without models", EXIT_FAILED)
         # In the journal a progress line a second is noise (86,400 a day); systemd's STATUS
@@ -395,11 +409,14 @@ def _run_locked(args: argparse.Namespace, cfg: Any, credentials: Any, lock: Any)
             code = trio.run(daemon.run)
         except BaseExceptionGroup as group:
             leaf = unwrap(group)
-            if isinstance(leaf, DaemonError | StoreError | sqlite3.DatabaseError):
+            if isinstance(leaf, DaemonError | DaemonUnavailable | StoreError
+                          | sqlite3.DatabaseError):
                 raise leaf from None
             raise
     except (DaemonError, StoreError) as exc:
         return _error(str(exc))
+    except DaemonUnavailable as exc:  # the exchange unreachable: worth a restart
+        return _error(str(exc), EXIT_FAILED)
     except sqlite3.DatabaseError as exc:  # e.g. reading the candles before the daemon starts
         return _error(str(store_error(db_path(args.state_dir), exc)))
     except OSError as exc:

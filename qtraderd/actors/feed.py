@@ -6,6 +6,12 @@ venue, where the market "happens" — that advances the replay clock when it tak
 So the clock never moves while a step is being processed and a replay gives the same
 orders and fills whatever Trio's scheduler does. The feed may prepare one step ahead
 (its outbox holds one), which costs nothing in determinism and saves a wake-up per step.
+
+A live source (the Binance feed) brings three optional parts, used when present: `run`,
+its background work (stream, REST, deadlines), started in this actor's nursery before
+`batches()` is read, so it lives and dies with the actor; `step_records(bars)`, rows that
+are committed with the step (the bars themselves); and `status()`, merged into this
+actor's snapshot (connection, backfill, late bars, REST weight, clock offset).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import trio
@@ -49,6 +56,9 @@ class FeedActor(Actor):
         self.first_sent_cpu: float | None = None  # process_time then (benchmarks)
         self._stop = trio.Event()
         self._scope: trio.CancelScope | None = None
+        self._serve = getattr(source, "run", None)
+        self._records = getattr(source, "step_records", None)
+        self._source_status = getattr(source, "status", None)
 
     def stop(self) -> None:
         """Stop producing; the chain then drains and every actor finishes in turn."""
@@ -61,24 +71,30 @@ class FeedActor(Actor):
             self._scope = scope
             if self._stop.is_set():
                 scope.cancel()
-            async for ts, bars in self.source.batches():
-                await self._pace(ts)
-                history: tuple[Bar, ...] = ()
-                if self.seq == 0 and self.history_bars > 0:  # a fresh run, not a resume
-                    history = await self.source.history(ts, self.history_bars)
-                    if history:
-                        log.info("warm-up: %d stored bars before the first step (%d "
-                                 "symbols)", len(history), len({b.symbol for b in history}))
-                step = Step(seq=self.seq + 1, ts=ts, close_ts=ts + self.interval_ms, bars=bars,
-                            history=history)
-                await pass_on(self.outbox, step)  # a yield only when execution is behind
-                if self.first_sent is None:
-                    self.first_sent = time.perf_counter()
-                    self.first_sent_cpu = time.process_time()
-                self.seq += 1
-                self.processed += 1
-                self.bars += len(bars)
-                self.last_ts = ts
+            async with trio.open_nursery() as nursery:
+                if self._serve is not None:
+                    await nursery.start(self._serve)
+                async for ts, bars in self.source.batches():
+                    await self._pace(ts)
+                    history: tuple[Bar, ...] = ()
+                    if self.seq == 0 and self.history_bars > 0:  # a fresh run, not a resume
+                        history = await self.source.history(ts, self.history_bars)
+                        if history:
+                            log.info("warm-up: %d stored bars before the first step (%d "
+                                     "symbols)", len(history),
+                                     len({b.symbol for b in history}))
+                    step = Step(seq=self.seq + 1, ts=ts, close_ts=ts + self.interval_ms,
+                                bars=bars, records=self._records(bars) if self._records
+                                else (), history=history)
+                    await pass_on(self.outbox, step)  # a yield only when execution is behind
+                    if self.first_sent is None:
+                        self.first_sent = time.perf_counter()
+                        self.first_sent_cpu = time.process_time()
+                    self.seq += 1
+                    self.processed += 1
+                    self.bars += len(bars)
+                    self.last_ts = ts
+                nursery.cancel_scope.cancel()
             self.done = True
             if self.hold_at_end:
                 log.info("replay data ended after %d steps; holding until stopped", self.seq)
@@ -103,8 +119,16 @@ class FeedActor(Actor):
         self.source.last_ts = state["last_ts"]
 
     def status(self) -> dict[str, Any]:
+        live = self._source_status() if self._source_status is not None else {}
         return {"steps": self.seq, "bars": self.bars, "last_bar": iso(self.last_ts),
-                "finished": self.done}
+                "finished": self.done, **live}
 
     def publish(self) -> dict[str, Any]:
         return {**self.status(), "last_ts": self.last_ts}
+
+    def snapshot(self) -> Mapping[str, Any]:
+        """A live source's state (connection, last frame age) moves between steps: its
+        snapshot is rebuilt on every read (readers look about once a second)."""
+        if self._source_status is not None:
+            self.changed()
+        return super().snapshot()

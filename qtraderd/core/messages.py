@@ -295,7 +295,9 @@ class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
 class Record(msgspec.Struct, frozen=True, array_like=True):
     """A row for the recorder that does not belong to a step (restarts, model loads...).
 
-    mode "replace" writes INSERT OR REPLACE (state tables keyed by primary key, e.g. rl_q).
+    mode "replace" writes INSERT OR REPLACE (state tables keyed by primary key, e.g. rl_q);
+    "ignore" writes INSERT OR IGNORE (rows that may exist already and must not change: a
+    live feed's `bars`, as `qtraderd import` writes them).
     """
 
     table: str

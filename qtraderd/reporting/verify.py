@@ -232,6 +232,9 @@ class Verifier:
             self.add("feed", FAIL, NOT_RUNNING)
             return
         before, after = (a.status or {}).get("bars", 0), b.status.get("bars", 0)
+        if "feed" in b.status:  # a live feed: judged by how far its last bar lags
+            self.check_live_feed(b.status, span)
+            return
         if after > before:
             self.add("feed", PASS, f"{after - before:,} bars in {self.wait_s:g} s; {span}")
             return
@@ -248,6 +251,31 @@ class Verifier:
         else:
             self.add("feed", FAIL, f"no new bar in {self.wait_s:g} s and the feed has not "
                      f"finished: {span}")
+
+    def check_live_feed(self, status: dict[str, Any], span: str) -> None:
+        """A live feed is healthy when its last bar closed at most one interval plus a
+        minute before the daemon's clock (the exchange's time): one bar may be late
+        (left out, fetched over REST), two in a row means the feed is stuck."""
+        run = self.run
+        assert run is not None
+        feed = status["feed"]
+        last = feed.get("last_bar_ms")
+        now = status.get("clock_ms", 0)
+        tolerance = run.interval_ms + 60_000
+        conn = (f"stream {'connected' if feed.get('connected') else 'NOT connected'}, "
+                f"{feed.get('reconnects', 0)} reconnects, last frame "
+                f"{feed.get('last_frame_age_s')} s ago, {feed.get('late_bars', 0)} late bars")
+        if last is None:
+            self.add("feed", FAIL, f"live feed has emitted no bar yet (next step "
+                     f"{feed.get('next_step', '-')}); {conn}")
+            return
+        lag = now - (last + run.interval_ms)
+        if lag > tolerance:
+            self.add("feed", FAIL, f"last bar {iso(last)} closed {lag / 1000:,.0f} s before "
+                     f"the clock ({iso(now)}): lagging beyond {tolerance / 1000:g} s; {conn}")
+        else:
+            self.add("feed", PASS, f"last bar is current ({iso(last)}, closed "
+                     f"{max(0, lag) / 1000:,.0f} s ago); {conn}")
 
     def check_predictions(self) -> None:
         run, db = self.run, self.db

@@ -74,6 +74,11 @@ class DaemonError(RuntimeError):
     """Start-up cannot proceed; the message tells the operator what to do."""
 
 
+class DaemonUnavailable(RuntimeError):
+    """Start-up failed on something outside (the exchange unreachable): exit 1, so that
+    systemd's Restart=on-failure tries again, unlike a DaemonError (exit 2)."""
+
+
 def limit_malloc_arenas(n: int = 1) -> bool:
     """Cap glibc's per-thread malloc arenas (what MALLOC_ARENA_MAX=1 does).
 
@@ -107,6 +112,24 @@ def unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+def warm_up_exchange(cfg: Config, state_dir: Path) -> None:
+    """A live feed's start-up alone (symbols checked, warm-up history stored), for `run` to
+    train the first models on; DaemonError / DaemonUnavailable like the daemon's own."""
+
+    async def main() -> None:
+        source, _, _ = build_venue(cfg, state_dir, list(cfg.feed.symbols))
+        daemon = Daemon(cfg, state_dir, state_dir)
+        daemon.source = source
+        conn = connect(state_dir)
+        try:
+            await daemon._prepare_source(conn)
+        finally:
+            conn.close()
+            await source.aclose()  # type: ignore[attr-defined]
+
+    trio.run(main)
 
 
 @dataclass
@@ -150,6 +173,8 @@ class Daemon:
         return connect(self.state_dir)
 
     def _symbols(self, conn: sqlite3.Connection) -> list[str]:
+        if self.cfg.feed.source != "replay":  # a live feed: the configured symbols
+            return list(self.cfg.feed.symbols)  # (check_venue refuses none)
         interval = self.cfg.feed.interval
         stored = stored_symbols(conn, interval)
         wanted = list(self.cfg.feed.symbols) or stored
@@ -209,8 +234,12 @@ class Daemon:
             # traceback from whichever start-up step touched the store first
             check_store(conn, db_path(self.state_dir))
             symbols = self._symbols(conn)
+            self.source, self.broker, self.clock = build_venue(
+                cfg, self.state_dir, symbols, parse_time("feed.start", cfg.feed.start),
+                parse_time("feed.end", cfg.feed.end))
             try:
                 load_state_dir(self.state_dir)
+                await self._prepare_source(conn)
                 self.quotes = {quote_asset(s) for s in symbols}
             except InstrumentError as exc:
                 raise DaemonError(str(exc)) from None
@@ -243,15 +272,35 @@ class Daemon:
             conn.close()
             lock.release()
             release_memory()
+            aclose = getattr(getattr(self, "source", None), "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await aclose()
         return self.exit_code
+
+    async def _prepare_source(self, conn: sqlite3.Connection) -> None:
+        """A live source's start-up (Binance: exchange clock, symbols checked against
+        exchangeInfo with their filters as instruments, warm-up history stored) before
+        any actor runs; the store writer does not run yet, so it writes through `conn`."""
+        prepare = getattr(self.source, "prepare", None)
+        if prepare is None:
+            return
+        from qtraderd.venues.binance.rest import RestError
+        from qtraderd.venues.binance.warmup import SymbolError
+
+        self.service.notifier.status("warming up: backfilling history from the exchange")
+        try:
+            await prepare(conn)
+        except SymbolError as exc:
+            raise DaemonError(str(exc)) from None
+        except RestError as exc:
+            raise DaemonUnavailable(f"exchange start-up failed: {exc}") from None
 
     async def _run_chain(self, conn: sqlite3.Connection, symbols: list[str], interval_ms: int,
                          task_status: Any) -> None:
         cfg = self.cfg
         cap = cfg.runtime.channel_capacity
-        source, self.broker, self.clock = build_venue(
-            cfg, self.state_dir, symbols, parse_time("feed.start", cfg.feed.start),
-            parse_time("feed.end", cfg.feed.end))
+        source = self.source
         costs = CostModel.from_config(cfg.costs)
         feed_tx, feed_rx = trio.open_memory_channel[Step](1)
         mon_tx, mon_rx = trio.open_memory_channel[Step](cap)
@@ -273,7 +322,11 @@ class Daemon:
                          "learner_commands": lcmd_tx}
         barriers = Barriers(cfg.sizing.take_profit_pct / 100, cfg.sizing.stop_loss_pct / 100,
                             cfg.labels.horizon_bars)
-        self.feed = FeedActor(source, feed_tx, interval_ms, cfg.feed.speed,
+        live = cfg.feed.source != "replay"
+        if live:  # bars the feed stores outside its steps (late, history): loose records
+            source.store = self._bar_store(records_tx.clone(), cfg.feed.interval)
+        self.feed = FeedActor(source, feed_tx, interval_ms,
+                              math.inf if live else cfg.feed.speed,  # live: paced by time
                               hold_at_end=not cfg.feed.exit_at_end)
         self.execution = ExecutionActor(
             self.broker, feed_rx, mon_tx, back_rx, rec_tx,
@@ -364,6 +417,15 @@ class Daemon:
             self.lock.mark_stopping()
         self._log_progress(final=True)
 
+    @staticmethod
+    def _bar_store(records: trio.MemorySendChannel[Record], interval: str) -> Any:
+        from qtraderd.venues.binance.warmup import bar_record
+
+        async def store(bars: Any) -> None:
+            for bar in bars:
+                await records.send(bar_record(bar, interval))
+        return store
+
     def _restore(self, actors: list[Any]) -> None:
         """Every actor back to its state at the run's last checkpoint (the feed: to the
         bar after it; risk: plus the ctl commands given after it)."""
@@ -440,7 +502,8 @@ class Daemon:
                           if a.quote in self.quotes)
         current = self.snapshot("learner").get("current_job")
         job = f" | learner: retraining {current}" if current and not final else ""
-        return (f"{'replay finished' if final and feed['finished'] else 'progress'}: "
+        done = "replay finished" if self.cfg.feed.source == "replay" else "feed finished"
+        return (f"{done if final and feed['finished'] else 'progress'}: "
                 f"{feed['bars']:,} bars ({feed['bars'] / elapsed:,.0f} bars/s) | data time "
                 f"{iso(feed['last_ts'])} | trades {ex['trades']} | open "
                 f"{len(ex['positions'])} | equity {equity or '-'} | risk "
@@ -477,6 +540,7 @@ class Daemon:
             "steps": feed.get("steps", 0),
             "bars_per_s": round(feed.get("bars", 0) / elapsed, 1),
             "risk_state": self.snapshot("risk").get("state", "-"),
+            **({"feed": _feed_state(feed)} if self.cfg.feed.source != "replay" else {}),
             "stopping": self.stopping,
             "config": str(self.config_path) if self.config_path else "defaults (no --config)",
             "systemd": self.service.summary(),
@@ -484,3 +548,15 @@ class Daemon:
             "queues": {name: f"{st.current_buffer_used}/{st.max_buffer_size}"
                        for name, st in ((n, ch.statistics()) for n, ch in self.channels.items())},
         }
+
+
+FEED_KEYS = ("connected", "reconnects", "last_frame_age_s", "warmup_bars", "backfilled_bars",
+             "history_bars", "late_bars", "skipped_steps", "malformed_frames",
+             "rest_weight_used", "rest_weight_limit", "rest_banned", "clock_offset_ms",
+             "next_step", "stream_error", "rest_error")
+
+
+def _feed_state(feed: Mapping[str, Any]) -> dict[str, Any]:
+    """A live feed's state for `ctl status` (from the feed actor's snapshot)."""
+    return {"last_bar": feed.get("last_bar", "-"), "last_bar_ms": feed.get("last_ts"),
+            **{k: feed[k] for k in FEED_KEYS if k in feed}}

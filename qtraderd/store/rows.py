@@ -155,7 +155,7 @@ def step_rows(run_id: int, step: Step, out: dict[str, list[tuple[Any, ...]]]) ->
     return sum(len(v) for v in out.values()) - n0
 
 
-NO_RUN_ID = {"rl_q", "models", "model_history"}  # tables not scoped to one run
+NO_RUN_ID = {"rl_q", "models", "model_history", "bars"}  # tables not scoped to one run
 
 
 def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch,
@@ -337,7 +337,8 @@ def record_sql(rec: Record, run_id: int | None = None) -> tuple[str, list[Any]]:
     row = rec.row if (run_id is None or "run_id" in rec.row or rec.table in NO_RUN_ID) else {
         "run_id": run_id, **rec.row}
     cols = list(row)
-    verb = "INSERT OR REPLACE" if rec.mode == "replace" else "INSERT"
+    verb = {"replace": "INSERT OR REPLACE", "ignore": "INSERT OR IGNORE"}.get(rec.mode,
+                                                                            "INSERT")
     return (f"{verb} INTO {rec.table} ({', '.join(cols)}) "
             f"VALUES ({', '.join('?' * len(cols))})", list(row.values()))
 

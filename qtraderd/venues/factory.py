@@ -1,28 +1,32 @@
 """One place that turns the config into a venue: bar source, broker and clock.
 
-Built today: `mode = "paper"` with `feed.source = "replay"` — stored candles, the paper
-broker, the replay clock (moved by the execution actor as it takes each step). Anything
-else is refused at start with a `VenueError` naming the config key and what exists, which
-`qtraderd run` turns into exit 2: a live mode or a Binance feed must never quietly
-paper-trade stored candles. The Binance USD-M feed (a BarSource) and live execution (a
-Broker) plug in here when they are built.
+Built today:
+* `mode = "paper"` with `feed.source = "replay"` — stored candles, the paper broker, the
+  replay clock (moved by the execution actor as it takes each step);
+* `mode = "paper"` with `feed.source = "binance"` (dry run) — the Binance USD-M kline feed,
+  the same paper broker (filling at the next bar's open, as in a replay) and a live clock
+  (the exchange's time, at `feed.speed` against the simulator).
+Anything else is refused at start with a `VenueError` naming the config key and what
+exists, which `qtraderd run` turns into exit 2: live mode must never quietly paper-trade.
+Live execution (a Broker) plugs in here when it is built.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-from qtraderd.core.clock import ReplayClock
+from qtraderd.core.clock import Clock, LiveClock, ReplayClock
 from qtraderd.core.config import Config
 from qtraderd.core.costs import CostModel
 from qtraderd.venues.base import BarSource, Broker
 from qtraderd.venues.paper import PaperBroker
 from qtraderd.venues.replay import ReplaySource
 
-BUILT = {("paper", "replay")}
+BUILT = {("paper", "replay"), ("paper", "binance")}
 MODES_BUILT = ("paper",)
-SOURCES_BUILT = ("replay",)
+SOURCES_BUILT = ("replay", "binance")
 
 
 class VenueError(ValueError):
@@ -42,8 +46,10 @@ def check_venue(cfg: Config) -> None:
                         "live-execution issue")
     if cfg.feed.source not in SOURCES_BUILT:
         problems.append(f"config key 'feed.source': {_q(cfg.feed.source)} is not built yet "
-                        f"(exists today: {', '.join(map(_q, SOURCES_BUILT))}); the Binance "
-                        "feed comes with the live-feed issue")
+                        f"(exists today: {', '.join(map(_q, SOURCES_BUILT))})")
+    if cfg.feed.source == "binance" and not cfg.feed.symbols:
+        problems.append("config key 'feed.symbols': with feed.source = \"binance\" name the "
+                        "symbols to trade (e.g. [\"BTCUSDT\", \"ETHUSDT\"]); got none")
     if not problems and (cfg.mode, cfg.feed.source) not in BUILT:
         problems.append(f"config keys 'mode' and 'feed.source': {_q(cfg.mode)} with "
                         f"{_q(cfg.feed.source)} is not built yet (exists today: "
@@ -54,9 +60,18 @@ def check_venue(cfg: Config) -> None:
 
 def build_venue(cfg: Config, state_dir: Path, symbols: list[str],
                 start_ms: int | None = None, end_ms: int | None = None
-                ) -> tuple[BarSource, Broker, ReplayClock]:
-    """(bar source, broker, clock) for the config; VenueError for what is not built."""
+                ) -> tuple[BarSource, Broker, Clock]:
+    """(bar source, broker, clock) for the config; VenueError for what is not built.
+
+    The Binance source still needs `await source.prepare(conn)` before its first step
+    (symbols checked, instruments, warm-up); `end_ms` ends it after that open time."""
     check_venue(cfg)
-    source = ReplaySource(state_dir, symbols, cfg.feed.interval, start_ms, end_ms)
     broker = PaperBroker(cfg.account.balances, CostModel.from_config(cfg.costs))
+    if cfg.feed.source == "binance":
+        from qtraderd.venues.binance.feed import BinanceSource
+
+        speed = 1.0 if math.isinf(cfg.feed.speed) else cfg.feed.speed
+        clock = LiveClock(speed)
+        return BinanceSource.from_config(cfg, symbols, clock, end_ms, state_dir), broker, clock
+    source = ReplaySource(state_dir, symbols, cfg.feed.interval, start_ms, end_ms)
     return source, broker, ReplayClock()

@@ -107,6 +107,13 @@ def test_the_unit_and_the_code_agree_on_names_and_protocols():
     assert d["StateDirectory"] == ["qtraderd"] and d["User"] == ["qtraderd"]
 
 
+def test_a_live_feed_starts_after_the_network_is_online():
+    """The Binance feed's start-up calls the exchange: the unit waits for the network."""
+    d = directives()
+    assert "network-online.target" in " ".join(d["Wants"]).split()
+    assert "network-online.target" in " ".join(d["After"]).split()
+
+
 def test_hardening_leaves_the_daemon_and_its_jobs_what_they_need():
     """Guards for choices explained in the unit's comments."""
     d = directives()

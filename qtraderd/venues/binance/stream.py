@@ -152,6 +152,9 @@ class KlineStream:
         self.reconnects = self.planned_reconnects = self.idle_timeouts = self.silences = 0
         self.connect_failures = 0
         self.last_error: str | None = None
+        # outages: from an unplanned end to the shard's next connection (trio time)
+        self._down_since: dict[int, float] = {}
+        self.last_outage_s = self.max_outage_s = 0.0
 
     @classmethod
     def from_config(cls, cfg: Any, symbols: Sequence[str], **kwargs: Any) -> KlineStream:
@@ -182,7 +185,9 @@ class KlineStream:
                 "last_frame_age_s": None if age is None else round(age, 3),
                 "frames": self.frames, "klines": self.klines, "open_klines": self.open_klines,
                 "duplicates": self.duplicates, "malformed_frames": self.malformed_frames,
-                "unexpected_frames": self.unexpected_frames, "last_error": self.last_error}
+                "unexpected_frames": self.unexpected_frames,
+                "last_outage_s": round(self.last_outage_s, 3),
+                "max_outage_s": round(self.max_outage_s, 3), "last_error": self.last_error}
 
     async def run(self, send: trio.MemorySendChannel[StreamEvent], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -279,8 +284,15 @@ class KlineStream:
                     conn.deadline = trio.current_time() + self.planned_reconnect_s
                     self._open[idx] = self._open.get(idx, 0) + 1
                     try:
-                        log.info("stream connection %d up (shard %d, %d streams)%s", conn.id,
-                                 idx, len(symbols), " [handover]" if handover else "")
+                        down_since = self._down_since.pop(idx, None)
+                        outage = ""
+                        if down_since is not None and not handover:
+                            gap = trio.current_time() - down_since
+                            self.last_outage_s = gap
+                            self.max_outage_s = max(self.max_outage_s, gap)
+                            outage = f" after {gap:.2f} s down"
+                        log.info("stream connection %d up (shard %d, %d streams)%s%s", conn.id,
+                                 idx, len(symbols), " [handover]" if handover else "", outage)
                         self._newest[idx] = conn.id
                         await send.send(Connected(conn.id, idx, symbols, handover))
                         started = True
@@ -302,6 +314,7 @@ class KlineStream:
             ended_tx.send_nowait((conn.id, reason, conn.frames))
             return
         self.last_error = f"connection {conn.id}: {reason}"
+        self._down_since.setdefault(idx, trio.current_time())
         log.warning("stream connection %d down (shard %d): %s", conn.id, idx, reason)
         await send.send(Disconnected(conn.id, idx, symbols, reason))
         ended_tx.send_nowait((conn.id, reason, conn.frames))

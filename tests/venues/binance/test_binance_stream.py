@@ -115,6 +115,7 @@ async def test_server_drop_reconnects_and_announces_it():
     assert kinds == ["Connected", "Kline", "Disconnected", "Connected", "Kline"]
     assert c.events[3].conn > c.events[0].conn and not c.events[3].handover
     assert back < 1.0 and st["reconnects"] == 1 and st["connected"]
+    assert 0.0 < st["max_outage_s"] == st["last_outage_s"] <= back  # down until back up
 
 
 async def test_refused_connections_back_off_exponentially_with_jitter():
