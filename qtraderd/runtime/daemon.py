@@ -132,6 +132,9 @@ def warm_up_exchange(cfg: Config, state_dir: Path) -> None:
     trio.run(main)
 
 
+IDLE_PROGRESS_S = 60.0  # progress lines while no step goes by
+
+
 @dataclass
 class Daemon:
     cfg: Config
@@ -480,9 +483,16 @@ class Daemon:
             raise ControlError(f"config reload rejected: {exc}") from exc
 
     async def _progress(self) -> None:
+        """A progress line every `progress_every_s` while steps go by; while none do (a
+        live feed between bars, a held replay) one a minute is enough."""
+        last_steps, last_at = -1, -math.inf
         while True:
             await trio.sleep(self.progress_every_s)
-            self._log_progress()
+            steps = self.snapshot("feed").get("steps", 0)
+            now = trio.current_time()
+            if steps != last_steps or now - last_at >= IDLE_PROGRESS_S:
+                self._log_progress()
+                last_steps, last_at = steps, now
 
     def snapshot(self, name: str) -> Mapping[str, Any]:
         """Actor `name`'s published snapshot (empty before the actors start)."""

@@ -81,6 +81,9 @@ class _Seen:
         return True
 
 
+LATE_ATTEMPTS = 10  # a late bar's REST tries (backoff from 0.25 s, about 2 min in all)
+
+
 class BinanceSource:
     """Closed bars of `symbols` from Binance USD-M, grouped into steps (a BarSource).
 
@@ -150,6 +153,7 @@ class BinanceSource:
                 best = (trip, self.rest.offset_ms)
         if best is not None:
             self.rest.offset_ms = best[1]
+            self.rest.trip_ms = best[0]
             self.clock.offset_ms = best[1]
 
     async def prepare(self, conn: sqlite3.Connection) -> dict[str, Instrument]:
@@ -312,6 +316,10 @@ class BinanceSource:
         if isinstance(ev, Connected):
             self._up[ev.shard] = True
             if not ev.handover:
+                try:  # what was missed is judged on the exchange's clock: measure it again
+                    await self.sync_clock(samples=1)
+                except RestError as exc:
+                    log.warning("exchange clock not re-measured after connect: %s", exc)
                 await self._backfill(ev.symbols)
         elif isinstance(ev, Disconnected):
             self._up[ev.shard] = False
@@ -366,24 +374,32 @@ class BinanceSource:
             self.next_ts = t + self.iv
 
     async def _late_worker(self, todo: trio.MemoryReceiveChannel[tuple[str, int]]) -> None:
-        """Fetch each late bar over REST and store it (never emitted)."""
+        """Fetch each late bar over REST and store it (never emitted). A failed request, or
+        a candle the exchange does not yet show as closed, is tried again with backoff: a
+        hole would otherwise stay until a restart's warm-up."""
         async for s, t in todo:
-            if (s, t) in self._seen:
-                continue  # the stream brought it meanwhile
-            try:
-                bars = await self._fetch(s, t, t + self.iv)
-            except RestError as exc:
-                log.error("bar late: %s %s not fetched over REST (%s); a restart's warm-up "
-                          "fills the hole", s, iso(t), exc)
-                continue
-            got = [b for b in bars if self._seen.add(b.symbol, b.open_time)]
-            if got:
-                self.late_fetched += len(got)
-                await self._store(got)
-                log.warning("bar late: %s %s fetched over REST, not traded", s, iso(t))
-            elif not bars:
-                log.warning("bar late: %s %s not on the exchange either (REST has no such "
-                            "candle)", s, iso(t))
+            delay, problem = 0.25, "no closed candle yet"
+            for _attempt in range(LATE_ATTEMPTS):
+                if (s, t) in self._seen:
+                    break  # the stream or a backfill brought it meanwhile
+                try:
+                    bars = await self._fetch(s, t, t + self.iv)
+                except RestError as exc:
+                    bars, problem = [], str(exc)
+                got = [b for b in bars if self._seen.add(b.symbol, b.open_time)]
+                if got:
+                    self.late_fetched += len(got)
+                    await self._store(got)
+                    log.warning("bar late: %s %s fetched over REST, not traded", s, iso(t))
+                    break
+                if bars:
+                    break  # already seen: stored once
+                await trio.sleep(delay)
+                delay = min(30.0, delay * 2)
+            else:
+                log.error("bar late: %s %s not fetched over REST after %d tries (%s); a "
+                          "restart's warm-up fills the hole", s, iso(t), LATE_ATTEMPTS,
+                          problem)
 
     async def _fetch(self, symbol: str, start: int, end: int) -> list[Bar]:
         out: list[Bar] = []

@@ -217,18 +217,28 @@ def parse_kline_frame(raw: bytes | str) -> tuple[str | None, Kline]:
 
 
 def parse_klines(body: bytes | str, *, symbol: str, interval: str,
-                 server_now_ms: int) -> list[Kline]:
-    """`GET /fapi/v1/klines` rows -> klines in Binance's (ascending) order; `closed` is
-    True for candles whose close time has passed on the exchange's clock."""
+                 server_now_ms: int, guard_ms: int = 0) -> list[Kline]:
+    """`GET /fapi/v1/klines` rows -> klines in Binance's (ascending) order.
+
+    `closed`: a row followed by a later one is closed (the exchange lists only candles
+    that have opened). The last row is the one that may still be forming; it counts as
+    closed only when its close time is more than `guard_ms` (the uncertainty of our
+    estimate of the exchange's clock) behind `server_now_ms`. A forming candle taken for
+    closed would be stored with partial values for good, so the doubt goes to "open": the
+    stream, or a later fetch, brings the final values.
+    """
     try:
         rows = _rows_dec.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise PayloadError(f"klines for {symbol} {interval}: {exc}: {_short(body)}") from None
     out = []
-    for row in rows:
+    last = len(rows) - 1
+    for i, row in enumerate(rows):
         k = _K(row.open_time, row.close_time, symbol, interval, row.open, row.close, row.high,
                row.low, row.volume, False)
-        out.append(_kline(k, row.close_time < server_now_ms, f"klines row of {symbol}"))
+        closed = (i < last and rows[i + 1].open_time > row.open_time) \
+            or row.close_time < server_now_ms - guard_ms
+        out.append(_kline(k, closed, f"klines row of {symbol}"))
     return out
 
 

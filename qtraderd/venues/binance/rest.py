@@ -103,6 +103,7 @@ class RestClient:
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s,
                                        headers={"Accept": "application/json"})
         self.offset_ms: int | None = None  # exchange clock - local clock
+        self.trip_ms = 0  # round trip of the measurement behind offset_ms
         self._window = -1  # exchange minute the weight figures belong to
         self._used = 0  # weight used in that minute: the header's figure + our reservations
         self._blocked_until = 0.0  # trio time before which no request is sent (429 / 418)
@@ -140,6 +141,7 @@ class RestClient:
         if self.offset_ms is None or abs(offset - self.offset_ms) >= self.offset_log_ms:
             log.info("exchange clock offset %+d ms (round trip %d ms)", offset, t1 - t0)
         self.offset_ms = offset
+        self.trip_ms = max(0, t1 - t0)
         return server
 
     async def exchange_info(self) -> ExchangeInfo:
@@ -164,7 +166,13 @@ class RestClient:
             params["endTime"] = end_ms
         body = await self._get("/fapi/v1/klines", params, klines_weight(limit))
         return parse_klines(body, symbol=symbol, interval=interval,
-                            server_now_ms=self.server_now_ms())
+                            server_now_ms=self.server_now_ms(), guard_ms=self.clock_guard_ms())
+
+    def clock_guard_ms(self) -> int:
+        """How far our estimate of the exchange's clock may be off: the last round trip
+        of /fapi/v1/time (in the clock's own units, so it scales with a simulator's speed)
+        plus a second."""
+        return self.trip_ms + 1000
 
     async def closed_klines(self, symbol: str, interval: str, start_ms: int,
                             end_ms: int) -> AsyncIterator[list[Kline]]:

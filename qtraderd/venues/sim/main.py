@@ -39,9 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--state-dir", type=Path, metavar="DIR",
                      help="serve the candles of this state directory's store (bars table)")
-    src.add_argument("--csv", type=Path, nargs="+", metavar="FILE",
-                     help="serve CSV files named SYMBOL-INTERVAL.csv (header open_time,open,"
-                          "high,low,close,volume)")
+    src.add_argument("--csv", type=Path, nargs="+", action="extend", metavar="FILE",
+                     help="serve CSV files named SYMBOL-INTERVAL.csv (repeatable; header "
+                          "open_time,open,high,low,close,volume)")
     p.add_argument("--symbols", default=None, metavar="A,B",
                    help="comma-separated symbols to serve (default: all)")
     p.add_argument("--interval", default=None,
@@ -72,6 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="streams per connection (Binance: 1024)")
     p.add_argument("--weight-limit", type=_positive_int, default=2400, metavar="N",
                    help="REST request weight per minute (Binance: 2400)")
+    p.add_argument("--hold", action="store_true",
+                   help="keep the clock at --start until the first connection (REST or "
+                        "stream), so a client started after the simulator misses no live "
+                        "candle")
     p.add_argument("--updates", type=_nonneg_int, default=3, metavar="N",
                    help="open-kline updates per candle before the closed one (default 3)")
 
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                              interval=args.interval, start_ms=start, end_ms=end)
         sim = SimServer(market, speed=args.speed, port=args.port, faults=faults,
                         seed=args.seed, updates_per_candle=args.updates,
-                        weight_limit=args.weight_limit,
+                        weight_limit=args.weight_limit, hold=args.hold,
                         stream_options=StreamOptions(
                             ping_interval_s=args.ping_interval, max_age_s=args.max_age,
                             max_streams=args.max_streams))

@@ -72,7 +72,10 @@ class SimServer:
                  host: str = "127.0.0.1", faults: FaultSpec | str | None = None,
                  seed: int = 0, stream_options: StreamOptions | None = None,
                  updates_per_candle: int = 3, weight_limit: int = WEIGHT_LIMIT,
-                 paused: bool = False) -> None:
+                 paused: bool = False, hold: bool = False) -> None:
+        """`paused`: the clock starts at `resume()`; `hold`: it starts with the first
+        connection (REST or stream), so a client started after the simulator misses no
+        live candle, yet never sees a clock that stands still after it has looked."""
         if not speed > 0:
             raise SimInputError(f"--speed: expected a number > 0, got {speed}")
         self.market = market
@@ -86,7 +89,8 @@ class SimServer:
         self.rest = Rest(market, self.clock, self.faults, weight_limit)
         self.hub = Hub(self.options, self.faults)
         self.data_ended = trio.Event()
-        self.paused = paused
+        self.paused = paused or hold
+        self.hold = hold
         self._resumed = trio.Event()
         self.closed_klines = 0  # closed kline events published (per symbol, per candle)
 
@@ -126,6 +130,8 @@ class SimServer:
             task_status.started(self.port)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        if self.hold:
+            self.resume()
         await serve_connection(stream, self.rest.handle, self.hub.handle)
 
     async def _schedule(self) -> None:

@@ -109,6 +109,22 @@ def test_rest_klines_rows_and_closedness():
             p.parse_klines(bad, symbol="BTCUSDT", interval="1w", server_now_ms=0)
 
 
+def test_a_forming_candle_is_closed_only_beyond_the_clock_guard_or_a_later_row():
+    """Taking a still-forming last candle for closed would store partial values for good:
+    the last row needs its close time more than `guard_ms` behind our estimate of the
+    exchange's clock; a row followed by a later one has closed whatever our clock says."""
+    row = json.loads((HTTP / "klines.json").read_bytes())[0]
+    nxt = [row[6] + 1, *row[1:6], row[6] + 1 + (row[6] - row[0]), *row[7:]]
+    one = json.dumps([row])
+    assert not p.parse_klines(one, symbol="BTCUSDT", interval="1w",
+                              server_now_ms=row[6] + 500, guard_ms=1000)[0].closed
+    assert p.parse_klines(one, symbol="BTCUSDT", interval="1w",
+                          server_now_ms=row[6] + 1001, guard_ms=1000)[0].closed
+    both = p.parse_klines(json.dumps([row, nxt]), symbol="BTCUSDT", interval="1w",
+                          server_now_ms=0, guard_ms=1000)  # a clock far behind
+    assert [k.closed for k in both] == [True, False]
+
+
 def test_exchange_info_statuses_filters_and_weight_limit():
     body = (HTTP / "exchange_info.json").read_bytes()
     info = p.parse_exchange_info(body)

@@ -67,6 +67,30 @@ async def test_serves_ends_lingers_and_exits_0(tmp_path: Path) -> None:
     assert b"exchange-sim stopped" in rest
 
 
+async def test_hold_keeps_the_clock_at_start_until_the_first_connection() -> None:
+    """A daemon started after the simulator misses no live candle: with --hold the clock
+    stands at --start until someone connects, then runs."""
+    speed = 300_000.0  # one 5m candle per millisecond once running
+    proc = await trio.lowlevel.open_process(
+        sim_cmd("--start", START, "--speed", str(speed), "--hold", "--linger", "30"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    buf = bytearray()
+    try:
+        with trio.fail_after(10):
+            url = (await read_line(proc, buf)).rsplit(" ", 1)[1]
+            await trio.sleep(0.3)  # held: no candle may close meanwhile (nothing to wait for)
+            async with httpx.AsyncClient(base_url=url) as client:
+                first = (await client.get("/fapi/v1/time")).json()["serverTime"]
+                start = 1637532000000
+                assert start <= first < start + 300_000 * 100  # 0.3 s running: 90,000 bars
+                while (await client.get("/fapi/v1/time")).json()["serverTime"] == first:
+                    await trio.sleep(0.01)  # then it runs
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            await proc.wait()
+
+
 async def test_sigterm_exits_0() -> None:
     proc = await trio.lowlevel.open_process(sim_cmd("--speed", "1"), stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, env=ENV)
