@@ -39,6 +39,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -434,8 +435,11 @@ def main() -> int:
          "--state-dir", str(market)])
     cfg = work / "train.toml"
     cfg.write_text('[feed]\ninterval = "1m"\n[train]\ntrain_fraction = 0.95\n')
+    # one OpenMP thread: on a busy 2-core machine the tree libraries' spinning threads
+    # made this 2 s step take a minute (model quality is irrelevant here)
     run([py, "-m", "qtraderd.training", "train", "--state-dir", str(market), "--models-dir",
-         str(models), "--config", str(cfg), "--symbols", "UNITTESTBTC"])
+         str(models), "--config", str(cfg), "--symbols", "UNITTESTBTC"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
     print(f"imported and trained in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     t = time.perf_counter()
