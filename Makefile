@@ -44,6 +44,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/replay.py
 	$(PY) benchmarks/learning.py
+	$(PY) benchmarks/live_feed.py
 
 clean:
 	rm -rf $(VENV) state/qtraderd.db* state/*.sock
