@@ -83,6 +83,7 @@ class ExecutionActor(Actor):
         self._last: Step | None = None
         self._since_checkpoint = 0
         self._checkpoint_at = time.perf_counter()
+        self._state_seq = -1  # seq of the last step whose actors' state was collected
 
     async def reconcile(self) -> None:
         await self.broker.reconcile(self.saved)
@@ -100,7 +101,7 @@ class ExecutionActor(Actor):
         async for step in self.bars_in:
             if self.clock is not None:
                 self.clock.advance(step.close_ts)
-            step = self._mark(step)
+            due = self._checkpoint_due()
             error: Exception | None = None
             try:
                 out = await self._phase_a(step)
@@ -110,26 +111,25 @@ class ExecutionActor(Actor):
             self._last = step
             await pass_on(self.to_monitor, out)
             await self._phase_b()
+            if due:
+                await self._collect_state(step)
             await self._hand_over()
             if error is not None:
                 raise error
         self.last_done_cpu = time.process_time()  # once: the clock read is a system call
-        if self._last is not None and not self._last.checkpoint:
-            # The feed ended (data end or stop): one bar-less step collects every actor's
-            # final state, so the recorder can commit the last steps as a whole.
-            self._awaiting_b = True
-            await pass_on(self.to_monitor, Step(
-                seq=self._last.seq, ts=self._last.ts, close_ts=self._last.close_ts, bars=(),
-                checkpoint=True, seal=True))
-            await self._phase_b()
+        if self._last is not None and self._state_seq != self._last.seq:
+            # The feed ended (data end or stop): the actors' final state, so the recorder
+            # can commit the last steps as a whole.
+            await self._collect_state(self._last)
         await self.to_monitor.aclose()
         await self._hand_over(force=True)
         await self.to_recorder.aclose()
 
-    def _mark(self, step: Step) -> Step:
-        """Make `step` a checkpoint: live, and whenever no next bar is waiting (a paced or
-        finished replay), every step; at full replay speed every `checkpoint_steps` or
-        CHECKPOINT_S seconds. Where one falls changes nothing but what a restart redoes."""
+    def _checkpoint_due(self) -> bool:
+        """Whether the step being taken ends with a checkpoint: live, and whenever no next
+        bar is waiting (a paced or finished replay), every step; at full replay speed every
+        `checkpoint_steps` or CHECKPOINT_S seconds. Where one falls changes nothing but
+        what a restart redoes."""
         self._since_checkpoint += 1
         now = time.perf_counter()
         stats = self.bars_in.statistics()
@@ -137,8 +137,20 @@ class ExecutionActor(Actor):
                 or not (stats.current_buffer_used or stats.tasks_waiting_send)
                 or now - self._checkpoint_at >= CHECKPOINT_S):
             self._since_checkpoint, self._checkpoint_at = 0, now
-            return replace(step, checkpoint=True)
-        return step
+            return True
+        return False
+
+    async def _collect_state(self, step: Step) -> None:
+        """Send a bar-less step (`seal`) down the chain behind `step`: every actor appends
+        its state, which is still its state after `step` (nothing else reaches it in
+        between), and the recorder commits `step` and that state in one transaction. The
+        state rides in a step of its own so that packing it (milliseconds for the
+        predictor's features and records) comes after the decision, not before it."""
+        self._awaiting_b = True
+        await pass_on(self.to_monitor, Step(seq=step.seq, ts=step.ts, close_ts=step.close_ts,
+                                            bars=(), checkpoint=True, seal=True))
+        await self._phase_b()
+        self._state_seq = step.seq
 
     # -- crash-only state ----------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:

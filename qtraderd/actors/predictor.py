@@ -75,6 +75,24 @@ class _Symbol:
         self.detector = RegimeDetector()
         self.pending: deque[Pending] = deque()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For checkpoints (every live step): each prediction awaiting its outcome as this
+        symbol's row only, (model, version, role, p_long, p_short) per model, instead of
+        the step's whole ModelOutput structs (pickling those was most of the state's cost)."""
+        return {"features": self.features, "window": self.window, "labeler": self.labeler,
+                "detector": self.detector,
+                "pending": [(ts, regime, tuple((o.model, o.version, o.role, o.p_long[i],
+                                                o.p_short[i]) for o in outputs))
+                            for ts, regime, outputs, i in self.pending]}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.features, self.window = state["features"], state["window"]
+        self.labeler, self.detector = state["labeler"], state["detector"]
+        self.pending = deque(
+            (ts, regime, [ModelOutput(m, v, ts, (), (pl,), (ps,), role)
+                          for m, v, role, pl, ps in rows], 0)
+            for ts, regime, rows in state["pending"])
+
 
 class PredictorActor(StepActor):
     name = "predictor"

@@ -285,7 +285,9 @@ class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
     # with state appends it after handling the step, and the recorder commits the rows of
     # every step up to here together with these states in one transaction
     checkpoint: bool = False
-    seal: bool = False  # no bars: sent at the end only to collect the actors' final state
+    # no bars, nothing to handle: it only collects the actors' state after the step of the
+    # same seq (sent behind each step that ends with a checkpoint, and at the end)
+    seal: bool = False
     state: tuple[ActorState, ...] = ()
     # the first step of a fresh run only: the stored bars before it (oldest first), which
     # the predictor's features, windows and regimes warm up on; nothing trades on them

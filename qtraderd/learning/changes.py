@@ -68,6 +68,22 @@ class ADWIN:
         self.n_detections = 0
         self.n_seen = 0
 
+    def __getstate__(self) -> dict[str, object]:
+        """The window itself, not its 2 x max_window buffer: checkpoints (every live step)
+        pickle one detector per model and regime, and the buffer is mostly empty."""
+        state: dict[str, object] = {k: getattr(self, k) for k in self.__slots__
+                                    if k not in ("_buf", "_start", "_end")}
+        state["window"] = self._buf[self._start:self._end].copy()
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        window = state.pop("window")
+        for k, v in state.items():
+            setattr(self, k, v)
+        self._buf = np.empty(2 * self.max_window, dtype=np.float64)
+        self._start, self._end = 0, len(window)  # type: ignore[arg-type]
+        self._buf[:self._end] = window
+
     @property
     def width(self) -> int:
         return self._end - self._start

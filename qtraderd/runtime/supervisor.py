@@ -146,7 +146,7 @@ class StepActor(Actor):
 
     async def run(self) -> None:
         async for step in self.inbox:
-            if step.seal:  # the end: nothing to handle, only the state to hand in
+            if step.seal:  # nothing to handle: only the state to hand in
                 await pass_on(self.outbox, self.with_state(step))
                 continue
             try:

@@ -173,3 +173,23 @@ def test_adwin_cut_with_cached_split_bounds_is_the_reference_cut() -> None:
                 cuts += want > 0
                 a.update(x)
     assert cuts > 10
+
+
+def test_a_restored_adwin_continues_exactly_and_pickles_only_its_window():
+    """Checkpoints pickle one detector per model and regime on every live step: the
+    window, not its 2 x max_window buffer, and a restore continues bit for bit."""
+    import pickle
+
+    rng = np.random.default_rng(3)
+    stream = np.concatenate([rng.random(700) < 0.6, rng.random(900) < 0.3]).astype(float)
+    a = ADWIN(max_window=1000)
+    for x in stream[:800]:
+        a.update(x)
+    blob = pickle.dumps(a)
+    b = pickle.loads(blob)
+    assert len(blob) < 8 * a.width + 1000 < a._buf.nbytes  # the window, not the buffer
+    for x in stream[800:]:
+        assert a.update(x) == b.update(x)
+        assert (a.width, a.mean, a.n_detections, a.n_seen) == \
+            (b.width, b.mean, b.n_detections, b.n_seen)
+    assert np.array_equal(a.window(), b.window())
