@@ -373,7 +373,10 @@ class KlineStream:
                 self.duplicates += 1
                 continue
             self.klines += 1
-            await send.send(k)
+            try:  # no scheduler round per kline when the channel has room (it usually has)
+                send.send_nowait(k)
+            except trio.WouldBlock:
+                await send.send(k)
 
     def _seen(self, k: Kline) -> bool:
         """True if this closed kline was passed on already (overlap, or a resent frame);
