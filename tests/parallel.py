@@ -52,12 +52,12 @@ GROUPED = frozenset({
 # share of module fixtures; a quiet 2-core machine
 LONG: dict[str, float] = {
     "tests/venues/sim/test_live_faults.py::test_every_fault_at_once_loses_and_duplicates_no_"
-    "bar": 31,
+    "bar": 22,
     "tests/venues/sim/test_live_vs_replay.py::test_a_dry_run_on_the_simulator_trades_exactly_"
     "as_the_replay": 13,
     "tests/venues/sim/test_try_live.py::test_the_readme_two_commands_dry_run_on_the_"
     "simulator": 11,
-    "tests/test_learning_e2e.py::test_replays_with_the_learner_are_identical": 43,
+    "tests/test_learning_e2e.py::test_replays_with_the_learner_are_identical": 45,
     "tests/runtime/test_crash.py::test_kill_9_with_the_learner_on_resumes_and_keeps_the_"
     "registry_honest": 36,
     "tests/test_cli.py::test_the_demo_from_a_fresh_directory": 31,

@@ -68,7 +68,7 @@ def rows(db: Path, sql: str, *args):
 
 async def test_learner_evaluates_hourly_on_the_data_clock_and_records_jobs(trained, tmp_path):
     w = world(trained, tmp_path)
-    d = learning_daemon(w, jobs_see_config=True, train=SMALL_TREES)
+    d = learning_daemon(w, days=2.0, jobs_see_config=True, train=SMALL_TREES)
     assert await d.run() == 0
     db = w["state"] / "qtraderd.db"
     evals = [r[0] for r in rows(db, "SELECT clock_ts FROM learner_evaluations WHERE run_id=? "
@@ -131,7 +131,7 @@ async def test_replays_with_the_learner_are_identical(trained, tmp_path):
     results = []
     for i in range(2):
         w = world(trained, tmp_path / f"r{i}")
-        d = learning_daemon(w, days=3.0, jobs_see_config=True, train=SMALL_TREES)
+        d = learning_daemon(w, days=2.0, jobs_see_config=True, train=SMALL_TREES)
         assert await d.run() == 0
         db = w["state"] / "qtraderd.db"
         results.append((
@@ -139,4 +139,4 @@ async def test_replays_with_the_learner_are_identical(trained, tmp_path):
             rows(db, "SELECT seq, order_id, price, fee FROM fills ORDER BY seq, order_id"),
             rows(db, "SELECT family, status, version FROM retrain_jobs ORDER BY id"),
         ))
-    assert results[0][2] and results[0] == results[1]
+    assert len(results[0][2]) >= 4 and results[0] == results[1]  # jobs ran, same bars
