@@ -64,8 +64,8 @@ LONG: dict[str, float] = {
     "tests/reporting/test_walkforward.py::test_the_whole_walkforward_is_deterministic": 21,
     "tests/reporting/test_walkforward.py::test_four_arms_with_numbers_from_the_stores": 20,
     "tests/test_learning_e2e.py::test_learner_evaluates_hourly_on_the_data_clock_and_"
-    "records_jobs": 19,
-    "tests/test_learning_e2e.py::test_ctl_answers_while_a_job_holds_the_clock": 18,
+    "records_jobs": 28,
+    "tests/test_learning_e2e.py::test_ctl_answers_while_a_job_holds_the_clock": 31,
     "tests/runtime/test_crash.py::test_kill_9_at_twenty_random_moments_changes_nothing": 17,
     "tests/training/test_nets.py::test_real_candles_auc_below_leakage_threshold": 14,
     "tests/training/test_nets.py::test_cli_subprocess_trains_both_networks": 11,

@@ -94,7 +94,7 @@ async def test_learner_evaluates_hourly_on_the_data_clock_and_records_jobs(train
 async def test_ctl_answers_while_a_job_holds_the_clock(trained, tmp_path):
     w = world(trained, tmp_path)
     # default trees: the job must last while the test asks ctl what it is doing
-    d = learning_daemon(w, days=1.5, feed={"exit_at_end": False})
+    d = learning_daemon(w, days=1.0, feed={"exit_at_end": False})
 
     async def ask(cmd, **args):
         return await trio.to_thread.run_sync(ctl.request, w["sock"], cmd, args)
