@@ -17,9 +17,9 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from qtraderd.core.config_env import check_unknown, env_overrides, named_by_plugins
+from qtraderd.core.config_exchange import EXCHANGE_URLS, check_exchange
 from qtraderd.core.config_values import ConfigError, coerce
 
 
@@ -54,14 +54,6 @@ class FeedConfig:
     exit_at_end: bool = _spec(True, help="stop the daemon when the replay data ends")
 
 
-# Binance USD-M hosts per `exchange.environment` (REST root, WebSocket root). Testnet is
-# Binance's "demo trading" environment: its general-info page names demo-fapi / demo-fstream
-# (the older testnet.binancefuture.com / fstream.binancefuture.com still answer, 2026).
-EXCHANGE_URLS = {
-    "production": ("https://fapi.binance.com", "wss://fstream.binance.com"),
-    "testnet": ("https://demo-fapi.binance.com", "wss://demo-fstream.binance.com"),
-}
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -466,7 +458,7 @@ def load(path: str | Path | None = None, env: typing.Mapping[str, str] | None = 
 
 def _cross_check(cfg: Config) -> None:
     _check_feed_span(cfg.feed)
-    _check_exchange(cfg)
+    check_exchange(cfg)
     if not cfg.account.balances:
         raise ConfigError("config key 'account.balances': expected at least one QUOTE = "
                           "amount > 0, got an empty table")
@@ -509,44 +501,6 @@ def _check_feed_span(feed: FeedConfig) -> None:
     if start is not None and end is not None and end <= start:
         raise ConfigError(f"config keys 'feed.end' ({feed.end!r}) and 'feed.start' "
                           f"({feed.start!r}): the end must come after the start")
-
-
-def _check_exchange(cfg: Config) -> None:
-    """[exchange]: production needs its explicit key; custom needs both URLs; the fixed
-    environments take none; a real exchange's data runs at wall time (feed.speed = 1)."""
-    ex = cfg.exchange
-    if ex.environment == "production" and not ex.allow_production:
-        raise ConfigError("config key 'exchange.environment': \"production\" trades and "
-                          "reads the real exchange; set exchange.allow_production = true "
-                          "to confirm it (or use \"testnet\" / \"custom\")")
-    for key, scheme in (("base_url", ("http://", "https://")), ("ws_url", ("ws://", "wss://"))):
-        value = getattr(ex, key)
-        if ex.environment != "custom":
-            if value:
-                raise ConfigError(
-                    f"config key 'exchange.{key}': set only with exchange.environment = "
-                    f"\"custom\" ({ex.environment!r} uses "
-                    f"{EXCHANGE_URLS[ex.environment][0 if key == 'base_url' else 1]}), "
-                    f"got {value!r}")
-            continue
-        if not value.startswith(scheme) or not _url_host(value):
-            raise ConfigError(f"config key 'exchange.{key}': expected a URL starting with "
-                              f"{' or '.join(scheme)} (required with exchange.environment = "
-                              f"\"custom\"), got {value!r}")
-    if cfg.feed.source == "binance" and cfg.feed.speed != 1.0 \
-            and _url_host(ex.rest_url) not in LOOPBACK_HOSTS:
-        speed = "max" if math.isinf(cfg.feed.speed) else f"{cfg.feed.speed:g}"
-        raise ConfigError(
-            f"config key 'feed.speed': with feed.source = \"binance\" on {ex.rest_url} data "
-            f"time is wall time; expected 1, got {speed} (only a loopback exchange, such as "
-            "`qtraderd exchange-sim`, runs at another speed)")
-
-
-def _url_host(url: str) -> str:
-    try:
-        return (urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return ""
 
 
 def with_changes(cfg: Config, **sections: dict[str, Any]) -> Config:
