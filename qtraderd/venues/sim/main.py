@@ -1,9 +1,11 @@
 """`qtraderd exchange-sim`: the simulator as a process.
 
 Prints `exchange-sim listening on http://127.0.0.1:PORT` first (once the URL is in
-`--url-file`, written atomically, if given), prints `exchange-sim data ended` when the last candle
-has closed, serves `--linger` seconds more and exits 0. SIGTERM/SIGINT: exit 0. Bad input
-(files, symbols, range, fault spec, port): exit 2 with one line naming it.
+`--url-file`, written atomically, if given), then `exchange-sim api key KEY secret SECRET`
+when no --api-key/--api-secret were given (a random pair), prints `exchange-sim data ended`
+when the last candle has closed, serves `--linger` seconds more and exits 0.
+SIGTERM/SIGINT: exit 0. Bad input (files, symbols, range, fault spec, port, balance): exit 2
+with one line naming it.
 This module imports only argparse at load time: `qtraderd --help` stays fast.
 """
 
@@ -18,7 +20,8 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 DESCRIPTION = (
     "Serve stored candles as a local Binance USD-M futures exchange on 127.0.0.1: REST "
-    "(/fapi/v1/time, /fapi/v1/exchangeInfo, /fapi/v1/klines) and the kline streams of the "
+    "(/fapi/v1/time, /fapi/v1/exchangeInfo, /fapi/v1/klines; signed account endpoints "
+    "checked against --api-key/--api-secret) and the kline streams of the "
     "market route (/market/stream?streams=..., /market/ws/...) on one port. Candles before "
     "--start are history REST serves at once; from --start the clock runs at --speed x "
     "wall time, sending open-kline updates and one closed kline per candle. The legacy "
@@ -76,6 +79,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the clock at --start until the first connection (REST or "
                         "stream), so a client started after the simulator misses no live "
                         "candle")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="the API key signed requests must send in X-MBX-APIKEY (with "
+                        "--api-secret; default: a random pair, printed at start)")
+    p.add_argument("--api-secret", default=None, metavar="SECRET",
+                   help="the HMAC-SHA256 secret signed requests are checked against")
+    p.add_argument("--balance", action="append", default=None, metavar="ASSET=AMOUNT",
+                   help="the account's starting balance (repeatable or comma-separated, "
+                        "e.g. USDT=10000,BNB=1; default USDT=10000)")
     p.add_argument("--updates", type=_nonneg_int, default=3, metavar="N",
                    help="open-kline updates per candle before the closed one (default 3)")
 
@@ -146,6 +157,7 @@ def write_url_file(path: Path, url: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """The subcommand: build the market, serve it, exit."""
     from qtraderd.core.config import INTERVAL_MS
+    from qtraderd.venues.sim.account import parse_balances
     from qtraderd.venues.sim.candles import SimInputError
     from qtraderd.venues.sim.faults import FaultSpec, FaultSpecError
     from qtraderd.venues.sim.server import SimServer, load_market
@@ -161,7 +173,9 @@ def run(args: argparse.Namespace) -> int:
             if args.symbols else None
         market = load_market(csv=args.csv, state_dir=args.state_dir, symbols=symbols,
                              interval=args.interval, start_ms=start, end_ms=end)
+        balances = parse_balances(",".join(args.balance)) if args.balance else None
         sim = SimServer(market, speed=args.speed, port=args.port, faults=faults,
+                        api_key=args.api_key, api_secret=args.api_secret, balances=balances,
                         seed=args.seed, updates_per_candle=args.updates,
                         weight_limit=args.weight_limit, hold=args.hold,
                         stream_options=StreamOptions(
@@ -203,6 +217,9 @@ async def _main(sim, args: argparse.Namespace) -> int:  # type: ignore[no-untype
                     raise OSError(f"--url-file {args.url_file}: cannot write: "
                                   f"{exc.strerror or exc}") from None
             print(f"exchange-sim listening on {sim.url}", flush=True)
+            if sim.key_generated:  # a local test exchange: its random pair is no secret
+                print(f"exchange-sim api key {sim.api_key} secret {sim.api_secret}",
+                      flush=True)
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
             s = sim.market
             print(f"exchange-sim serving {', '.join(s.series)} {s.interval} at speed "

@@ -116,6 +116,8 @@ class Rest:
                 raise ApiError(405, -1000, f"{req.method} {req.path} is not supported "
                                            f"({', '.join(methods)}).")
             raise ApiError(404, -5000, f"Path {req.path}, Method {req.method} is invalid")
+        if req.path.startswith("/sim/"):  # the test-only view: no faults, no weight
+            return await route.handler(req)
         now = trio.current_time()
         if now < self.banned_until:
             return self._banned()

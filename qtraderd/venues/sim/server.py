@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 import trio
 
+from qtraderd.venues.sim.account import Account, AccountApi, Auth, new_key_pair
 from qtraderd.venues.sim.candles import (
     Market,
     SimClock,
@@ -66,16 +67,22 @@ def load_market(*, csv: list[Path] | None = None, state_dir: Path | None = None,
 
 class SimServer:
     """The simulator. Attributes for callers: `port`, `url`, `ws_url` (after start),
-    `data_ended` (trio.Event), `faults` (its `counts`), `rest`, `hub`, `clock`."""
+    `data_ended` (trio.Event), `faults` (its `counts`), `rest`, `hub`, `clock`,
+    `account` (balances, positions, settings; see account.py), `api_key`, `api_secret`."""
 
     def __init__(self, market: Market, *, speed: float = 1.0, port: int = 0,
                  host: str = "127.0.0.1", faults: FaultSpec | str | None = None,
                  seed: int = 0, stream_options: StreamOptions | None = None,
                  updates_per_candle: int = 3, weight_limit: int = WEIGHT_LIMIT,
-                 paused: bool = False, hold: bool = False) -> None:
+                 paused: bool = False, hold: bool = False, api_key: str | None = None,
+                 api_secret: str | None = None,
+                 balances: dict[str, float] | None = None) -> None:
         """`paused`: the clock starts at `resume()`; `hold`: it starts with the first
         connection (REST or stream), so a client started after the simulator misses no
-        live candle, yet never sees a clock that stands still after it has looked."""
+        live candle, yet never sees a clock that stands still after it has looked.
+        `api_key`/`api_secret`: the pair signed requests must use (both None: a random
+        pair, `key_generated` True); `balances`: the account's assets (default USDT
+        10000)."""
         if not speed > 0:
             raise SimInputError(f"--speed: expected a number > 0, got {speed}")
         self.market = market
@@ -88,6 +95,18 @@ class SimServer:
         self.options = stream_options or StreamOptions()
         self.rest = Rest(market, self.clock, self.faults, weight_limit)
         self.hub = Hub(self.options, self.faults)
+        if (api_key is None) != (api_secret is None):
+            raise SimInputError("--api-key and --api-secret: give both or neither")
+        self.key_generated = api_key is None
+        if api_key is None or api_secret is None:
+            api_key, api_secret = new_key_pair()
+        if not api_key or not api_secret:
+            raise SimInputError("--api-key/--api-secret: must not be empty")
+        self.api_key, self.api_secret = api_key, api_secret
+        self.account = Account(market, self.clock,
+                               **({"balances": dict(balances)} if balances else {}))
+        self.account_api = AccountApi(self.rest, self.account,
+                                      Auth(api_key, api_secret, self.clock, speed))
         self.data_ended = trio.Event()
         self.paused = paused or hold
         self.hold = hold

@@ -52,6 +52,7 @@ class Request:
     client: str
     body: bytes = b""
     params: list[tuple[str, str]] = field(default_factory=list)  # every parameter, in order
+    raw_query: str = ""  # the query string as sent (signatures cover its exact bytes)
 
 
 @dataclass
@@ -212,7 +213,7 @@ def _request(ev: h11.Request, client: str) -> Request:
         query.setdefault(k, v)
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in ev.headers}
     return Request(ev.method.decode("ascii", "replace"), unquote(parts.path), query, headers,
-                   client, params=params)
+                   client, params=params, raw_query=parts.query)
 
 
 async def _next_event(conn: h11.Connection, stream: trio.SocketStream,
