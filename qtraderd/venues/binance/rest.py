@@ -1,4 +1,5 @@
-"""The Binance USD-M REST client for market data: server time, exchangeInfo, klines.
+"""The Binance USD-M REST client: market data (server time, exchangeInfo, klines) and
+signed requests (`signed()`, for orders and account calls).
 
 One `httpx.AsyncClient` per process, and the exchange's rules kept so that it never gets
 banned:
@@ -11,8 +12,22 @@ banned:
   line when it starts, one line when calls resume. Hammering a banned IP lengthens the ban.
 * Timeouts, transport errors, `408` and `5xx` are retried with exponential backoff and seeded
   jitter, `max_attempts` in all, then `RestUnavailable` names the request and the last
-  failure. Every call here is a GET, so a retry is always safe.
+  failure. That is safe for GET, PUT and DELETE (a cancel retried after a lost reply may
+  answer `-2011` unknown order: the first one worked).
+* A signed POST (placing an order) is NEVER retried after a timeout, a dropped connection,
+  `408` or `5xx`: Binance says the execution status is then UNKNOWN, and a blind retry
+  could place the order twice. `RestUncertain` is raised instead; the caller looks the order
+  up by the client id it chose (and stored) before sending. Only failures that prove the
+  request never left (connection refused, connect timeout) are retried for a POST.
 * Any other `4xx` is the caller's mistake: `BinanceAPIError` carries Binance's code and msg.
+  Except `-1021` on a signed request (timestamp outside recvWindow: our estimate of the
+  exchange clock drifted): the clock is measured again and the request re-signed and sent
+  once more; a second `-1021` raises.
+
+Signed requests (qtraderd.venues.binance.signing): `timestamp` from `server_now_ms()`,
+`recvWindow` from config, `X-MBX-APIKEY`. No message this client writes (logs, exceptions,
+`last_error`) contains a query string; all of them also pass through `signing.redact`, in
+case httpx or a proxy's error page quotes the URL with its signature.
 
 Time: `now_ms` (injectable) is this machine's epoch ms; `server_time()` measures the
 exchange clock's offset from it (logged when it moves by `offset_log_ms` or more), and
@@ -42,16 +57,21 @@ from qtraderd.venues.binance.payloads import (
     parse_klines,
     parse_server_time,
 )
+from qtraderd.venues.binance.signing import ApiCredentials, install_log_redaction, redact
 
 log = logging.getLogger("qtraderd.binance.rest")
 
 __all__ = ["KLINES_PAGE", "BinanceAPIError", "PayloadError", "RestClient", "RestError",
-           "RestUnavailable", "klines_weight"]
+           "RestUnavailable", "RestUncertain", "klines_weight"]
 
 KLINES_PAGE = 1500  # Binance's largest `limit` for /fapi/v1/klines
 WEIGHT_HEADER = "x-mbx-used-weight-1m"
 # Known request weights (Binance USD-M docs); klines' depends on `limit`.
 WEIGHTS = {"/fapi/v1/time": 1, "/fapi/v1/exchangeInfo": 1, "/fapi/v1/ping": 1}
+METHODS = ("GET", "POST", "PUT", "DELETE")
+TIMESTAMP_OUTSIDE_RECV_WINDOW = -1021
+# Failures after which the request certainly never reached the server: safe to resend.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def klines_weight(limit: int) -> int:
@@ -66,13 +86,26 @@ class RestError(Exception):
 class BinanceAPIError(RestError):
     """Binance refused the request (a 4xx other than 418/429): its code and msg."""
 
-    def __init__(self, path: str, status: int, code: int, msg: str) -> None:
-        super().__init__(f"GET {path}: HTTP {status}, Binance error {code}: {msg}")
+    def __init__(self, path: str, status: int, code: int, msg: str, method: str = "GET"
+                 ) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}, Binance error {code}: {msg}")
         self.path, self.status, self.code, self.msg = path, status, code, msg
+        self.method = method
 
 
 class RestUnavailable(RestError):
     """Retries exhausted (timeouts, transport errors, 5xx)."""
+
+
+class RestUncertain(RestError):
+    """A signed POST may or may not have been executed (timeout, dropped connection, 408 or
+    5xx after it was sent). Never resend it as is: look the order up by its client id
+    (`newClientOrderId` / `clientAlgoId`) and act on what the exchange knows."""
+
+    def __init__(self, method: str, path: str, failure: str) -> None:
+        super().__init__(f"{method} {path}: outcome unknown ({failure}); look the order up "
+                         "by its client id before anything is resent")
+        self.method, self.path, self.failure = method, path, failure
 
 
 def _wall_ms() -> int:
@@ -90,7 +123,8 @@ class RestClient:
                  weight_margin: float = 0.1, timeout_s: float = 10.0, max_attempts: int = 5,
                  backoff_s: float = 0.5, backoff_max_s: float = 30.0,
                  ban_default_s: float = 120.0, seed: int = 0,
-                 now_ms: Callable[[], int] = _wall_ms, offset_log_ms: int = 500) -> None:
+                 now_ms: Callable[[], int] = _wall_ms, offset_log_ms: int = 500,
+                 credentials: ApiCredentials | None = None, recv_window: int = 5000) -> None:
         self.base_url = base_url.rstrip("/")
         self.weight_limit = weight_limit
         self.weight_margin = weight_margin
@@ -110,10 +144,17 @@ class RestClient:
         self._banned = False
         self.requests = self.retries = self.throttled = self.rate_limited = self.bans = 0
         self.last_error: str | None = None
+        self.credentials = credentials
+        self.recv_window = recv_window
+        self.resyncs = 0  # clock re-measured after -1021
+        if credentials is not None:
+            install_log_redaction()
 
     @classmethod
     def from_config(cls, cfg: Any, **kwargs: Any) -> RestClient:
-        """From a Config: `exchange.rest_url`, the config's seed for the jitter."""
+        """From a Config: `exchange.rest_url` and `recv_window`, the config's seed for the
+        jitter; pass `credentials=ApiCredentials(...)` for signed requests."""
+        kwargs.setdefault("recv_window", cfg.exchange.recv_window)
         return cls(cfg.exchange.rest_url, seed=cfg.seed, **kwargs)
 
     async def __aenter__(self) -> RestClient:
@@ -194,6 +235,34 @@ class RestClient:
                 return
             cursor = page[-1].open_time + 1
 
+    async def signed(self, method: str, path: str, params: dict[str, Any] | None = None,
+                     weight: int = 1) -> bytes:
+        """A signed (TRADE / USER_DATA) request; the raw JSON body of the 200 answer.
+
+        Parameters go in the query string for every method, with `recvWindow` and
+        `timestamp` (the exchange's clock, measured first if unknown), signed. Raises
+        `BinanceAPIError` (after one resync-and-retry for -1021), `RestUncertain` (a POST
+        whose outcome is unknown: look it up by client id), `RestUnavailable`.
+        """
+        method = method.upper()
+        if method not in METHODS:
+            raise ValueError(f"signed request method must be one of {METHODS}, got {method!r}")
+        if self.credentials is None:
+            raise RestError(f"{method} {path} is a signed request and this client has no "
+                            "API credentials")
+        if self.offset_ms is None:
+            await self.server_time()
+        try:
+            return await self._request(method, path, params or {}, weight, signed=True)
+        except BinanceAPIError as exc:
+            if exc.code != TIMESTAMP_OUTSIDE_RECV_WINDOW:
+                raise
+            self.resyncs += 1
+            log.warning("REST %s %s: timestamp outside recvWindow (-1021): measuring the "
+                        "exchange clock again and retrying once", method, path)
+            await self.server_time()
+        return await self._request(method, path, params or {}, weight, signed=True)
+
     def status(self) -> dict[str, Any]:
         """Snapshot for `ctl status`."""
         self._roll_window()
@@ -202,7 +271,7 @@ class RestClient:
                 "offset_ms": self.offset_ms, "requests": self.requests,
                 "retries": self.retries, "throttled": self.throttled,
                 "rate_limited": self.rate_limited, "bans": self.bans, "banned": banned,
-                "last_error": self.last_error}
+                "resyncs": self.resyncs, "last_error": self.last_error}
 
     # ------------------------------------------------------------------------ plumbing
 
@@ -244,7 +313,7 @@ class RestClient:
             self._banned = False
             log.warning("REST ban over: calls resume")
 
-    def _block(self, resp: httpx.Response, path: str) -> None:
+    def _block(self, resp: httpx.Response, path: str, method: str = "GET") -> None:
         try:
             seconds = float(resp.headers.get("retry-after", ""))
         except ValueError:
@@ -257,14 +326,14 @@ class RestClient:
             self.bans += 1
             if not self._banned:  # one line per ban, however many calls hit it
                 end = iso(self.server_now_ms() + int(seconds * 1000))
-                log.error("REST banned by Binance (HTTP 418 on GET %s) for %.0f s, until %s "
-                          "UTC: every REST call waits", path, seconds, end)
+                log.error("REST banned by Binance (HTTP 418 on %s %s) for %.0f s, until %s "
+                          "UTC: every REST call waits", method, path, seconds, end)
             self._banned = True
         else:
             self.rate_limited += 1
-            log.warning("REST rate limited (HTTP 429 on GET %s): every call waits %.1f s "
-                        "(Retry-After)", path, seconds)
-        self.last_error = f"HTTP {resp.status_code} on GET {path}"
+            log.warning("REST rate limited (HTTP 429 on %s %s): every call waits %.1f s "
+                        "(Retry-After)", method, path, seconds)
+        self.last_error = f"HTTP {resp.status_code} on {method} {path}"
         self._blocked_until = max(self._blocked_until, until)
 
     def _backoff(self, attempt: int) -> float:
@@ -274,41 +343,63 @@ class RestClient:
 
     async def _get(self, path: str, params: dict[str, Any] | None = None,
                    weight: int | None = None) -> bytes:
-        weight = WEIGHTS.get(path, 1) if weight is None else weight
+        return await self._request("GET", path, params,
+                                   WEIGHTS.get(path, 1) if weight is None else weight)
+
+    async def _send(self, method: str, path: str, params: dict[str, Any] | None,
+                    signed: bool) -> httpx.Response:
+        if not signed:
+            return await self._http.request(method, path, params=params)
+        assert self.credentials is not None
+        # Signed afresh on every attempt: a retry after a backoff needs a current timestamp.
+        query = self.credentials.signed_query(params or {}, self.server_now_ms(),
+                                              self.recv_window)
+        return await self._http.request(method, f"{path}?{query}",
+                                        headers=self.credentials.headers())
+
+    async def _request(self, method: str, path: str, params: dict[str, Any] | None,
+                       weight: int, *, signed: bool = False) -> bytes:
+        what = f"{method} {path}"
         attempt = 0
         while True:
             await self._wait_unblocked()
             await self._reserve(weight)
             self.requests += 1
+            sent = True
             try:
-                resp = await self._http.get(path, params=params)
+                resp = await self._send(method, path, params, signed)
             except httpx.TimeoutException as exc:
                 failure = f"timed out ({type(exc).__name__})"
+                sent = not isinstance(exc, _NOT_SENT)
             except httpx.TransportError as exc:
-                failure = f"{type(exc).__name__}: {exc}"
+                failure = redact(f"{type(exc).__name__}: {exc}")
+                sent = not isinstance(exc, _NOT_SENT)
             else:
                 self._note_weight(resp)
                 status = resp.status_code
                 if status == 200:
                     return resp.content
-                if status in (418, 429):
-                    self._block(resp, path)
+                if status in (418, 429):  # rejected before execution: safe to resend
+                    self._block(resp, path, method)
                     continue
                 if status < 500 and status != 408:  # 408: Binance's backend timed out
                     err = parse_error(resp.content)
                     code, msg = (err.code, err.msg) if err else (0, resp.text[:200])
-                    self.last_error = f"HTTP {status} on GET {path}: {code} {msg}"
-                    raise BinanceAPIError(path, status, code, msg)
+                    msg = redact(msg)
+                    self.last_error = f"HTTP {status} on {what}: {code} {msg}"
+                    raise BinanceAPIError(path, status, code, msg, method)
                 failure = f"HTTP {status}"
+            self.last_error = f"{what}: {failure}"
+            if signed and method == "POST" and sent:
+                log.error("REST %s: %s; outcome unknown, not retried", what, failure)
+                raise RestUncertain(method, path, failure)
             attempt += 1
-            self.last_error = f"GET {path}: {failure}"
             if attempt >= self.max_attempts:
-                log.error("REST GET %s failed after %d attempts: %s", path, attempt, failure)
-                raise RestUnavailable(f"GET {self.base_url}{path} failed after {attempt} "
-                                      f"attempts: {failure}")
+                log.error("REST %s failed after %d attempts: %s", what, attempt, failure)
+                raise RestUnavailable(f"{method} {self.base_url}{path} failed after "
+                                      f"{attempt} attempts: {failure}")
             delay = self._backoff(attempt)
             self.retries += 1
-            log.warning("REST GET %s: %s; retry %d/%d in %.2f s", path, failure, attempt,
+            log.warning("REST %s: %s; retry %d/%d in %.2f s", what, failure, attempt,
                         self.max_attempts - 1, delay)
             await trio.sleep(delay)
-

@@ -70,6 +70,7 @@ class Reply:
     body: bytes | str | Any = b""  # not bytes/str: sent as JSON
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds (Trio time) before answering
+    close: bool = False  # drop the connection instead of answering (after `delay`)
 
 
 @dataclass
@@ -77,6 +78,9 @@ class Seen:
     path: str
     query: dict[str, str]
     at: float  # trio.current_time()
+    method: str = "GET"
+    raw_query: str = ""  # exactly as received (signatures are checked over it)
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
 
 
 Handler = Callable[[Seen], Reply | Awaitable[Reply]]
@@ -118,13 +122,17 @@ class HttpServer:
                         return
                 assert request is not None
                 url = urlsplit(request.target.decode())
-                seen = Seen(url.path, dict(parse_qsl(url.query)), trio.current_time())
+                seen = Seen(url.path, dict(parse_qsl(url.query)), trio.current_time(),
+                            request.method.decode(), url.query,
+                            {k.decode(): v.decode() for k, v in request.headers})
                 self.requests.append(seen)
                 reply = self.handler(seen)
                 if not isinstance(reply, Reply):
                     reply = await reply
                 if reply.delay:
                     await trio.sleep(reply.delay)
+                if reply.close:
+                    return
                 body = reply.body
                 if not isinstance(body, bytes | str):
                     body = json.dumps(body)
