@@ -274,6 +274,10 @@ async def test_no_secret_or_signature_in_logs_errors_or_status(clock, caplog):
     exchange.script = [Reply(500, ""), Reply(500, ""), Reply(close=True)]
     server = HttpServer(exchange)
     caplog.set_level(logging.DEBUG)  # everything, httpx's request lines included
+    # the daemon quiets httpx (webhook URLs are secrets): a daemon run earlier in this
+    # worker process leaves that level behind, so ask for httpx's lines explicitly
+    caplog.set_level(logging.DEBUG, logger="httpx")
+    caplog.set_level(logging.DEBUG, logger="httpcore")
     texts: list[str] = []
     async with trio.open_nursery() as n:
         await server.start(n)
