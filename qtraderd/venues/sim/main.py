@@ -87,6 +87,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--balance", action="append", default=None, metavar="ASSET=AMOUNT",
                    help="the account's starting balance (repeatable or comma-separated, "
                         "e.g. USDT=10000,BNB=1; default USDT=10000)")
+    p.add_argument("--slippage-bps", type=_nonneg, default=2.0, metavar="BPS",
+                   help="MARKET fills: last price moved this many basis points against "
+                        "the taker (default 2)")
+    p.add_argument("--taker-fee", type=_nonneg, default=0.0005, metavar="RATE",
+                   help="MARKET fills: fee as a fraction of the notional (default 0.0005)")
     p.add_argument("--updates", type=_nonneg_int, default=3, metavar="N",
                    help="open-kline updates per candle before the closed one (default 3)")
 
@@ -176,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         balances = parse_balances(",".join(args.balance)) if args.balance else None
         sim = SimServer(market, speed=args.speed, port=args.port, faults=faults,
                         api_key=args.api_key, api_secret=args.api_secret, balances=balances,
+                        slippage_bps=args.slippage_bps, taker_fee=args.taker_fee,
                         seed=args.seed, updates_per_candle=args.updates,
                         weight_limit=args.weight_limit, hold=args.hold,
                         stream_options=StreamOptions(

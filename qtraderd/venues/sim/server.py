@@ -34,6 +34,7 @@ from qtraderd.venues.sim.candles import (
     partial,
 )
 from qtraderd.venues.sim.faults import Faults, FaultSpec
+from qtraderd.venues.sim.orders import DEFAULT_SLIPPAGE_BPS, DEFAULT_TAKER_FEE, OrderApi
 from qtraderd.venues.sim.rest import WEIGHT_LIMIT, Rest
 from qtraderd.venues.sim.streams import Hub, StreamOptions
 from qtraderd.venues.sim.transport import serve_connection
@@ -76,13 +77,15 @@ class SimServer:
                  updates_per_candle: int = 3, weight_limit: int = WEIGHT_LIMIT,
                  paused: bool = False, hold: bool = False, api_key: str | None = None,
                  api_secret: str | None = None,
-                 balances: dict[str, float] | None = None) -> None:
+                 balances: dict[str, float] | None = None,
+                 slippage_bps: float = DEFAULT_SLIPPAGE_BPS,
+                 taker_fee: float = DEFAULT_TAKER_FEE) -> None:
         """`paused`: the clock starts at `resume()`; `hold`: it starts with the first
         connection (REST or stream), so a client started after the simulator misses no
         live candle, yet never sees a clock that stands still after it has looked.
         `api_key`/`api_secret`: the pair signed requests must use (both None: a random
         pair, `key_generated` True); `balances`: the account's assets (default USDT
-        10000)."""
+        10000); `slippage_bps`/`taker_fee`: MARKET fills (orders.py)."""
         if not speed > 0:
             raise SimInputError(f"--speed: expected a number > 0, got {speed}")
         self.market = market
@@ -105,8 +108,13 @@ class SimServer:
         self.api_key, self.api_secret = api_key, api_secret
         self.account = Account(market, self.clock,
                                **({"balances": dict(balances)} if balances else {}))
-        self.account_api = AccountApi(self.rest, self.account,
-                                      Auth(api_key, api_secret, self.clock, speed))
+        auth = Auth(api_key, api_secret, self.clock, speed)
+        self.account_api = AccountApi(self.rest, self.account, auth)
+        if not (0 <= slippage_bps < 10_000 and 0 <= taker_fee < 1):
+            raise SimInputError(f"--slippage-bps/--taker-fee: expected 0 <= bps < 10000 "
+                                f"and 0 <= fee < 1, got {slippage_bps} and {taker_fee}")
+        self.order_api = OrderApi(self.rest, self.account, auth,
+                                  slippage_bps=slippage_bps, taker_fee=taker_fee)
         self.data_ended = trio.Event()
         self.paused = paused or hold
         self.hold = hold
