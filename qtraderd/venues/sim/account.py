@@ -240,6 +240,10 @@ class Account:
                 "unrealized": p.amount * (mark - p.entry_price) if p.amount else 0.0,
                 "initial": abs(notional) / lev, "maint": abs(notional) * MAINT_MARGIN_RATE}
 
+    def available(self, asset: str) -> float:
+        """Balance free for new margin in `asset` (wallet + unrealised - margin held)."""
+        return self._asset_totals(asset)["available"]
+
     def _asset_totals(self, asset: str) -> dict[str, float]:
         wallet = self.balances.get(asset, 0.0)
         un = initial = maint = 0.0

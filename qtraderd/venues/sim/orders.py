@@ -189,7 +189,7 @@ class OrderApi:
                                        f"{s.min_notional:g} (unless you choose reduce only).")
         opening = qty - (min(qty, abs(pos.amount)) if reduces else 0.0)
         lev = acc.settings[symbol].leverage
-        available = acc._asset_totals(s.quote)["available"]
+        available = acc.available(s.quote)
         if opening * price / lev + qty * price * self.taker_fee > available + 1e-9:
             raise ApiError(400, -2019, "Margin is insufficient.")
         pnl = apply_fill(pos, signed, price)
