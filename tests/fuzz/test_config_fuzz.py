@@ -142,6 +142,8 @@ def assert_names_input(msg: str, path: Path | None, env: dict[str, str]) -> None
     names = bare  # the message without the values it echoes ("got 'QT_0'" names no variable)
     for value in sorted((v for v in env.values() if "QT_" in v), key=len, reverse=True):
         names = names.replace(value, "<value>")
+    # a file's own key spelled like a variable ("unknown config key 'QT_0'") names a key
+    names = re.sub(r"config keys? '[^']*'", "config key <key>", names)
     for m in re.finditer(r"\bQT_[A-Z0-9_]+", names):  # (a set name may hold any character)
         assert any(names.startswith(v, m.start()) for v in env), (
             f"error names {m.group()}, which is not set: {msg!r} (env {env})")

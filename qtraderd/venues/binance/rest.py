@@ -205,9 +205,14 @@ class RestClient:
             params["startTime"] = start_ms
         if end_ms is not None:
             params["endTime"] = end_ms
+        # The exchange's clock as the request leaves, not as the answer arrives: a candle
+        # that had closed before we asked is closed in the answer, whatever the answer's
+        # delay; one judged by the arrival time could still have been forming when the
+        # exchange wrote it (a slow answer on a sped-up simulator spans whole candles).
+        asked_at = self.server_now_ms()
         body = await self._get("/fapi/v1/klines", params, klines_weight(limit))
         return parse_klines(body, symbol=symbol, interval=interval,
-                            server_now_ms=self.server_now_ms(), guard_ms=self.clock_guard_ms())
+                            server_now_ms=asked_at, guard_ms=self.clock_guard_ms())
 
     def clock_guard_ms(self) -> int:
         """How far our estimate of the exchange's clock may be off: the last round trip
