@@ -4,24 +4,18 @@ state in `ctl status`, and start-up refusing unknown or not-TRADING symbols (exi
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
 
 from qtraderd.control.client import CtlError, request
-from tests.conftest import REPO
+from qtraderd.core.clock import iso
 from tests.venues.binance.market import Market
+from tests.venues.sim.live_helpers import daemon_cmd, env
 
 M1 = 60_000
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def write_config(path: Path, market: Market, symbols: tuple[str, ...], *, end_ms: int,
@@ -33,7 +27,7 @@ source = "binance"
 symbols = {list(symbols)!r}
 interval = "{market.interval}"
 speed = {market.speed}
-end = "{_iso(end_ms)}"
+end = "{iso(end_ms)}"
 [exchange]
 environment = "custom"
 base_url = "{market.http.url}"
@@ -48,16 +42,8 @@ enabled = false
     return path
 
 
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith("QT_")
-           and k not in ("CREDENTIALS_DIRECTORY", "RUNTIME_DIRECTORY", "NOTIFY_SOCKET")}
-    out["PYTHONPATH"] = str(REPO)
-    return out
-
-
 def command(cfg: Path, state: Path) -> list[str]:
-    return [sys.executable, "-m", "qtraderd", "run", "--config", str(cfg), "--state-dir",
-            str(state), "--models-dir", str(state / "models"), "--no-train"]
+    return daemon_cmd(cfg, state, state / "models", "--no-train")
 
 
 async def test_dry_run_daemon_on_the_binance_feed(tmp_path: Path) -> None:

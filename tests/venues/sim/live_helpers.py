@@ -41,8 +41,9 @@ async def start_sim(args: list[str], tmp: Path, log_name: str = "sim.log"
 
 
 def live_config(path: Path, url: str, symbols: tuple[str, ...], *, speed: float, end: str,
-                extra: str = "") -> Path:
-    """A dry run on the simulator: paper mode, the Binance feed at its URL and speed."""
+                exchange: str = "", extra: str = "") -> Path:
+    """A dry run on the simulator: paper mode, the Binance feed at its URL and speed;
+    `exchange`: more [exchange] keys, `extra`: more sections."""
     ws = url.replace("http://", "ws://")
     path.write_text(f"""
 mode = "paper"
@@ -56,6 +57,7 @@ end = "{end}"
 environment = "custom"
 base_url = "{url}"
 ws_url = "{ws}"
+{exchange}
 [plugins]
 enabled = false
 {extra}

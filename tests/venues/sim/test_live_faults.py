@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from qtraderd.core.clock import iso
 from qtraderd.core.config import parse_time
 from tests.venues.sim.live_helpers import DATA, M5, daemon_cmd, env, live_config, outages, start_sim
 
@@ -43,16 +44,10 @@ async def test_every_fault_at_once_loses_and_duplicates_no_bar(tmp_path: Path) -
         [*files, "--start", START, "--end", END, "--speed", str(SPEED), "--faults", FAULTS,
          "--seed", "7", "--linger", "60", "--hold"], tmp_path)
     cfg = live_config(tmp_path / "live.toml", url, SYMBOLS, speed=SPEED,
-                      end=_iso(end_ms - M5), extra="""
-[learning]
-enabled = false
-[exchange.__extra__]
-""".replace("[exchange.__extra__]\n", "") + """
-""")
-    text = cfg.read_text().replace(
-        "[plugins]", "warmup_days = 3\nclose_deadline_s = 1.0\nstream_timeout_s = 2.0\n"
-        "reconnect_min_s = 0.05\nreconnect_max_s = 1.0\n[plugins]", 1)
-    cfg.write_text(text)
+                      end=iso(end_ms - M5), extra="[learning]\nenabled = false\n",
+                      exchange="warmup_days = 3\nclose_deadline_s = 1.0\n"
+                               "stream_timeout_s = 2.0\nreconnect_min_s = 0.05\n"
+                               "reconnect_max_s = 1.0")
     state = tmp_path / "state"
     log = tmp_path / "daemon.log"
     try:
@@ -92,9 +87,3 @@ enabled = false
         assert run == ("finished", end_ms - M5)
     finally:
         db.close()
-
-
-def _iso(ms: int) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")

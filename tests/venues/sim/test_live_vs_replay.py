@@ -8,12 +8,12 @@ import json
 import shutil
 import sqlite3
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import trio
 
+from qtraderd.core.clock import iso
 from tests.venues.replay_baseline import QUERIES, exact
 from tests.venues.sim.live_helpers import M5, daemon_cmd, env, live_config, start_sim
 
@@ -22,10 +22,6 @@ LIVE_BARS = 150
 SPEED = 5_000.0  # a 5m bar every 60 ms of wall time
 # Tiny test models rarely clear the costs: loosen the entry rule so both runs trade.
 SIZING = "[sizing]\nmin_edge_pct = -0.5\nmin_confidence = 0.25\n[learning]\nenabled = false\n"
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _figures(db: Path) -> dict[str, list]:
@@ -61,15 +57,13 @@ async def test_a_dry_run_on_the_simulator_trades_exactly_as_the_replay(trained, 
     source = tmp_path / "source"  # what the simulator serves
     shutil.copytree(trained["state"], source)
     sim, url, _ = await start_sim(["--state-dir", str(source), "--symbols", ",".join(SYMBOLS),
-                                   "--start", _iso(start), "--end", _iso(end + M5),
+                                   "--start", iso(start), "--end", iso(end + M5),
                                    "--speed", str(SPEED), "--hold", "--linger", "60"],
                                   tmp_path)
     live = tmp_path / "live"
     shutil.copytree(trained["state"], live)
-    cfg = live_config(tmp_path / "live.toml", url, SYMBOLS, speed=SPEED, end=_iso(end),
-                      extra=SIZING)
-    cfg.write_text(cfg.read_text().replace(
-        "[plugins]", "warmup_days = 3\nclose_deadline_s = 5.0\n[plugins]", 1))
+    cfg = live_config(tmp_path / "live.toml", url, SYMBOLS, speed=SPEED, end=iso(end),
+                      exchange="warmup_days = 3\nclose_deadline_s = 5.0", extra=SIZING)
     log = tmp_path / "daemon.log"
     try:
         with trio.fail_after(90):
@@ -93,7 +87,7 @@ async def test_a_dry_run_on_the_simulator_trades_exactly_as_the_replay(trained, 
     shutil.copytree(trained["state"], replayed)
     rcfg = tmp_path / "replay.toml"
     rcfg.write_text(f'mode = "paper"\n[feed]\nsymbols = {list(SYMBOLS)!r}\n'
-                    f'start = "{_iso(first)}"\nend = "{_iso(end)}"\n[plugins]\n'
+                    f'start = "{iso(first)}"\nend = "{iso(end)}"\n[plugins]\n'
                     f'enabled = false\n{SIZING}'.replace("'", '"'))
     with trio.fail_after(90):
         done = await trio.run_process(daemon_cmd(rcfg, replayed, models), env=env(),
