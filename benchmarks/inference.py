@@ -54,7 +54,7 @@ def measure(state: str, models: str, runs: int = 3) -> dict[str, Any]:
     from qtraderd.features.labels import Barriers
     from qtraderd.features.regime import RegimeDetector
     from qtraderd.features.spec import FeatureState
-    from qtraderd.features.windows import WindowState, normalize
+    from qtraderd.features.windows import WindowState, normalize_windows
     from qtraderd.models.ensemble import EnsembleManager
     from qtraderd.models.modelset import ModelSet
     from qtraderd.models.onnx_model import load_champions
@@ -90,7 +90,7 @@ def measure(state: str, models: str, runs: int = 3) -> dict[str, Any]:
                 b = pc() if parts else 0.0
                 ws.update(o, h, lo, c, v)
                 x_row = np.asarray([row], dtype=np.float32)
-                x_win = normalize(ws.raw()[None])
+                x_win = normalize_windows([ws.raw()])
                 e = pc() if parts else 0.0
                 probs = {}
                 for f, m in members:

@@ -49,7 +49,7 @@ from qtraderd.core.messages import (
 from qtraderd.features.labels import Barriers, Labeler
 from qtraderd.features.regime import RegimeDetector, global_regime
 from qtraderd.features.spec import FeatureState
-from qtraderd.features.windows import WindowState, normalize
+from qtraderd.features.windows import WindowState, normalize_windows
 from qtraderd.models.artifacts import champions_on_disk, is_temp_name
 from qtraderd.models.ensemble import EnsembleManager
 from qtraderd.models.modelset import SERVING, ModelSet, file_stamp, load_spec
@@ -398,7 +398,7 @@ class PredictorActor(StepActor):
                          m.family, m.version, iso(ts))
             if m.input_kind == "window":
                 if x_win is None:
-                    x_win = normalize(np.stack(raws), copy=False)
+                    x_win = normalize_windows(raws)
                 probs = m.predict(x_win)
             else:
                 if x_rows is None:

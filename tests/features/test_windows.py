@@ -63,6 +63,29 @@ def test_normalize_matches_the_ndarray_mean_definition_to_the_bit() -> None:
         assert normalize(raw.copy(), copy=False).tobytes() == want.tobytes()
 
 
+def test_one_window_path_gives_the_batch_input_to_the_bit() -> None:
+    """normalize_windows takes a shorter path for one window (live, one symbol); the
+    network must see exactly what the batch path (and training's make_windows) gives,
+    also for views into a WindowState buffer, which it must leave untouched."""
+    from qtraderd.features.windows import WindowState, normalize, normalize_windows
+
+    rng = np.random.default_rng(11)
+    for k in range(300):
+        ws = WindowState()
+        for _ in range(WINDOW + k % 40):
+            c = float(rng.uniform(1e-6, 3.0))
+            ws.update(c * rng.uniform(0.98, 1.02), c * 1.02, c * 0.97, c,
+                      float(rng.exponential(1e5)) * (k % 3))
+        raw = ws.raw()
+        before = raw.copy()
+        got = normalize_windows([raw])
+        assert got.dtype == np.float32 and got.shape == (1, WINDOW, CHANNELS)
+        assert got.tobytes() == normalize(raw[None]).tobytes()
+        assert raw.tobytes() == before.tobytes()
+    raws = [rng.normal(size=(WINDOW, CHANNELS)) for _ in range(3)]
+    assert normalize_windows(raws).tobytes() == normalize(np.stack(raws)).tobytes()
+
+
 def test_rows_written_late_give_the_buffer_written_at_once() -> None:
     """Rows wait until a window is read; the buffer (and every window) must be exactly
     what writing each row at once gives, whenever reads and checkpoints fall, and a
