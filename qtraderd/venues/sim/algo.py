@@ -129,7 +129,7 @@ class AlgoApi:
         rest.add_route("DELETE", "/fapi/v1/algoOrder", self._signed(self.cancel_algo_order),
                        1)
         rest.add_route("DELETE", "/fapi/v1/algoOpenOrders", self._signed(self.cancel_all), 1)
-        # replaces AccountApi's listing: the same Account rows, now with content
+        # GET openAlgoOrders stays AccountApi's: it lists the NEW rows' "payload" kept here
 
     def _signed(self, handler: Callable[[Request, Params], Awaitable[Response]]
                 ) -> Callable[[Request], Awaitable[Response]]:
