@@ -130,6 +130,16 @@ class OrderApi:
                    updateTime=now)
         return Response.json(200, ack)
 
+    def place_market(self, params: Params, now: int) -> dict[str, object]:
+        """Place a MARKET order from already-verified `params` (a triggered algo order,
+        algo.py) through the same checks and fill as a POST; recorded whatever the
+        outcome. Returns the filled order's payload; raises ApiError."""
+        try:
+            return self._place(params, now)
+        except ApiError as exc:
+            self._record(params, now, exc)
+            raise
+
     def _record(self, params: Params, now: int, exc: ApiError) -> None:
         self.account.orders.append({
             "clientOrderId": params.get("newClientOrderId", ""),

@@ -23,6 +23,7 @@ import msgspec
 import trio
 
 from qtraderd.venues.sim.account import Account, AccountApi, Auth, new_key_pair
+from qtraderd.venues.sim.algo import AlgoApi
 from qtraderd.venues.sim.candles import (
     Market,
     SimClock,
@@ -69,7 +70,8 @@ def load_market(*, csv: list[Path] | None = None, state_dir: Path | None = None,
 class SimServer:
     """The simulator. Attributes for callers: `port`, `url`, `ws_url` (after start),
     `data_ended` (trio.Event), `faults` (its `counts`), `rest`, `hub`, `clock`,
-    `account` (balances, positions, settings; see account.py), `api_key`, `api_secret`."""
+    `account` (balances, positions, settings; see account.py), `algo_api` (algo orders;
+    see algo.py), `api_key`, `api_secret`."""
 
     def __init__(self, market: Market, *, speed: float = 1.0, port: int = 0,
                  host: str = "127.0.0.1", faults: FaultSpec | str | None = None,
@@ -115,6 +117,9 @@ class SimServer:
                                 f"and 0 <= fee < 1, got {slippage_bps} and {taker_fee}")
         self.order_api = OrderApi(self.rest, self.account, auth,
                                   slippage_bps=slippage_bps, taker_fee=taker_fee)
+        # algo orders trigger on the kline updates _schedule publishes; their ALGO_UPDATE
+        # events go to `algo_api.publish` (the user data stream sets it)
+        self.algo_api = AlgoApi(self.rest, self.account, auth, self.order_api)
         self.data_ended = trio.Event()
         self.paused = paused or hold
         self.hold = hold
@@ -183,6 +188,7 @@ class SimServer:
                     c = s.candles[i] if closed else partial(s.candles[i], k / steps)
                     payload = kline_event(s, c, m.interval, iv, i, at, closed)
                     self.hub.publish(name, msgspec.json.encode(payload).decode(), closed)
+                    self.algo_api.check(s.symbol, c[4], at)
                 if closed:
                     self.closed_klines += len(due)
         self.data_ended.set()
