@@ -40,6 +40,7 @@ from websockets.trio.client import ClientConnection, connect
 
 from qtraderd.venues.binance.payloads import PayloadError
 from qtraderd.venues.binance.rest import BinanceAPIError, RestClient, RestError
+from qtraderd.venues.binance.signing import install_log_redaction
 from qtraderd.venues.binance.stream import backoff_delay
 from qtraderd.venues.binance.userdata import (
     BinanceUnknownEvent,
@@ -145,6 +146,7 @@ class UserStream:
         self.keepalives = self.keepalive_failures = self.keys_created = 0
         self.key_expiries = self.reconnects = self.connect_failures = 0
         self.last_error: str | None = None
+        install_log_redaction(("websockets.client",))  # it logs the URL at DEBUG
 
     @classmethod
     def from_config(cls, cfg: Any, rest: RestClient, **kwargs: Any) -> UserStream:

@@ -5,6 +5,7 @@ re-connection with a "reconnect happened" signal after key expiry and disconnect
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -218,3 +219,14 @@ async def test_duplicated_and_delayed_events_are_delivered(start_sim: StartSim) 
         assert {type(e).__name__ for e in late} == {"BinanceOrderUpdate", "BinanceTradeLite",
                                                     "BinanceAccountUpdate"}
     assert sim.faults.counts["user_delay"] == 4
+
+
+async def test_the_listen_key_stays_out_of_the_logs(start_sim: StartSim,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # websockets logs the request line, URL and all
+    sim = await _sim(start_sim)
+    async with _stream(sim) as (stream, _):
+        key = stream.key
+        assert key and sim.user_events.key == key
+    assert "listenKey=****" in caplog.text
+    assert key not in caplog.text
