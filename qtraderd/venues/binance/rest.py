@@ -268,6 +268,18 @@ class RestClient:
             await self.server_time()
         return await self._request(method, path, params or {}, weight, signed=True)
 
+    async def keyed(self, method: str, path: str, params: dict[str, Any] | None = None,
+                    weight: int = 1) -> bytes:
+        """A USER_STREAM request (the listenKey endpoints): `X-MBX-APIKEY`, no signature,
+        no timestamp. Retried like a GET: creating a listenKey answers the active one."""
+        method = method.upper()
+        if method not in METHODS:
+            raise ValueError(f"request method must be one of {METHODS}, got {method!r}")
+        if self.credentials is None:
+            raise RestError(f"{method} {path} needs the API key and this client has no "
+                            "API credentials")
+        return await self._request(method, path, params or {}, weight, keyed=True)
+
     def status(self) -> dict[str, Any]:
         """Snapshot for `ctl status`."""
         self._roll_window()
@@ -352,7 +364,10 @@ class RestClient:
                                    WEIGHTS.get(path, 1) if weight is None else weight)
 
     async def _send(self, method: str, path: str, params: dict[str, Any] | None,
-                    signed: bool) -> httpx.Response:
+                    signed: bool, keyed: bool = False) -> httpx.Response:
+        if keyed and self.credentials is not None:
+            return await self._http.request(method, path, params=params,
+                                            headers=self.credentials.headers())
         if not signed:
             return await self._http.request(method, path, params=params)
         assert self.credentials is not None
@@ -363,7 +378,7 @@ class RestClient:
                                         headers=self.credentials.headers())
 
     async def _request(self, method: str, path: str, params: dict[str, Any] | None,
-                       weight: int, *, signed: bool = False) -> bytes:
+                       weight: int, *, signed: bool = False, keyed: bool = False) -> bytes:
         what = f"{method} {path}"
         attempt = 0
         while True:
@@ -372,7 +387,7 @@ class RestClient:
             self.requests += 1
             sent = True
             try:
-                resp = await self._send(method, path, params, signed)
+                resp = await self._send(method, path, params, signed, keyed)
             except httpx.TimeoutException as exc:
                 failure = f"timed out ({type(exc).__name__})"
                 sent = not isinstance(exc, _NOT_SENT)

@@ -28,7 +28,8 @@ from urllib.parse import quote, urlencode
 
 API_KEY_HEADER = "X-MBX-APIKEY"
 MASK = "****"
-_SIGNATURE = re.compile(r"(signature=)[^&\s'\"<>]*", re.IGNORECASE)
+# a request's signature, and a user stream's listenKey (it reads the account's events)
+_SIGNATURE = re.compile(r"((?:signature|listenKey)=)[^&\s'\"<>]*", re.IGNORECASE)
 
 __all__ = ["API_KEY_HEADER", "ApiCredentials", "encode_params", "install_log_redaction",
            "redact", "sign"]
@@ -100,8 +101,11 @@ class ApiCredentials:
 
 
 def redact(text: str) -> str:
-    """`text` with every `signature=<value>` replaced by `signature=****`."""
-    return _SIGNATURE.sub(rf"\g<1>{MASK}", text) if "ignature=" in text else text
+    """`text` with every `signature=<value>` (and `listenKey=<value>`) replaced by
+    `signature=****`."""
+    if "ignature=" in text or "istenkey=" in text.lower():
+        return _SIGNATURE.sub(rf"\g<1>{MASK}", text)
+    return text
 
 
 class _RedactFilter(logging.Filter):

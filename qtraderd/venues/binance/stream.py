@@ -51,8 +51,8 @@ from qtraderd.venues.binance.payloads import (
 
 log = logging.getLogger("qtraderd.binance.stream")
 
-__all__ = ["Connected", "Disconnected", "KlineStream", "StreamEvent", "market_stream_url",
-           "stream_name"]
+__all__ = ["Connected", "Disconnected", "KlineStream", "StreamEvent", "backoff_delay",
+           "market_stream_url", "stream_name"]
 
 
 class Connected(msgspec.Struct, frozen=True):
@@ -87,6 +87,13 @@ def stream_name(symbol: str, interval: str) -> str:
 def market_stream_url(ws_url: str, streams: Sequence[str]) -> str:
     """The routed combined-stream URL: `<ws_url>/market/stream?streams=a/b`."""
     return f"{ws_url.rstrip('/')}/market/stream?streams={'/'.join(streams)}"
+
+
+def backoff_delay(rng: random.Random, failures: int, min_s: float, max_s: float) -> float:
+    """Reconnect backoff: doubling from `min_s` up to `max_s` with the failures in a row,
+    half of it random ("equal jitter", from the caller's seeded generator)."""
+    d = min(max_s, min_s * 2 ** max(0, failures - 1))
+    return d / 2 + rng.random() * d / 2
 
 
 class _OpenFailed(Exception):
@@ -202,8 +209,7 @@ class KlineStream:
     def _delay(self, failures: int) -> float:
         """Backoff before the next attempt: doubling from reconnect_min_s up to
         reconnect_max_s, half of it random (seeded)."""
-        d = min(self.reconnect_max_s, self.reconnect_min_s * 2 ** max(0, failures - 1))
-        return d / 2 + self._rng.random() * d / 2
+        return backoff_delay(self._rng, failures, self.reconnect_min_s, self.reconnect_max_s)
 
     async def _shard(self, idx: int, symbols: tuple[str, ...], url: str,
                      send: trio.MemorySendChannel[StreamEvent]) -> None:

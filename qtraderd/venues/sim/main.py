@@ -35,7 +35,10 @@ FAULTS_HELP = (
     "connection abruptly), stall (silence both ways for DURATION, TCP kept open), garbage "
     "(an extra malformed frame), dup (a closed kline sent twice), reorder (a frame overtaken "
     "by the next). Per REST request: http429 (Retry-After DURATION), http418 (every request "
-    "banned for DURATION), http5xx, slow (answer delayed by DURATION)")
+    "banned for DURATION), http5xx, slow (answer delayed by DURATION). Per user data event: "
+    "user_dup (sent twice), user_delay (held DURATION, later events overtake it), "
+    "key_expiry (listenKeyExpired, the key dropped, the event lost), user_drop (the user "
+    "stream closed abruptly)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -25,12 +25,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from qtraderd.venues.sim.account import Account, Auth, Params, Position
 from qtraderd.venues.sim.candles import Series
 from qtraderd.venues.sim.rest import ApiError, Rest
 from qtraderd.venues.sim.transport import Request, Response
+from qtraderd.venues.sim.userstream import market_fill_events
 
 DEFAULT_SLIPPAGE_BPS = 2.0
 DEFAULT_TAKER_FEE = 0.0005
@@ -40,6 +42,7 @@ ALGO_TYPES = ("STOP_MARKET", "TAKE_PROFIT_MARKET", "STOP", "TAKE_PROFIT",
 CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 NUMBER = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,20})?$")
 FIRST_ORDER_ID = 8_389_765_000
+FIRST_TRADE_ID = 1_000_000
 
 
 def _missing(name: str) -> ApiError:
@@ -95,10 +98,14 @@ class OrderApi:
 
     def __init__(self, rest: Rest, account: Account, auth: Auth, *,
                  slippage_bps: float = DEFAULT_SLIPPAGE_BPS,
-                 taker_fee: float = DEFAULT_TAKER_FEE) -> None:
+                 taker_fee: float = DEFAULT_TAKER_FEE,
+                 publish: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """`publish`: where the fills' user data events go (userstream.UserEvents)."""
         self.account, self.auth = account, auth
         self.slippage_bps, self.taker_fee = slippage_bps, taker_fee
+        self.publish = publish
         self.next_id = FIRST_ORDER_ID
+        self.next_trade_id = FIRST_TRADE_ID
         rest.add_route("POST", "/fapi/v1/order", self.post_order, 0)
         rest.add_route("GET", "/fapi/v1/order", self._signed(self.get_order), 1)
         rest.add_route("DELETE", "/fapi/v1/order", self._signed(self.cancel_order), 1)
@@ -223,6 +230,11 @@ class OrderApi:
             "time": now, "orderId": order_id, "executedQty": s.qty(qty),
             "avgPrice": s.price(price), "realizedPnl": f"{pnl:.8f}",
             "commission": f"{fee:.8f}", "payload": payload})
+        trade_id, self.next_trade_id = self.next_trade_id, self.next_trade_id + 1
+        if self.publish is not None:
+            for event in market_fill_events(acc, payload, now, fee=fee, pnl=pnl,
+                                            trade_id=trade_id):
+                self.publish(event)
         return payload
 
     def _quantity(self, params: Params, s: Series) -> float:

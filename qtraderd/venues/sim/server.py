@@ -38,7 +38,8 @@ from qtraderd.venues.sim.faults import Faults, FaultSpec
 from qtraderd.venues.sim.orders import DEFAULT_SLIPPAGE_BPS, DEFAULT_TAKER_FEE, OrderApi
 from qtraderd.venues.sim.rest import WEIGHT_LIMIT, Rest
 from qtraderd.venues.sim.streams import Hub, StreamOptions
-from qtraderd.venues.sim.transport import serve_connection
+from qtraderd.venues.sim.transport import Request, WebSocket, serve_connection
+from qtraderd.venues.sim.userstream import LISTEN_KEY_VALIDITY_S, UserEvents
 
 log = logging.getLogger("qtraderd.sim")
 
@@ -71,7 +72,8 @@ class SimServer:
     """The simulator. Attributes for callers: `port`, `url`, `ws_url` (after start),
     `data_ended` (trio.Event), `faults` (its `counts`), `rest`, `hub`, `clock`,
     `account` (balances, positions, settings; see account.py), `algo_api` (algo orders;
-    see algo.py), `api_key`, `api_secret`."""
+    see algo.py), `api_key`, `api_secret`, `user_events` (listenKeys, private streams,
+    `publish`; see userstream.py)."""
 
     def __init__(self, market: Market, *, speed: float = 1.0, port: int = 0,
                  host: str = "127.0.0.1", faults: FaultSpec | str | None = None,
@@ -81,13 +83,15 @@ class SimServer:
                  api_secret: str | None = None,
                  balances: dict[str, float] | None = None,
                  slippage_bps: float = DEFAULT_SLIPPAGE_BPS,
-                 taker_fee: float = DEFAULT_TAKER_FEE) -> None:
+                 taker_fee: float = DEFAULT_TAKER_FEE,
+                 listen_key_validity_s: float = LISTEN_KEY_VALIDITY_S) -> None:
         """`paused`: the clock starts at `resume()`; `hold`: it starts with the first
         connection (REST or stream), so a client started after the simulator misses no
         live candle, yet never sees a clock that stands still after it has looked.
         `api_key`/`api_secret`: the pair signed requests must use (both None: a random
         pair, `key_generated` True); `balances`: the account's assets (default USDT
-        10000); `slippage_bps`/`taker_fee`: MARKET fills (orders.py)."""
+        10000); `slippage_bps`/`taker_fee`: MARKET fills (orders.py);
+        `listen_key_validity_s`: a listenKey's life after its last keep-alive (wall)."""
         if not speed > 0:
             raise SimInputError(f"--speed: expected a number > 0, got {speed}")
         self.market = market
@@ -115,11 +119,16 @@ class SimServer:
         if not (0 <= slippage_bps < 10_000 and 0 <= taker_fee < 1):
             raise SimInputError(f"--slippage-bps/--taker-fee: expected 0 <= bps < 10000 "
                                 f"and 0 <= fee < 1, got {slippage_bps} and {taker_fee}")
+        self.user_events = UserEvents(self.clock, self.faults, api_key,
+                                      validity_s=listen_key_validity_s)
+        self.user_events.add_routes(self.rest)
         self.order_api = OrderApi(self.rest, self.account, auth,
-                                  slippage_bps=slippage_bps, taker_fee=taker_fee)
+                                  slippage_bps=slippage_bps, taker_fee=taker_fee,
+                                  publish=self.user_events.publish)
         # algo orders trigger on the kline updates _schedule publishes; their ALGO_UPDATE
-        # events go to `algo_api.publish` (the user data stream sets it)
-        self.algo_api = AlgoApi(self.rest, self.account, auth, self.order_api)
+        # events go to the account's user data streams
+        self.algo_api = AlgoApi(self.rest, self.account, auth, self.order_api,
+                                publish=self.user_events.publish)
         self.data_ended = trio.Event()
         self.paused = paused or hold
         self.hold = hold
@@ -164,7 +173,14 @@ class SimServer:
     async def _connection(self, stream: trio.SocketStream) -> None:
         if self.hold:
             self.resume()
-        await serve_connection(stream, self.rest.handle, self.hub.handle)
+        await serve_connection(stream, self.rest.handle, self._websocket)
+
+    async def _websocket(self, req: Request, ws: WebSocket) -> None:
+        """`/private/...`: the user data stream; everything else: the market hub."""
+        if req.path == "/private" or req.path.startswith("/private/"):
+            await self.user_events.handle(req, ws)
+        else:
+            await self.hub.handle(req, ws)
 
     async def _schedule(self) -> None:
         """Publish open updates and the closed kline of every live candle, in sim time."""
