@@ -7,6 +7,12 @@ so a breach halts entries on the same bar it happens. A daily-loss halt lifts at
 UTC day; a drawdown or manual halt holds until `ctl resume`, which also resets the
 drawdown reference to current equity (otherwise the same breach would re-halt at once).
 
+Venue rejections (REJECTED order updates, reason `binance CODE: msg` from
+core.orders.rejection_reason) are counted by the step's close time, never wall time, so a
+replay halts on the same bar: `max_rejections` of them within `rejection_window_min`
+minutes halt trading (REJECTIONS) until `ctl resume`, which also clears the window. The
+window is checkpointed with the rest of the state, so a restart does not forget it.
+
 Every entry passes through the limits in a fixed order — state, pause, open position,
 leverage, open positions, then notional, symbol and total exposure and free margin, which
 reduce the size — and every decision carries a reason code that is recorded with the
@@ -32,7 +38,7 @@ from qtraderd.core.checkpoint import put, take
 from qtraderd.core.clock import Clock, iso
 from qtraderd.core.config import Config, PortfolioConfig, RiskConfig, per_quote
 from qtraderd.core.costs import CostModel
-from qtraderd.core.enums import RiskState
+from qtraderd.core.enums import OrderStatus, RiskState
 from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import (
     AccountView,
@@ -55,6 +61,7 @@ DAY_MS = 86_400_000
 CHANGES = ("halt", "resume", "flatten", "pause", "resume-symbol")  # commands that change state
 MIN_FRACTION = 0.2  # an entry cut below this share of its request is denied instead
 MAX_REASON = 200  # a halt reason is one line of text (control.schema checks it first)
+MINUTE_MS = 60_000
 
 
 @dataclass
@@ -90,6 +97,8 @@ class RiskActor(StepActor):
         self.reason_code = ""
         self.manual_halt = False
         self.drawdown_latched = False
+        self.rejections: list[tuple[int, str]] = []  # (step close ms, reason), in window
+        self.rejections_latched = ""  # the REJECTIONS halt's detail until ctl resume
         self.halted_since = 0  # clock ms of the transition into HALTED
         self.manual_reason = ""  # the first `ctl halt` reason since the last resume
         self.accounts: dict[str, _Account] = {}
@@ -134,7 +143,8 @@ class RiskActor(StepActor):
     # -- crash-only state ----------------------------------------------------------------
     _STATE = ("portfolio", "state", "reason", "reason_code", "manual_halt", "drawdown_latched",
               "accounts", "denied", "reduced", "_flatten", "_pending_events", "_last_step_ts",
-              "_last_seq", "halted_since", "manual_reason")
+              "_last_seq", "halted_since", "manual_reason", "rejections",
+              "rejections_latched")
 
     def export_state(self) -> dict[str, Any]:
         """The state machine, its day and drawdown figures, symbol stats and pauses."""
@@ -143,7 +153,8 @@ class RiskActor(StepActor):
     def restore_state(self, state: dict[str, Any]) -> None:
         cfg = self.portfolio.cfg
         state = {"halted_since": state.get("_last_step_ts", 0),  # older checkpoints
-                 "manual_reason": state.get("reason", ""), **state}
+                 "manual_reason": state.get("reason", ""), "rejections": [],
+                 "rejections_latched": "", **state}
         put(self, state, self._STATE)
         self.portfolio.reconfigure(cfg)  # the limits in force now, not the stored ones
         if state.get("reapply"):
@@ -190,6 +201,7 @@ class RiskActor(StepActor):
             self.manual_halt = False
             self.manual_reason = ""
             self.drawdown_latched = False
+            self.rejections, self.rejections_latched = [], ""
             for acc in self.accounts.values():
                 acc.peak = acc.day_start = acc.equity
                 acc.drawdown = acc.daily_loss = 0.0
@@ -226,6 +238,7 @@ class RiskActor(StepActor):
         for ev in self.portfolio.expire(step.close_ts, self.state):
             log.info("symbol resumed: %s (pause expired)", ev.symbol)
             events.append(ev)
+        self._count_rejections(step)
         self._evaluate(step.accounts, step.close_ts)
         events.extend(self._pending_events)
         self._pending_events = []
@@ -244,6 +257,27 @@ class RiskActor(StepActor):
             self.plugins.step_events(step, events)
         return replace(step, intents=tuple(intents), decisions=tuple(decisions),
                        risk_state=self.state, risk_events=(*step.risk_events, *events))
+
+    def _count_rejections(self, step: Step) -> None:
+        """Add the step's REJECTED updates to the window (at the step's close time) and
+        halt when `max_rejections` of them fall within `rejection_window_min` minutes."""
+        new = [u.reason or "no reason given" for u in step.orders
+               if u.status == OrderStatus.REJECTED]
+        if not new and not self.rejections:
+            return
+        ts = step.close_ts
+        window = int(self.cfg.rejection_window_min * MINUTE_MS)
+        kept = [r for r in self.rejections if ts - r[0] <= window]
+        kept.extend((ts, reason) for reason in new)
+        n = self.cfg.max_rejections
+        self.rejections = kept[-n:] if n > 0 else []
+        if n <= 0 or len(kept) < n or not new or self.rejections_latched:
+            return
+        self.rejections_latched = (f"{len(kept)} order rejections within "
+                                   f"{self.cfg.rejection_window_min:g} min (last: {new[-1]})")
+        if self.state == HALTED and self.reason_code in ("MANUAL", "DRAWDOWN"):
+            return  # that halt stands; this one takes over when it lifts (_evaluate)
+        self._transition(HALTED, "REJECTIONS", self.rejections_latched, ts)
 
     def _evaluate(self, accounts: tuple[AccountView, ...], ts: int) -> None:
         if not accounts:
@@ -272,6 +306,8 @@ class RiskActor(StepActor):
         if self.drawdown_latched:
             target, reason = HALTED, "DRAWDOWN"
             detail = f"drawdown {worst_dd:.2%} (limit {dd_limit:.2%})"
+        elif self.rejections_latched:
+            target, reason, detail = HALTED, "REJECTIONS", self.rejections_latched
         elif worst_daily >= daily_limit:
             target, reason = HALTED, "DAILY_LOSS"
             detail = f"daily loss {worst_daily:.2%} (limit {daily_limit:.2%})"
@@ -396,6 +432,8 @@ class RiskActor(StepActor):
             "daily_loss_limit_pct": self.cfg.daily_loss_pct,
             "drawdown_limit_pct": self.cfg.max_drawdown_pct,
             "max_open_positions": self.cfg.max_open_positions,
+            "rejections_in_window": len(self.rejections),
+            "max_rejections": self.cfg.max_rejections,
             "paused_symbols": self.portfolio.paused(),
             "accounts": {q: {"drawdown_pct": round(100 * a.drawdown, 3),
                              "daily_loss_pct": round(100 * a.daily_loss, 3)}

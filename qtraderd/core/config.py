@@ -162,6 +162,11 @@ class RiskConfig:
     reduce_at: float = _spec(0.6, lo=0.0, hi=1.0,
                              help="fraction of a loss limit at which state becomes REDUCING")
     reduce_factor: float = _spec(0.5, lo=0.0, hi=1.0, help="size multiplier while REDUCING")
+    max_rejections: int = _spec(5, lo=0, hi=10_000,
+                                help="HALTED when this many orders are rejected by the venue "
+                                     "within rejection_window_min; 0 disables")
+    rejection_window_min: float = _spec(10.0, positive=True, hi=10_080.0,
+                                        help="the window of max_rejections, in minutes")
 
 
 @dataclass(frozen=True)

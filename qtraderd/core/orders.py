@@ -16,6 +16,11 @@ the step sequence that decided the order, the symbol and the purpose — so a re
 the same ids, a restarted run (same run id, step seq continuing) never reuses one, and
 after a lost reply the order can be looked up by the id we already know. They are checked
 against Binance's `newClientOrderId` rule (`^[\\.A-Z\\:/a-z0-9_-]{1,36}$`).
+
+A venue's refusal of an order becomes a REJECTED update whose reason is
+`rejection_reason(code, msg)` — `binance -2019: Margin is insufficient.` — the one form
+the broker writes, `order_events.reason` stores and the risk actor quotes when rejections
+halt trading, so the code can be read back (`rejection_code`) from any of them.
 """
 
 from __future__ import annotations
@@ -43,6 +48,22 @@ UNKNOWN = "unknown"  # the "from" of an event for an order the book does not hol
 
 CLIENT_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 PURPOSES = {"entry": "E", "exit": "X", "take_profit": "TP", "stop_loss": "SL"}
+MAX_REJECTION = 200  # a rejection reason is one line of text: a log line and a store value
+_REJECTION = re.compile(r"^(?P<venue>[a-z_]+) (?P<code>-?\d+): ")
+
+
+def rejection_reason(code: int, msg: str, venue: str = "binance") -> str:
+    """The reason of a REJECTED order update: the venue, its error code and its message,
+    e.g. `binance -2019: Margin is insufficient.` The message is folded onto one line and
+    cut to MAX_REJECTION characters (it becomes a log line and an `order_events` row)."""
+    text = " ".join(str(msg).split())
+    return f"{venue} {int(code)}: {text}"[:MAX_REJECTION]
+
+
+def rejection_code(reason: str) -> int | None:
+    """The venue's error code in a reason made by `rejection_reason`; None for any other."""
+    m = _REJECTION.match(reason)
+    return int(m.group("code")) if m else None
 
 
 def legal(frm: OrderStatus, to: OrderStatus) -> bool:
