@@ -33,6 +33,7 @@ from qtraderd.core.enums import OrderStatus
 from qtraderd.core.messages import (
     AccountView,
     Fill,
+    Journal,
     OrderUpdate,
     PositionView,
     Step,
@@ -41,6 +42,7 @@ from qtraderd.core.messages import (
 )
 from qtraderd.core.orders import OrderBook, client_order_id
 from qtraderd.runtime.supervisor import Actor, degrade, pass_on
+from qtraderd.store.rows import journal_records
 from qtraderd.venues.base import Broker, Order
 
 log = logging.getLogger("qtraderd.execution")
@@ -55,7 +57,7 @@ class ExecutionActor(Actor):
     def __init__(self, broker: Broker, bars_in: trio.MemoryReceiveChannel[Step],
                  to_monitor: trio.MemorySendChannel[Step],
                  decided_in: trio.MemoryReceiveChannel[Step],
-                 to_recorder: trio.MemorySendChannel[list[Step]],
+                 to_recorder: trio.MemorySendChannel[list[Step] | Journal],
                  clock: ReplayClock | None = None, run_id: int = 0,
                  saved: dict[str, Any] | None = None,
                  checkpoint_steps: int = EVERY_STEPS) -> None:
@@ -84,6 +86,9 @@ class ExecutionActor(Actor):
         self._since_checkpoint = 0
         self._checkpoint_at = time.perf_counter()
         self._state_seq = -1  # seq of the last step whose actors' state was collected
+        # A live venue: an order's row is committed before its request leaves (Journal)
+        self.journal_first = bool(getattr(broker, "journal_first", False))
+        self.journaled = 0
 
     async def reconcile(self) -> None:
         await self.broker.reconcile(self.saved)
@@ -255,6 +260,8 @@ class ExecutionActor(Actor):
                                        "decided", prev="unknown", intent_id=intent_id))
             if new:
                 step = replace(step, orders=(*step.orders, *new))
+                if self.journal_first:
+                    await self._journal(step)
             for _, o in orders:
                 await self.broker.submit(o)
         except Exception as exc:
@@ -266,6 +273,16 @@ class ExecutionActor(Actor):
         self._finished.append(self.with_state(step))
         if error is not None:
             raise error
+
+    async def _journal(self, step: Step) -> None:
+        """Commit the orders' rows (client id, status `new`) before any request leaves:
+        the recorder answers once they are in SQLite. A crash after this point finds the
+        ids at start and looks each order up on the exchange instead of sending it."""
+        reply_tx, reply_rx = trio.open_memory_channel[int](1)
+        await self.to_recorder.send(Journal(journal_records(self.run_id, step), reply_tx))
+        async with reply_rx:
+            await reply_rx.receive()
+        self.journaled += 1
 
     async def cancel(self, client_id: str) -> None:
         """Ask the venue to cancel an open order; the outcome arrives as an event."""

@@ -21,6 +21,7 @@ inbox fills and the replay slows down instead of memory growing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 import msgspec
 import trio
 
-from qtraderd.core.messages import Record, Step
+from qtraderd.core.messages import Journal, Record, Step
 from qtraderd.runtime.supervisor import Actor
 from qtraderd.store.db import connect
 from qtraderd.store.rows import Batch, SetAside, aside_record, decode_batch, write_batch
@@ -50,7 +51,7 @@ class RecorderActor(Actor):
     name = "recorder"
 
     def __init__(self, state_dir: Path, run_id: int,
-                 inbox: trio.MemoryReceiveChannel[list[Step]],
+                 inbox: trio.MemoryReceiveChannel[list[Step] | Journal],
                  records: trio.MemoryReceiveChannel[Record], flush_rows: int,
                  flush_ms: float, keep_fds: tuple[int, ...] = ()) -> None:
         """`keep_fds`: descriptors the writer inherits (the state-dir lock: a successor
@@ -77,6 +78,9 @@ class RecorderActor(Actor):
         self.writer_starts = 0
         self.rows_set_aside = 0
         self._encoder = msgspec.msgpack.Encoder()
+        self._journal_replies: list[trio.MemorySendChannel[int]] = []  # for the next batch
+        self._replies_at: deque[tuple[int, trio.MemorySendChannel[int]]] = deque()
+        self.journals = 0
 
     # -- the actor -------------------------------------------------------------------
     async def run(self) -> None:
@@ -89,7 +93,7 @@ class RecorderActor(Actor):
                 nursery.start_soon(self._timer)
                 async for msg in self.inbox:
                     self._add(msg)
-                    if self._pending_rows >= self.flush_rows:
+                    if self._pending_rows >= self.flush_rows or self._journal_replies:
                         await self.flush()
                 self._drain_records()
                 await self.flush()
@@ -147,6 +151,11 @@ class RecorderActor(Actor):
             _, _, n = self._unacked.popleft()
             self.batches_acked += 1
             self.steps_written += n
+        while self._replies_at and self._replies_at[0][0] <= last:
+            bid, reply = self._replies_at.popleft()
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError,
+                                     trio.ClosedResourceError):
+                reply.send_nowait(bid)
         self._acked.set()
         self._acked = trio.Event()
 
@@ -154,8 +163,15 @@ class RecorderActor(Actor):
         await self._acked.wait()
 
     # -- buffering -------------------------------------------------------------------
-    def _add(self, msg: list[Step] | Record) -> None:
+    def _add(self, msg: list[Step] | Record | Journal) -> None:
         self.processed += 1
+        if isinstance(msg, Journal):  # committed in the next batch, which leaves at once
+            self._records.extend(msg.records)
+            self._pending_rows += len(msg.records)
+            self.journals += 1
+            if msg.reply is not None:
+                self._journal_replies.append(msg.reply)
+            return
         if isinstance(msg, Record):
             self._records.append(msg)
             self._pending_rows += 1
@@ -196,6 +212,9 @@ class RecorderActor(Actor):
             return None
         batch = Batch(self._next_id, steps, self._records)
         self._next_id += 1
+        for reply in self._journal_replies:  # answered when this batch is acknowledged
+            self._replies_at.append((batch.id, reply))
+        self._journal_replies = []
         self._records, self._pending_rows = [], 0
         n = sum(not s.seal for s in steps)  # a seal is state, not a step of its own
         try:

@@ -307,6 +307,19 @@ class Record(msgspec.Struct, frozen=True, array_like=True):
     mode: str = "insert"
 
 
+class Journal(msgspec.Struct, frozen=True):
+    """Rows the recorder commits at once, answering on `reply` when they are in SQLite.
+
+    Live orders: the execution actor journals an order's row (its deterministic client id,
+    status `new`) and waits for the commit before the request leaves, so after a crash at
+    any moment the order is looked up by that id, never sent twice (DESIGN.md "Crash-only
+    store"). Rows are written INSERT OR REPLACE: the step's own commit writes them again.
+    """
+
+    records: tuple[Record, ...]
+    reply: trio.MemorySendChannel[int] | None = None  # never encoded
+
+
 class Command(msgspec.Struct, frozen=True):
     """A control request for the actor that owns the state it changes."""
 

@@ -122,18 +122,7 @@ def step_rows(run_id: int, step: Step, out: dict[str, list[tuple[Any, ...]]]) ->
         out["signals"].extend((run_id, step.seq, s.ts, s.symbol, s.side, s.confidence, s.edge,
                                s.regime, s.action, s.reason) for s in step.signals)
     if step.intents:
-        # an intent risk allowed became an order: its client id and status (`new` here,
-        # later moves update it); a denied one never reached the venue (both NULL)
-        sent = {u.intent_id: u for u in step.orders if u.intent_id}
-        decided = {d.intent_id: d for d in step.decisions}
-        for i in step.intents:
-            d = decided.get(i.id)
-            u = sent.get(i.id)
-            out["orders"].append((
-                run_id, i.id, step.seq, i.ts, i.symbol, i.side, i.qty, i.ref_price, i.purpose,
-                i.reason, i.tp_pct, i.sl_pct, d.action if d else "none",
-                d.reason if d else "NO_DECISION", d.qty if d else 0.0,
-                u.client_id if u else None, u.status if u else None))
+        out["orders"].extend(order_rows(run_id, step))
     if step.orders:
         out["order_events"].extend((run_id, step.seq, u.ts, u.client_id, u.symbol, u.prev,
                                     u.status, u.reason) for u in step.orders)
@@ -153,6 +142,37 @@ def step_rows(run_id: int, step: Step, out: dict[str, list[tuple[Any, ...]]]) ->
         out["risk_events"].extend((run_id, e.ts, e.state, e.prev_state, e.reason, e.detail,
                                    e.symbol) for e in step.risk_events)
     return sum(len(v) for v in out.values()) - n0
+
+
+ORDER_COLUMNS = ("run_id", "id", "seq", "ts", "symbol", "side", "qty", "ref_price", "purpose",
+                 "reason", "tp_pct", "sl_pct", "risk_action", "risk_reason", "approved_qty",
+                 "client_id", "status")
+
+
+def order_rows(run_id: int, step: Step) -> list[tuple[Any, ...]]:
+    """The `orders` rows (ORDER_COLUMNS) of a step's intents: an intent risk allowed became
+    an order, with its client id and status (`new` here, later moves update it); a denied
+    one never reached the venue (both NULL). The step's commit writes them, and a live
+    order's journal (messages.Journal) writes the same rows before its request leaves."""
+    sent = {u.intent_id: u for u in step.orders if u.intent_id}
+    decided = {d.intent_id: d for d in step.decisions}
+    rows = []
+    for i in step.intents:
+        d = decided.get(i.id)
+        u = sent.get(i.id)
+        rows.append((
+            run_id, i.id, step.seq, i.ts, i.symbol, i.side, i.qty, i.ref_price, i.purpose,
+            i.reason, i.tp_pct, i.sl_pct, d.action if d else "none",
+            d.reason if d else "NO_DECISION", d.qty if d else 0.0,
+            u.client_id if u else None, u.status if u else None))
+    return rows
+
+
+def journal_records(run_id: int, step: Step) -> tuple[Record, ...]:
+    """The `orders` rows of the step's orders about to be sent, as INSERT OR REPLACE
+    records (the step's own commit later writes the same rows again)."""
+    return tuple(Record("orders", dict(zip(ORDER_COLUMNS, row, strict=True)), "replace")
+                 for row in order_rows(run_id, step) if row[15] is not None)
 
 
 NO_RUN_ID = {"rl_q", "models", "model_history", "bars"}  # tables not scoped to one run
