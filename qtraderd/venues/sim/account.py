@@ -187,6 +187,8 @@ class Account:
     orders: list[dict[str, object]] = field(default_factory=list)
     algo_orders: list[dict[str, object]] = field(default_factory=list)
     balance_time: int = 0
+    # more parts of `/sim/state` by name (the server adds "faults" and "funding")
+    extra_state: dict[str, Callable[[], object]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for sym in self.market.series:
@@ -358,7 +360,8 @@ class Account:
                            "positionAmt": self.market.series[p.symbol].qty(p.amount),
                            "entryPrice": self.market.series[p.symbol].price(p.entry_price)}
                           for p in self.open_positions()],
-            "balances": {a: f"{v:.8f}" for a, v in self.balances.items()}}
+            "balances": {a: f"{v:.8f}" for a, v in self.balances.items()},
+            **{k: f() for k, f in self.extra_state.items()}}
 
 
 class AccountApi:

@@ -43,6 +43,7 @@ from qtraderd.venues.sim.orders import (
     _missing,
     _on_step,
     _unverified,
+    uncertain_reply,
 )
 from qtraderd.venues.sim.rest import ApiError, Rest
 from qtraderd.venues.sim.transport import Request, Response
@@ -197,7 +198,8 @@ class AlgoApi:
         except ApiError as exc:
             self._record_rejected(params, now, exc)
             raise
-        return Response.json(200, self.response(order))
+        fault = uncertain_reply(self.orders.faults, self.records[order.algo_id])
+        return fault or Response.json(200, self.response(order))
 
     def _record_rejected(self, params: Params, now: int, exc: ApiError) -> None:
         self.account.algo_orders.append({

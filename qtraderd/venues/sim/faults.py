@@ -4,7 +4,9 @@ A spec is `name=probability[:duration]` items joined by commas, e.g.
 `drop=0.01,stall=0.005:10s,garbage=0.01,dup=0.01,reorder=0.01,http429=0.02,http418=0.001,
 http5xx=0.02,slow=0.05:2s`. Probabilities apply per stream frame (drop, stall, garbage,
 dup, reorder), per REST request (http429, http418, http5xx, slow) or per user data event
-on a private stream (user_dup, user_delay, key_expiry, user_drop). Durations are wall
+on a private stream (user_dup, user_delay, key_expiry, user_drop), or per accepted order
+placement (lost_reply, order_5xx: `POST /fapi/v1/order` and `/fapi/v1/algoOrder` execute,
+then the reply is lost or is a 503; the client cannot know the outcome). Durations are wall
 seconds (`10s`, `500ms`, `2` = seconds). One seeded random generator decides every fault,
 so a test with a fixed seed and a fixed order of work sees the same faults each run.
 `counts` records how many of each were injected, for tests and the log.
@@ -23,6 +25,10 @@ REQUEST_FAULTS = ("http418", "http429", "http5xx", "slow")
 # held back `duration` (later events overtake it), the listenKey expires (listenKeyExpired
 # is sent and the key dropped; the event is lost), the connection is cut without a close.
 USER_FAULTS = ("user_dup", "user_delay", "key_expiry", "user_drop")
+# Per accepted order placement (orders.py, algo.py): the order is booked (and its user
+# events published), then the connection is closed with no answer, or answered 503.
+TRADING_FAULTS = ("lost_reply", "order_5xx")
+KNOWN_FAULTS = FRAME_FAULTS + REQUEST_FAULTS + USER_FAULTS + TRADING_FAULTS
 # Duration (wall seconds) a fault lasts when the spec gives none: a stall's silence, a
 # 429's Retry-After, a 418's ban, a slow response's delay.
 DEFAULT_DURATION = {"stall": 10.0, "http429": 1.0, "http418": 5.0, "slow": 2.0,
@@ -52,10 +58,10 @@ class FaultSpec:
                 continue
             name, eq, value = item.partition("=")
             name = name.strip()
-            if name not in FRAME_FAULTS + REQUEST_FAULTS + USER_FAULTS:
+            if name not in KNOWN_FAULTS:
                 raise FaultSpecError(
                     f"--faults: unknown fault {name!r} in {item!r} (known: "
-                    f"{', '.join(FRAME_FAULTS + REQUEST_FAULTS + USER_FAULTS)})")
+                    f"{', '.join(KNOWN_FAULTS)})")
             prob_text, colon, dur_text = value.partition(":")
             try:
                 prob = float(prob_text)

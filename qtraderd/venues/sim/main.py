@@ -38,7 +38,10 @@ FAULTS_HELP = (
     "banned for DURATION), http5xx, slow (answer delayed by DURATION). Per user data event: "
     "user_dup (sent twice), user_delay (held DURATION, later events overtake it), "
     "key_expiry (listenKeyExpired, the key dropped, the event lost), user_drop (the user "
-    "stream closed abruptly)")
+    "stream closed abruptly); they strike ALGO_UPDATE and FUNDING_FEE events too. Per "
+    "accepted POST /fapi/v1/order or /fapi/v1/algoOrder (the order IS placed, filled and "
+    "published): lost_reply (the connection closed with no answer), order_5xx (answered "
+    "503, code -1000). /sim/state counts every fault under \"faults\"")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,6 +98,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the taker (default 2)")
     p.add_argument("--taker-fee", type=_nonneg, default=0.0005, metavar="RATE",
                    help="MARKET fills: fee as a fraction of the notional (default 0.0005)")
+    p.add_argument("--funding-interval-h", type=_positive, default=8.0, metavar="H",
+                   help="funding settles every H hours of SIMULATOR time, at multiples of "
+                        "H since the epoch (default 8: 00:00, 08:00, 16:00 UTC)")
+    p.add_argument("--funding-rate", type=_finite, default=0.0001, metavar="RATE",
+                   help="funding rate per settlement: each open position pays "
+                        "amount x mark x RATE (shorts receive it; default 0.0001)")
     p.add_argument("--updates", type=_nonneg_int, default=3, metavar="N",
                    help="open-kline updates per candle before the closed one (default 3)")
 
@@ -110,6 +119,13 @@ def _positive(text: str) -> float:
     x = _number(text)
     if not 0 < x < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return x
+
+
+def _finite(text: str) -> float:
+    x = _number(text)
+    if not -1 < x < 1:
+        raise argparse.ArgumentTypeError(f"expected a rate between -1 and 1, got {text!r}")
     return x
 
 
@@ -187,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
                         slippage_bps=args.slippage_bps, taker_fee=args.taker_fee,
                         seed=args.seed, updates_per_candle=args.updates,
                         weight_limit=args.weight_limit, hold=args.hold,
+                        funding_interval_h=args.funding_interval_h,
+                        funding_rate=args.funding_rate,
                         stream_options=StreamOptions(
                             ping_interval_s=args.ping_interval, max_age_s=args.max_age,
                             max_streams=args.max_streams))

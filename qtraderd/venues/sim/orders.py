@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl
 
 from qtraderd.venues.sim.account import Account, Auth, Params, Position
 from qtraderd.venues.sim.candles import Series
+from qtraderd.venues.sim.faults import Faults
 from qtraderd.venues.sim.rest import ApiError, Rest
 from qtraderd.venues.sim.transport import Request, Response
 from qtraderd.venues.sim.userstream import market_fill_events
@@ -43,6 +44,25 @@ CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 NUMBER = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,20})?$")
 FIRST_ORDER_ID = 8_389_765_000
 FIRST_TRADE_ID = 1_000_000
+# Binance's answer when the order reached the matching engine but no result came back in
+# time (code -1000 UNKNOWN, HTTP 503): the execution status is unknown.
+UNKNOWN_ERROR = {"code": -1000,
+                 "msg": "Unknown error, please check your request or try again later."}
+
+
+def uncertain_reply(faults: Faults | None, row: dict[str, object]) -> Response | None:
+    """The trading faults, rolled for an order already booked (`row`: its `/sim/state`
+    record, marked here): `lost_reply` gives a reply never sent (`"reply_lost": true`),
+    `order_5xx` a 503 -1000 (`"reply_status": 503`); None: answer normally."""
+    if faults is None:
+        return None
+    if faults.roll("lost_reply"):
+        row["reply_lost"] = True
+        return Response.dropped()
+    if faults.roll("order_5xx"):
+        row["reply_status"] = 503
+        return Response.json(503, UNKNOWN_ERROR)
+    return None
 
 
 def _missing(name: str) -> ApiError:
@@ -99,9 +119,12 @@ class OrderApi:
     def __init__(self, rest: Rest, account: Account, auth: Auth, *,
                  slippage_bps: float = DEFAULT_SLIPPAGE_BPS,
                  taker_fee: float = DEFAULT_TAKER_FEE,
-                 publish: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """`publish`: where the fills' user data events go (userstream.UserEvents)."""
+                 publish: Callable[[dict[str, Any]], None] | None = None,
+                 faults: Faults | None = None) -> None:
+        """`publish`: where the fills' user data events go (userstream.UserEvents);
+        `faults`: lost_reply / order_5xx strike accepted POSTs (`uncertain_reply`)."""
         self.account, self.auth = account, auth
+        self.faults = faults
         self.slippage_bps, self.taker_fee = slippage_bps, taker_fee
         self.publish = publish
         self.next_id = FIRST_ORDER_ID
@@ -131,6 +154,9 @@ class OrderApi:
         except ApiError as exc:
             self._record(params, now, exc)
             raise
+        row = next(o for o in reversed(self.account.orders) if o.get("payload") is payload)
+        if (fault := uncertain_reply(self.faults, row)) is not None:
+            return fault
         ack = {k: v for k, v in payload.items() if k not in ("avgPrice", "cumQuote")}
         ack.update(status="NEW", executedQty=self.account.series(str(payload["symbol"])
                                                                  ).qty(0.0),

@@ -35,6 +35,7 @@ from qtraderd.venues.sim.candles import (
     partial,
 )
 from qtraderd.venues.sim.faults import Faults, FaultSpec
+from qtraderd.venues.sim.funding import DEFAULT_FUNDING_INTERVAL_H, DEFAULT_FUNDING_RATE, Funding
 from qtraderd.venues.sim.orders import DEFAULT_SLIPPAGE_BPS, DEFAULT_TAKER_FEE, OrderApi
 from qtraderd.venues.sim.rest import WEIGHT_LIMIT, Rest
 from qtraderd.venues.sim.streams import Hub, StreamOptions
@@ -73,7 +74,7 @@ class SimServer:
     `data_ended` (trio.Event), `faults` (its `counts`), `rest`, `hub`, `clock`,
     `account` (balances, positions, settings; see account.py), `algo_api` (algo orders;
     see algo.py), `api_key`, `api_secret`, `user_events` (listenKeys, private streams,
-    `publish`; see userstream.py)."""
+    `publish`; see userstream.py), `funding` (settlements in sim time; funding.py)."""
 
     def __init__(self, market: Market, *, speed: float = 1.0, port: int = 0,
                  host: str = "127.0.0.1", faults: FaultSpec | str | None = None,
@@ -84,14 +85,17 @@ class SimServer:
                  balances: dict[str, float] | None = None,
                  slippage_bps: float = DEFAULT_SLIPPAGE_BPS,
                  taker_fee: float = DEFAULT_TAKER_FEE,
-                 listen_key_validity_s: float = LISTEN_KEY_VALIDITY_S) -> None:
+                 listen_key_validity_s: float = LISTEN_KEY_VALIDITY_S,
+                 funding_interval_h: float = DEFAULT_FUNDING_INTERVAL_H,
+                 funding_rate: float = DEFAULT_FUNDING_RATE) -> None:
         """`paused`: the clock starts at `resume()`; `hold`: it starts with the first
         connection (REST or stream), so a client started after the simulator misses no
         live candle, yet never sees a clock that stands still after it has looked.
         `api_key`/`api_secret`: the pair signed requests must use (both None: a random
         pair, `key_generated` True); `balances`: the account's assets (default USDT
         10000); `slippage_bps`/`taker_fee`: MARKET fills (orders.py);
-        `listen_key_validity_s`: a listenKey's life after its last keep-alive (wall)."""
+        `listen_key_validity_s`: a listenKey's life after its last keep-alive (wall);
+        `funding_interval_h`/`funding_rate`: funding settlements in sim time (funding.py)."""
         if not speed > 0:
             raise SimInputError(f"--speed: expected a number > 0, got {speed}")
         self.market = market
@@ -124,11 +128,18 @@ class SimServer:
         self.user_events.add_routes(self.rest)
         self.order_api = OrderApi(self.rest, self.account, auth,
                                   slippage_bps=slippage_bps, taker_fee=taker_fee,
-                                  publish=self.user_events.publish)
+                                  publish=self.user_events.publish, faults=self.faults)
         # algo orders trigger on the kline updates _schedule publishes; their ALGO_UPDATE
         # events go to the account's user data streams
         self.algo_api = AlgoApi(self.rest, self.account, auth, self.order_api,
                                 publish=self.user_events.publish)
+        if not funding_interval_h > 0:
+            raise SimInputError(f"--funding-interval-h: expected hours > 0, got "
+                                f"{funding_interval_h}")
+        self.funding = Funding(self.account, self.user_events.publish,
+                               interval_h=funding_interval_h, rate=funding_rate)
+        self.account.extra_state.update(faults=lambda: dict(self.faults.counts),
+                                        funding=self.funding.state)
         self.data_ended = trio.Event()
         self.paused = paused or hold
         self.hold = hold
@@ -205,6 +216,7 @@ class SimServer:
                     payload = kline_event(s, c, m.interval, iv, i, at, closed)
                     self.hub.publish(name, msgspec.json.encode(payload).decode(), closed)
                     self.algo_api.check(s.symbol, c[4], at)
+                self.funding.check(at)
                 if closed:
                     self.closed_klines += len(due)
         self.data_ended.set()

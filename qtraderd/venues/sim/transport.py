@@ -57,9 +57,17 @@ class Request:
 
 @dataclass
 class Response:
+    """An HTTP answer. `lost`: send nothing and close the connection (a reply lost on the
+    way, the `lost_reply` fault): the client sees the server disconnect."""
+
     status: int
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    lost: bool = False
+
+    @classmethod
+    def dropped(cls) -> Response:
+        return cls(0, lost=True)
 
     @classmethod
     def json(cls, status: int, payload: object, headers: list[tuple[str, str]] | None = None
@@ -267,6 +275,8 @@ async def serve_connection(stream: trio.SocketStream, http: HttpHandler, ws: WsH
             except Exception:
                 log.exception("exchange-sim: handler failed for %s %s", req.method, req.path)
                 resp = Response.json(500, {"code": -1000, "msg": "Internal error."})
+            if resp.lost:
+                return  # closed below without a byte of answer
             await _send_response(conn, stream, resp)
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return

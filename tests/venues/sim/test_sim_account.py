@@ -132,8 +132,10 @@ async def test_endpoints_have_the_shared_payloads_shapes(start_sim: StartSim) ->
         r = await s.call("GET", "/fapi/v1/openOrders")
         assert int(r.headers["X-MBX-USED-WEIGHT-1M"]) == before + 40
         state = (await client.get("/sim/state")).json()  # unsigned
-        assert state == {"orders": [], "algo_orders": [], "positions": [],
-                         "balances": {"USDT": "10000.00000000"}}
+        assert state["funding"]["fees"] == {} and state["faults"] == {}
+        assert {k: v for k, v in state.items() if k not in ("faults", "funding")} == {
+            "orders": [], "algo_orders": [], "positions": [],
+            "balances": {"USDT": "10000.00000000"}}
 
 
 async def test_balances_option_and_a_position_show_in_every_view(start_sim: StartSim,
