@@ -60,7 +60,8 @@ class ExecutionActor(Actor):
                  to_recorder: trio.MemorySendChannel[list[Step] | Journal],
                  clock: ReplayClock | None = None, run_id: int = 0,
                  saved: dict[str, Any] | None = None,
-                 checkpoint_steps: int = EVERY_STEPS) -> None:
+                 checkpoint_steps: int = EVERY_STEPS,
+                 journal: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__()
         self.checkpoint_steps = checkpoint_steps
         self.broker = broker
@@ -89,9 +90,15 @@ class ExecutionActor(Actor):
         # A live venue: an order's row is committed before its request leaves (Journal)
         self.journal_first = bool(getattr(broker, "journal_first", False))
         self.journaled = 0
+        self.journal = journal  # (client id, symbol) SQLite holds as sent, not finished
+        self._alerts: list[str] | None = getattr(broker, "alerts", None)
+        self._pump = getattr(broker, "run", None)  # a live broker's user-stream task
 
     async def reconcile(self) -> None:
-        await self.broker.reconcile(self.saved)
+        if self.journal_first:  # a live venue also looks up what SQLite journaled
+            await self.broker.reconcile(self.saved, self.journal)  # type: ignore[call-arg]
+        else:
+            await self.broker.reconcile(self.saved)
         self.book.restore(self.broker.open_orders())
         self.reconciled = True
         log.info("broker reconciled: %s, %d open orders",
@@ -99,6 +106,15 @@ class ExecutionActor(Actor):
                  len(self.book.states))
 
     async def run(self) -> None:
+        if self._pump is None:
+            await self._run()
+            return
+        async with trio.open_nursery() as nursery:  # the live broker's event pump
+            await nursery.start(self._pump)
+            await self._run()
+            nursery.cancel_scope.cancel()
+
+    async def _run(self) -> None:
         if not self.reconciled:
             await self.reconcile()
         if self._awaiting_b:  # restarted between the two phases of a step
@@ -205,8 +221,12 @@ class ExecutionActor(Actor):
         self.accounts = tuple(v for _, v in sorted(self._accounts.items()))
         self.fills += len(fills)
         self.trades += len(closed)
+        alerts: tuple[str, ...] = ()
+        if self._alerts is not None and self._alerts:  # a live broker's reconcile findings
+            alerts = tuple(self._alerts)
+            self._alerts.clear()
         return replace(step, fills=tuple(fills), closed=tuple(closed), positions=positions,
-                       accounts=self.accounts, orders=tuple(moves))
+                       accounts=self.accounts, orders=tuple(moves), venue_alerts=alerts)
 
     def _move(self, ev: OrderUpdate) -> OrderUpdate | None:
         """Apply one lifecycle event; refused or repeated moves are left out of the step."""

@@ -239,6 +239,8 @@ class RiskActor(StepActor):
             log.info("symbol resumed: %s (pause expired)", ev.symbol)
             events.append(ev)
         self._count_rejections(step)
+        for alert in step.venue_alerts:
+            self._venue_halt(alert, step.close_ts)
         self._evaluate(step.accounts, step.close_ts)
         events.extend(self._pending_events)
         self._pending_events = []
@@ -257,6 +259,17 @@ class RiskActor(StepActor):
             self.plugins.step_events(step, events)
         return replace(step, intents=tuple(intents), decisions=tuple(decisions),
                        risk_state=self.state, risk_events=(*step.risk_events, *events))
+
+    def _venue_halt(self, alert: str, ts: int) -> None:
+        """The venue found something trading must not go on with (an unknown position on
+        the exchange): a halt that holds like `ctl halt`, until `ctl resume`."""
+        if not self.manual_halt:
+            self.manual_reason = alert
+        self.manual_halt = True
+        if self.state != HALTED:
+            self._transition(HALTED, "MANUAL", alert, ts)
+        else:
+            log.warning("risk: venue alert while halted: %s", alert)
 
     def _count_rejections(self, step: Step) -> None:
         """Add the step's REJECTED updates to the window (at the step's close time) and

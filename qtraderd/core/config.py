@@ -57,6 +57,13 @@ class FeedConfig:
 
 
 @dataclass(frozen=True)
+class ReconcileConfig:
+    """What a live start or reconnect does with a position qtraderd did not open."""
+
+    unknown_positions: str = _spec("halt", choices=("halt", "adopt", "flatten"))
+
+
+@dataclass(frozen=True)
 class ExchangeConfig:
     """Where the Binance USD-M feed connects and how it behaves. `base_url` / `ws_url` are
     empty for testnet and production (each environment's hosts are fixed, see
@@ -83,6 +90,10 @@ class ExchangeConfig:
     planned_reconnect_h: float = _spec(23.5, positive=True, hi=23.99,
                                        help="hours after which a connection is replaced "
                                             "(overlapping; Binance cuts at 24 h)")
+    working_type: str = _spec("MARK_PRICE", choices=("MARK_PRICE", "CONTRACT_PRICE"),
+                              help="price that triggers live stops and take-profits")
+    listen_key_keepalive_s: float = _spec(1800.0, positive=True, hi=3500.0,
+                                          help="user stream listenKey keep-alive interval")
 
     @property
     def rest_url(self) -> str:
@@ -323,6 +334,7 @@ class Config:
     seed: int = _spec(42, lo=0, hi=2**32 - 1)
     feed: FeedConfig = field(default_factory=FeedConfig)
     exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     account: AccountConfig = field(default_factory=AccountConfig)
     costs: CostsConfig = field(default_factory=CostsConfig)
     sizing: SizingConfig = field(default_factory=SizingConfig)

@@ -292,6 +292,9 @@ class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
     # the first step of a fresh run only: the stored bars before it (oldest first), which
     # the predictor's features, windows and regimes warm up on; nothing trades on them
     history: tuple[Bar, ...] = ()
+    # what the venue found that must stop trading (a live reconcile's unknown position):
+    # risk halts on it, as on `ctl halt`, until `ctl resume`
+    venue_alerts: tuple[str, ...] = ()
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True):

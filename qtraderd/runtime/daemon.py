@@ -239,7 +239,7 @@ class Daemon:
             symbols = self._symbols(conn)
             self.source, self.broker, self.clock = build_venue(
                 cfg, self.state_dir, symbols, parse_time("feed.start", cfg.feed.start),
-                parse_time("feed.end", cfg.feed.end))
+                parse_time("feed.end", cfg.feed.end), self.credentials)
             try:
                 load_state_dir(self.state_dir)
                 await self._prepare_source(conn)
@@ -288,13 +288,19 @@ class Daemon:
         prepare = getattr(self.source, "prepare", None)
         if prepare is None:
             return
+        from qtraderd.venues.binance.account_setup import AccountSetupError
         from qtraderd.venues.binance.rest import RestError
         from qtraderd.venues.binance.warmup import SymbolError
 
         self.service.notifier.status("warming up: backfilling history from the exchange")
         try:
-            await prepare(conn)
-        except SymbolError as exc:
+            instruments = await prepare(conn)
+            prepare_account = getattr(self.broker, "prepare", None)
+            if prepare_account is not None:  # live: the account set up to trade them
+                log.info("live trading on Binance USD-M %s (%s)", self.cfg.exchange.environment,
+                         self.cfg.exchange.rest_url)
+                await prepare_account(instruments)
+        except (SymbolError, AccountSetupError) as exc:
             raise DaemonError(str(exc)) from None
         except RestError as exc:
             raise DaemonUnavailable(f"exchange start-up failed: {exc}") from None
@@ -331,10 +337,17 @@ class Daemon:
         self.feed = FeedActor(source, feed_tx, interval_ms,
                               math.inf if live else cfg.feed.speed,  # live: paced by time
                               hold_at_end=not cfg.feed.exit_at_end)
+        journal: tuple[tuple[str, str], ...] = ()
+        if getattr(self.broker, "journal_first", False):  # live: orders possibly in flight
+            self.broker.run_id = self.run_id  # type: ignore[attr-defined]
+            journal = tuple(conn.execute(
+                "SELECT client_id, symbol FROM orders WHERE run_id=? AND client_id IS NOT "
+                "NULL AND status IN ('new', 'accepted', 'partially_filled')",
+                (self.run_id,)).fetchall())
         self.execution = ExecutionActor(
             self.broker, feed_rx, mon_tx, back_rx, rec_tx,
             self.clock if isinstance(self.clock, ReplayClock) else None, run_id=self.run_id,
-            checkpoint_steps=cfg.store.checkpoint_steps)
+            checkpoint_steps=cfg.store.checkpoint_steps, journal=journal)
         self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
         if cfg.plugins.enabled:  # loaded now, in name order: every run starts the same way
             self.plugins = PluginHost(cfg.plugins, self.plugins_dir)
