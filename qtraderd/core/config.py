@@ -74,6 +74,8 @@ class ExchangeConfig:
     base_url: str = _spec("", help="REST root (custom only), e.g. http://127.0.0.1:8765")
     ws_url: str = _spec("", help="WebSocket root (custom only), e.g. ws://127.0.0.1:8765")
     recv_window: int = _spec(5000, lo=1, hi=60_000, help="ms a signed request stays valid")
+    margin_type: str = _spec("ISOLATED", choices=("ISOLATED", "CROSSED"),
+                             help="set on every traded symbol at a live start")
     stream_timeout_s: float = _spec(30.0, positive=True, hi=3600.0,
                                     help="no frame on a stream connection this long: reconnect")
     close_deadline_s: float = _spec(5.0, positive=True, hi=3600.0,

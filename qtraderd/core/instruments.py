@@ -21,6 +21,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,18 @@ def from_filters(symbol: str, base: str, quote: str,
                       step_size=float(lot.get("stepSize", 0)),
                       min_qty=float(lot.get("minQty", 0)),
                       min_notional=float(notional.get("notional", 0)))
+
+
+def on_grid(x: float, step: float, *, down: bool = False) -> str:
+    """`x` on the grid of `step` (nearest, or rounded down), as the decimal string Binance
+    expects; a 0 step (not enforced) keeps `x` as it is. The one rounding function for
+    order quantities and prices (the Binance trading and algo-order clients use it)."""
+    d = Decimal(repr(float(x)))
+    if not step:
+        return format(d.normalize(), "f")
+    s = Decimal(repr(float(step))).normalize()
+    n = (d / s).quantize(Decimal(1), rounding=ROUND_DOWN if down else ROUND_HALF_UP)
+    return format((n * s).quantize(s), "f")
 
 
 def write_file(path: Path, instruments: Iterable[Instrument]) -> None:

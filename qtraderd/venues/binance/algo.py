@@ -20,12 +20,11 @@ for events. Numbers arrive as decimal strings ("" when not applicable) and becom
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
 import msgspec
 
-from qtraderd.core.instruments import Instrument
+from qtraderd.core.instruments import Instrument, on_grid
 from qtraderd.venues.binance.payloads import PayloadError
 from qtraderd.venues.binance.rest import RestClient
 
@@ -231,20 +230,6 @@ def parse_algo_update(raw: bytes | str) -> AlgoUpdate:
         avg_price=_num(o.ap, f"{w} ap"), executed_qty=_num(o.aq, f"{w} aq"),
         update_time=ev.T, trigger_time=o.tt, reason=o.rm)
     return AlgoUpdate(event_time=ev.E, transaction_time=ev.T, order=order)
-
-
-# ------------------------------------------------------------------- formatting
-
-
-def on_grid(x: float, step: float, *, down: bool = False) -> str:
-    """`x` on the grid of `step` (nearest, or rounded down), as the decimal string Binance
-    expects; a 0 step (not enforced) keeps `x` as it is."""
-    d = Decimal(repr(float(x)))
-    if not step:
-        return format(d.normalize(), "f")
-    s = Decimal(repr(float(step))).normalize()
-    n = (d / s).quantize(Decimal(1), rounding=ROUND_DOWN if down else ROUND_HALF_UP)
-    return format((n * s).quantize(s), "f")
 
 
 # ------------------------------------------------------------------- calls

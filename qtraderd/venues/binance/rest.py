@@ -7,6 +7,12 @@ banned:
   exchangeInfo's `rateLimits`) and reports what is used in `X-MBX-USED-WEIGHT-1M`. Each
   request reserves its known weight first; when the minute's budget (the limit less a
   margin) would be exceeded, the request waits for the next minute instead of being sent.
+* Order rate. Binance counts orders placed per account, 300 per 10 s and 1,200 per minute
+  (BINANCE.md), and reports them in `X-MBX-ORDER-COUNT-10S` / `-1M` on order answers.
+  Each order request (POST /fapi/v1/order, /fapi/v1/algoOrder, /fapi/v1/batchOrders)
+  reserves one of each first; a reservation that would pass either budget (the limit less
+  `order_margin`) waits for the window to roll. The headers' figures are adopted when
+  larger: another process on the same account counts too.
 * `429` (too many requests) pauses every call for `Retry-After` seconds, then retries.
 * `418` (IP banned, after ignoring 429s) stops every call until the ban ends: one error
   line when it starts, one line when calls resume. Hammering a banned IP lengthens the ban.
@@ -66,6 +72,10 @@ __all__ = ["KLINES_PAGE", "BinanceAPIError", "PayloadError", "RestClient", "Rest
 
 KLINES_PAGE = 1500  # Binance's largest `limit` for /fapi/v1/klines
 WEIGHT_HEADER = "x-mbx-used-weight-1m"
+ORDER_HEADERS = ("x-mbx-order-count-10s", "x-mbx-order-count-1m")
+ORDER_WINDOWS_MS = (10_000, 60_000)
+# Requests that place orders (and count against the account's order rate).
+ORDER_PATHS = frozenset({"/fapi/v1/order", "/fapi/v1/algoOrder", "/fapi/v1/batchOrders"})
 # Known request weights (Binance USD-M docs); klines' depends on `limit`.
 WEIGHTS = {"/fapi/v1/time": 1, "/fapi/v1/exchangeInfo": 1, "/fapi/v1/ping": 1}
 METHODS = ("GET", "POST", "PUT", "DELETE")
@@ -124,7 +134,9 @@ class RestClient:
                  backoff_s: float = 0.5, backoff_max_s: float = 30.0,
                  ban_default_s: float = 120.0, seed: int = 0,
                  now_ms: Callable[[], int] = _wall_ms, offset_log_ms: int = 500,
-                 credentials: ApiCredentials | None = None, recv_window: int = 5000) -> None:
+                 credentials: ApiCredentials | None = None, recv_window: int = 5000,
+                 order_limit_10s: int = 300, order_limit_1m: int = 1200,
+                 order_margin: float = 0.1) -> None:
         self.base_url = base_url.rstrip("/")
         self.weight_limit = weight_limit
         self.weight_margin = weight_margin
@@ -147,6 +159,11 @@ class RestClient:
         self.credentials = credentials
         self.recv_window = recv_window
         self.resyncs = 0  # clock re-measured after -1021
+        self.order_limits = (order_limit_10s, order_limit_1m)
+        self.order_margin = order_margin
+        self._order_windows = [-1, -1]  # exchange 10 s / minute windows of the counts
+        self._orders = [0, 0]  # orders placed in them: headers' figures + our reservations
+        self.orders_throttled = 0
         if credentials is not None:
             install_log_redaction()
 
@@ -288,7 +305,17 @@ class RestClient:
                 "offset_ms": self.offset_ms, "requests": self.requests,
                 "retries": self.retries, "throttled": self.throttled,
                 "rate_limited": self.rate_limited, "bans": self.bans, "banned": banned,
-                "resyncs": self.resyncs, "last_error": self.last_error}
+                "resyncs": self.resyncs, "last_error": self.last_error,
+                **self.order_status()}
+
+    def order_status(self) -> dict[str, Any]:
+        """Orders counted in the current 10 s and minute windows, the limits, and how
+        often an order waited for a window to roll."""
+        self._roll_order_windows()
+        return {"orders_10s": self._orders[0], "orders_1m": self._orders[1],
+                "order_limit_10s": self.order_limits[0],
+                "order_limit_1m": self.order_limits[1],
+                "orders_throttled": self.orders_throttled}
 
     # ------------------------------------------------------------------------ plumbing
 
@@ -311,6 +338,39 @@ class RestClient:
             log.info("REST weight %d/%d used this minute: waiting %.1f s before the next "
                      "request", self._used, self.weight_limit, wait_ms / 1000)
             await trio.sleep(max(wait_ms, 1) / 1000)
+
+    def _roll_order_windows(self) -> list[int]:
+        now = self.server_now_ms()
+        for i, span in enumerate(ORDER_WINDOWS_MS):
+            w = now // span
+            if w != self._order_windows[i]:
+                self._order_windows[i], self._orders[i] = w, 0
+        return self._order_windows
+
+    async def _reserve_order(self) -> None:
+        """Count one order in both windows, waiting first while either is at its budget."""
+        while True:
+            windows = self._roll_order_windows()
+            wait_ms = 0
+            for i, span in enumerate(ORDER_WINDOWS_MS):
+                budget = max(1, math.floor(self.order_limits[i] * (1.0 - self.order_margin)))
+                if self._orders[i] + 1 > budget:
+                    wait_ms = max(wait_ms, (windows[i] + 1) * span - self.server_now_ms() + 50)
+            if wait_ms <= 0:
+                self._orders[0] += 1
+                self._orders[1] += 1
+                return
+            self.orders_throttled += 1
+            log.info("REST order rate %d/10s %d/min used: waiting %.1f s before the next "
+                     "order", self._orders[0], self._orders[1], wait_ms / 1000)
+            await trio.sleep(max(wait_ms, 1) / 1000)
+
+    def _note_orders(self, resp: httpx.Response) -> None:
+        self._roll_order_windows()
+        for i, name in enumerate(ORDER_HEADERS):
+            raw = resp.headers.get(name)
+            if raw is not None and raw.isdigit():
+                self._orders[i] = max(self._orders[i], int(raw))
 
     def _note_weight(self, resp: httpx.Response) -> None:
         raw = resp.headers.get(WEIGHT_HEADER)
@@ -380,9 +440,12 @@ class RestClient:
     async def _request(self, method: str, path: str, params: dict[str, Any] | None,
                        weight: int, *, signed: bool = False, keyed: bool = False) -> bytes:
         what = f"{method} {path}"
+        is_order = signed and method == "POST" and path in ORDER_PATHS
         attempt = 0
         while True:
             await self._wait_unblocked()
+            if is_order:
+                await self._reserve_order()
             await self._reserve(weight)
             self.requests += 1
             sent = True
@@ -396,6 +459,8 @@ class RestClient:
                 sent = not isinstance(exc, _NOT_SENT)
             else:
                 self._note_weight(resp)
+                if is_order:
+                    self._note_orders(resp)
                 status = resp.status_code
                 if status == 200:
                     return resp.content

@@ -182,6 +182,7 @@ class Account:
     clock: SimClock
     balances: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_BALANCES))
     dual_side: bool = False
+    multi_assets: bool = False  # Multi-Assets mode (GET /fapi/v1/multiAssetsMargin)
     settings: dict[str, SymbolSettings] = field(default_factory=dict)
     positions: dict[tuple[str, str], Position] = field(default_factory=dict)
     orders: list[dict[str, object]] = field(default_factory=list)
@@ -336,7 +337,7 @@ class Account:
                     "positionAmt": s.qty(p.amount), "updateTime": p.update_time})
         return {
             "feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True,
-            "updateTime": 0, "multiAssetsMargin": False, "tradeGroupId": -1,
+            "updateTime": 0, "multiAssetsMargin": self.multi_assets, "tradeGroupId": -1,
             "totalInitialMargin": f"{t['initial']:.8f}",
             "totalMaintMargin": f"{t['maint']:.8f}",
             "totalWalletBalance": f"{t['wallet']:.8f}",
@@ -373,6 +374,7 @@ class AccountApi:
         signed = (
             ("GET", "/fapi/v1/positionSide/dual", self.get_dual, 30),
             ("POST", "/fapi/v1/positionSide/dual", self.set_dual, 1),
+            ("GET", "/fapi/v1/multiAssetsMargin", self.get_multi_assets, 30),
             ("POST", "/fapi/v1/leverage", self.set_leverage, 1),
             ("POST", "/fapi/v1/marginType", self.set_margin_type, 1),
             ("GET", "/fapi/v2/account", self.get_account, 5),
@@ -421,6 +423,9 @@ class AccountApi:
         acc.positions.clear()
         return Response.json(200, {"code": 200, "msg": "success"})
 
+    async def get_multi_assets(self, req: Request, params: Params) -> Response:
+        return Response.json(200, {"multiAssetsMargin": self.account.multi_assets})
+
     async def set_leverage(self, req: Request, params: Params) -> Response:
         symbol = self._symbol(params, True)
         assert symbol is not None
@@ -442,6 +447,9 @@ class AccountApi:
         st = self.account.settings[symbol]
         if want == st.margin_type:
             raise ApiError(400, -4046, "No need to change margin type.")
+        if want == "ISOLATED" and self.account.multi_assets:
+            raise ApiError(400, -4168, "Unable to adjust to isolated-margin mode under the "
+                                       "Multi-Assets mode.")
         if any(p.symbol == symbol for p in self.account.open_positions()):
             raise ApiError(400, -4048, "Margin type cannot be changed if there exists "
                                        "position.")

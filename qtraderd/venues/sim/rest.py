@@ -6,6 +6,9 @@ Weight is counted per minute of wall time (trio's clock), like Binance's
 `Retry-After` (seconds to the next minute). Errors use Binance's body
 `{"code": -NNNN, "msg": "..."}` with its codes: -1121 unknown symbol, -1120 bad interval,
 -1102 missing parameter, -1100 malformed number, -1130 bad limit, -1023 start after end.
+Orders placed (POST /fapi/v1/order, /fapi/v1/algoOrder) are also counted per account in
+10 s and 1 min windows of wall time (`OrderMeter`, Binance's 300 / 1,200), reported in
+`X-MBX-ORDER-COUNT-10S` / `-1M` on those answers; over a limit: 429, -1015.
 `add_route` lets later work (order endpoints) serve more paths through the same weight,
 fault and error handling.
 """
@@ -27,6 +30,8 @@ BINANCE_INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h
                      "1d", "3d", "1w", "1M")
 KLINES_DEFAULT_LIMIT, KLINES_MAX_LIMIT = 500, 1500
 WEIGHT_LIMIT = 2400  # request weight per minute per IP (USD-M and COIN-M together)
+ORDER_LIMITS = (300, 1200)  # orders per 10 s and per minute per account
+ORDER_ROUTES = frozenset({("POST", "/fapi/v1/order"), ("POST", "/fapi/v1/algoOrder")})
 
 Handler = Callable[[Request], Awaitable[Response]]
 WeightFn = Callable[[Request], int]
@@ -38,6 +43,7 @@ class ApiError(Exception):
     def __init__(self, status: int, code: int, msg: str) -> None:
         super().__init__(msg)
         self.status, self.code, self.msg = status, code, msg
+        self.retry_after = 0  # seconds, for a 429
 
 
 def klines_weight(limit: int) -> int:
@@ -71,6 +77,44 @@ class WeightMeter:
         return max(1, math.ceil(60 - trio.current_time() % 60))
 
 
+class OrderMeter:
+    """Orders placed in the current 10 s and 1 min windows of wall time (trio's clock).
+    `limits` may be lowered by tests."""
+
+    SPANS = (10, 60)
+
+    def __init__(self, limits: tuple[int, int] = ORDER_LIMITS) -> None:
+        self.limits = limits
+        self.windows = [-1, -1]
+        self.counts = [0, 0]
+
+    def _roll(self) -> None:
+        now = trio.current_time()
+        for i, span in enumerate(self.SPANS):
+            w = int(now // span)
+            if w != self.windows[i]:
+                self.windows[i], self.counts[i] = w, 0
+
+    def add(self) -> ApiError | None:
+        """Count one order; None if accepted, else Binance's refusal (-1015, the order is
+        not counted) with the seconds until the full window rolls as `retry_after`."""
+        self._roll()
+        for i, span in enumerate(self.SPANS):
+            if self.counts[i] + 1 > self.limits[i]:
+                err = ApiError(429, -1015, f"Too many new orders; current limit is "
+                                           f"{self.limits[i]} orders per "
+                                           f"{('TEN_SECONDS', 'MINUTE')[i]}.")
+                err.retry_after = max(1, math.ceil(span - trio.current_time() % span))
+                return err
+        self.counts = [c + 1 for c in self.counts]
+        return None
+
+    def headers(self) -> list[tuple[str, str]]:
+        self._roll()
+        return [("X-MBX-ORDER-COUNT-10S", str(self.counts[0])),
+                ("X-MBX-ORDER-COUNT-1M", str(self.counts[1]))]
+
+
 @dataclass
 class Route:
     handler: Handler
@@ -86,6 +130,7 @@ class Rest:
         self.clock = clock
         self.faults = faults
         self.weights = WeightMeter(weight_limit)
+        self.orders = OrderMeter()
         self.banned_until = 0.0  # trio time; an http418 fault bans every request until then
         self.requests = 0
         self.routes: dict[tuple[str, str], Route] = {}
@@ -106,6 +151,8 @@ class Rest:
         except ApiError as exc:
             resp = Response.json(exc.status, {"code": exc.code, "msg": exc.msg})
         resp.headers.append(("X-MBX-USED-WEIGHT-1M", str(self.weights.current())))
+        if (req.method, req.path) in ORDER_ROUTES:
+            resp.headers.extend(self.orders.headers())
         return resp
 
     async def _dispatch(self, req: Request) -> Response:
@@ -138,6 +185,9 @@ class Rest:
             weight = 1
         if self.weights.add(weight) > self.weights.limit:
             return self._too_many(self.weights.retry_after())
+        if (req.method, req.path) in ORDER_ROUTES and (err := self.orders.add()):
+            return Response.json(err.status, {"code": err.code, "msg": err.msg},
+                                 [("Retry-After", str(err.retry_after))])
         return await route.handler(req)
 
     def _banned(self) -> Response:
