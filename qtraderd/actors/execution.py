@@ -248,7 +248,8 @@ class ExecutionActor(Actor):
                 sl = self._client_id(step.seq, it.symbol, "stop_loss", used)
                 tp = self._client_id(step.seq, it.symbol, "take_profit", used)
             out.append((it.id, Order(cid, it.symbol, it.side, d.qty, it.purpose, it.reason,
-                                     it.ts, it.tp_pct, it.sl_pct, it.leverage, tp, sl)))
+                                     it.ts, it.tp_pct, it.sl_pct, it.leverage, tp, sl,
+                                     it.ref_price)))
         return out
 
     def _client_id(self, seq: int, symbol: str, purpose: str, used: set[str]) -> str:

@@ -39,7 +39,7 @@ from qtraderd.control.client import daemon_socket_path
 from qtraderd.control.schema import validated
 from qtraderd.control.server import ControlError, ControlServer
 from qtraderd.core.clock import ReplayClock, iso, wall_iso
-from qtraderd.core.config import INTERVAL_MS, Config, parse_time
+from qtraderd.core.config import INTERVAL_MS, Config, parse_time, with_changes
 from qtraderd.core.costs import CostModel
 from qtraderd.core.instruments import InstrumentError, load_state_dir, quote_asset
 from qtraderd.core.messages import Command, Record, Step
@@ -119,8 +119,9 @@ def warm_up_exchange(cfg: Config, state_dir: Path) -> None:
     train the first models on; DaemonError / DaemonUnavailable like the daemon's own."""
 
     async def main() -> None:
-        source, _, _ = build_venue(cfg, state_dir, list(cfg.feed.symbols))
-        daemon = Daemon(cfg, state_dir, state_dir)
+        feed_only = with_changes(cfg, mode="paper")  # the history alone: no account yet
+        source, _, _ = build_venue(feed_only, state_dir, list(cfg.feed.symbols))
+        daemon = Daemon(feed_only, state_dir, state_dir)
         daemon.source = source
         conn = connect(state_dir)
         try:
@@ -295,7 +296,7 @@ class Daemon:
         self.service.notifier.status("warming up: backfilling history from the exchange")
         try:
             instruments = await prepare(conn)
-            prepare_account = getattr(self.broker, "prepare", None)
+            prepare_account = getattr(getattr(self, "broker", None), "prepare", None)
             if prepare_account is not None:  # live: the account set up to trade them
                 log.info("live trading on Binance USD-M %s (%s)", self.cfg.exchange.environment,
                          self.cfg.exchange.rest_url)

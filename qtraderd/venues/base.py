@@ -45,6 +45,7 @@ class Order(msgspec.Struct, frozen=True, array_like=True, gc=False):
     leverage: float = 1.0
     tp_id: str = ""  # client id of the take-profit placed when the entry fills
     sl_id: str = ""  # client id of the stop placed when the entry fills
+    ref_price: float = 0.0  # the decision's price (a live venue checks min notional on it)
 
 
 class BarSource(Protocol):

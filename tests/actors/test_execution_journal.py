@@ -29,6 +29,9 @@ class JournalFirstBroker(PaperBroker):
         self.db = db
         self.seen: list[tuple[str, Any]] = []
 
+    async def reconcile(self, saved: Any, journal: Any = ()) -> None:  # a live broker's
+        await super().reconcile(saved)
+
     async def submit(self, order: Order) -> None:
         conn = sqlite3.connect(self.db)
         try:

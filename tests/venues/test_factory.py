@@ -40,10 +40,8 @@ async def test_paper_with_binance_is_built_dry_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("changes", "msgs"), [
-    ({"mode": "live"}, ["config key 'mode': \"live\" is not built yet (exists today: "
-                        "\"paper\")"]),
-    ({"mode": "live", "feed": {"source": "binance", "symbols": ("BTCUSDT",)}},
-     ["'mode': \"live\""]),
+    ({"mode": "live"}, ["config keys 'mode' and 'feed.source': \"live\" with \"replay\" "
+                        "is not built"]),
     ({"feed": {"source": "binance"}}, ["config key 'feed.symbols': with feed.source = "
                                        "\"binance\" name the symbols"]),
 ])
@@ -54,16 +52,14 @@ def test_unbuilt_combinations_are_refused_naming_the_key(changes, msgs) -> None:
 
 
 @pytest.mark.parametrize(("toml", "msg"), [
-    ('mode = "live"\n', "config key 'mode': \"live\" is not built yet (exists today: "
-                        "\"paper\")"),
-    ('mode = "live"\n[feed]\nsource = "binance"\nspeed = 1\nsymbols = ["BTCUSDT"]\n',
-     "config key 'mode': \"live\" is not built yet"),
+    ('mode = "live"\n', "config keys 'mode' and 'feed.source': \"live\" with \"replay\" "
+                        "is not built"),
     ('[feed]\nsource = "binance"\nspeed = 1\n',
      "config key 'feed.symbols': with feed.source = \"binance\" name the symbols"),
 ])
 def test_qtraderd_run_refuses_with_exit_2(tmp_path: Path, toml: str, msg: str) -> None:
-    """Live mode with credentials used to paper-trade stored candles silently; now the
-    process exits 2 before touching the state dir (so does a Binance feed without symbols)."""
+    """Live mode on stored candles (with credentials) used to paper-trade silently; it exits
+    2 before touching the state dir (so does a Binance feed without symbols)."""
     cfg = tmp_path / "c.toml"
     cfg.write_text(toml)
     env = {k: v for k, v in os.environ.items()

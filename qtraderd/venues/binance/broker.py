@@ -149,6 +149,10 @@ class BinanceBroker:
             self.unknown_events += 1
             log.warning("user event of unknown type ignored: %s", item.event_type)
 
+    def _quote(self, symbol: str) -> str:
+        ins = self.instruments.get(symbol)
+        return ins.quote if ins is not None else quote_asset(symbol)
+
     def _bar_ts(self, ms: int) -> int:
         return ms - ms % self.interval_ms
 
@@ -230,7 +234,7 @@ class BinanceBroker:
         sl_pct = order.sl_pct if order else 0.0
         lev = order.leverage if order else self.leverage
         pos = Position(
-            symbol=ev.symbol, quote=quote_asset(ev.symbol), side=side, qty=ev.last_qty,
+            symbol=ev.symbol, quote=self._quote(ev.symbol), side=side, qty=ev.last_qty,
             entry_price=price, entry_ts=ts,
             stop_price=price * (1 - side * sl_pct) if sl_pct > 0 else 0.0,
             take_price=price * (1 + side * tp_pct) if tp_pct > 0 else 0.0,
@@ -448,7 +452,7 @@ class BinanceBroker:
 
     def _ref(self, order: Order) -> float:
         pos = self.positions.get(order.symbol)
-        return pos.mark_price if pos is not None else 0.0
+        return pos.mark_price if pos is not None and pos.mark_price > 0 else order.ref_price
 
     async def _lookup(self, order: Order) -> bool:
         """Ask the exchange about `order` by its client id; True if it knows it (its

@@ -27,7 +27,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from qtraderd.core.enums import OrderStatus
-from qtraderd.core.instruments import quote_asset
 from qtraderd.core.messages import Fill
 from qtraderd.venues.binance import algo, trading
 from qtraderd.venues.binance.rest import BinanceAPIError
@@ -141,7 +140,7 @@ def _position(b: BinanceBroker, symbol: str, side: int, qty: float, price: float
               order_id: str, tp_pct: float, sl_pct: float, sl_id: str, tp_id: str
               ) -> Position:
     return Position(
-        symbol=symbol, quote=quote_asset(symbol), side=side, qty=qty, entry_price=price,
+        symbol=symbol, quote=b._quote(symbol), side=side, qty=qty, entry_price=price,
         entry_ts=b._last_ts,
         stop_price=price * (1 - side * sl_pct) if sl_pct > 0 else 0.0,
         take_price=price * (1 + side * tp_pct) if tp_pct > 0 else 0.0,

@@ -32,7 +32,8 @@ from tests.venues.sim.test_algo_orders import SYM, T, path_csv
 KEY, SECRET = "broker-key", "broker-secret"
 IV = 300_000
 ENTRY = Order("q7-1-PATHUSDT-E", SYM, 1, 100.0, "entry", "signal", T[0], tp_pct=0.25,
-              sl_pct=0.10, leverage=3.0, tp_id="q7-1-PATHUSDT-TP", sl_id="q7-1-PATHUSDT-SL")
+              sl_pct=0.10, leverage=3.0, tp_id="q7-1-PATHUSDT-TP", sl_id="q7-1-PATHUSDT-SL",
+              ref_price=2.0)
 
 
 async def until(what: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -76,6 +77,12 @@ def protected(b: BinanceBroker) -> bool:
 async def test_entry_protection_stop_and_sibling_cancel(nursery: trio.Nursery,
                                                         tmp_path: Path) -> None:
     sim = await start(nursery, tmp_path)
+    async with trio.open_nursery() as inner:  # the brokers stop before the simulator
+        await _entry_protection_stop(inner, sim)
+        inner.cancel_scope.cancel()
+
+
+async def _entry_protection_stop(nursery: trio.Nursery, sim: SimServer) -> None:
     b = await broker(nursery, sim)
     await b.submit(ENTRY)
     await until(lambda: protected(b))
@@ -114,6 +121,12 @@ async def test_entry_protection_stop_and_sibling_cancel(nursery: trio.Nursery,
 async def test_a_lost_reply_is_looked_up_not_resent(nursery: trio.Nursery,
                                                     tmp_path: Path) -> None:
     sim = await start(nursery, tmp_path, faults="lost_reply=1")
+    async with trio.open_nursery() as inner:
+        await _lost_reply(inner, sim)
+        inner.cancel_scope.cancel()
+
+
+async def _lost_reply(nursery: trio.Nursery, sim: SimServer) -> None:
     b = await broker(nursery, sim)
     await b.submit(ENTRY)
     await until(lambda: protected(b))
@@ -126,6 +139,12 @@ async def test_a_lost_reply_is_looked_up_not_resent(nursery: trio.Nursery,
 
 async def test_reconcile_after_a_restart(nursery: trio.Nursery, tmp_path: Path) -> None:
     sim = await start(nursery, tmp_path)
+    async with trio.open_nursery() as inner:
+        await _restarts(inner, sim)
+        inner.cancel_scope.cancel()
+
+
+async def _restarts(nursery: trio.Nursery, sim: SimServer) -> None:
     first = await broker(nursery, sim)
     await first.submit(ENTRY)
     await until(lambda: protected(first))
