@@ -82,8 +82,13 @@ class RiskActor(StepActor):
                  outbox: trio.MemorySendChannel[Step],
                  commands: trio.MemoryReceiveChannel[Command],
                  records: trio.MemorySendChannel[Record] | None = None,
-                 plugins: PluginHost | None = None) -> None:
+                 plugins: PluginHost | None = None, stale_after_ms: int | None = None
+                 ) -> None:
+        """`stale_after_ms` (live trading): an entry decided on a bar that closed longer
+        ago than this — a catch-up step after a start or an outage — is denied
+        (STALE_BAR): its order would fill at today's price, not the next open."""
         super().__init__(inbox, outbox)
+        self.stale_after_ms = stale_after_ms
         self.plugins = plugins  # risk rules and event notifications; None = no plugins
         self.records = records  # events caused by commands are written at once
         self._in_command = False
@@ -384,6 +389,9 @@ class RiskActor(StepActor):
                 deny = "SYMBOL_PAUSED"
             elif it.symbol in held:
                 deny = "POSITION_OPEN"
+            elif (self.stale_after_ms is not None
+                  and self.clock.now_ms() - step.close_ts > self.stale_after_ms):
+                deny = "STALE_BAR"
             elif it.leverage > c.max_leverage:
                 deny = "MAX_LEVERAGE"
             elif open_count >= c.max_open_positions:

@@ -310,13 +310,19 @@ class BinanceBroker:
             except BinanceAPIError as exc:
                 if exc.code == DUPLICATE_ID and await self._algo_exists(cid):
                     break
+                if exc.code == WOULD_TRIGGER:  # not a fault: the market got there first
+                    self._move(cid, pos.symbol, self._last_ts, S.CANCELLED,
+                               "level already crossed: closed at market")
+                    reason = "take_profit" if kind != "STOP_MARKET" else (
+                        "trailing_stop" if pos.trailing else "stop_loss")
+                    await self._close_now(pos, reason, cid + "X")
+                    return
                 self.protective_failed += 1
                 self._move(cid, pos.symbol, self._last_ts, S.REJECTED,
                            rejection_reason(exc.code, exc.msg))
-                log.error("protective order rejected: %s %s: %s", pos.symbol, cid, exc)
-                if exc.code == WOULD_TRIGGER:  # the level is already crossed: close now
-                    await self._close_now(pos, "stop_loss" if kind == "STOP_MARKET"
-                                          else "take_profit", cid + "X")
+                log.warning("order rejected: %s %s (%s at %.10g, position %+d at %.10g): "
+                            "%s", pos.symbol, cid, kind, level, pos.side, pos.entry_price,
+                            exc.msg)
                 return
             break
         self.protective_placed += 1
@@ -346,6 +352,9 @@ class BinanceBroker:
                 await self._cancel_protective(cid, pos.symbol, f"position closed ({reason})")
 
     async def _close_now(self, pos: Position, reason: str, cid: str) -> None:
+        """A reduce-only MARKET the broker decides itself (a level already crossed, a
+        reconcile flatten): its `new` is reported like any order's."""
+        self._move(cid, pos.symbol, self._last_ts, S.NEW, reason)
         order = Order(cid, pos.symbol, -pos.side, pos.qty, "exit", reason, self._last_ts)
         await self.submit(order)
 
