@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from qtraderd.venues.sim.candles import Market, Series, SimClock, SimInputError, partial
+from qtraderd.venues.sim.candles import Candle, Market, Series, SimClock, SimInputError, partial
 from qtraderd.venues.sim.rest import ApiError, Rest
 from qtraderd.venues.sim.transport import Request, Response
 
@@ -203,6 +203,12 @@ class Account:
         if s is None:
             raise ApiError(400, -1121, "Invalid symbol.")
         return s
+
+    def current_candle(self, symbol: str, now_ms: int) -> Candle | None:
+        """The candle open at `now_ms` (None before the data)."""
+        s = self.market.series[symbol]
+        j = s.between(-(2**62), now_ms)[1]
+        return s.candles[j - 1] if j else None
 
     def mark_price(self, symbol: str) -> float:
         """Last price at sim time (mark = last close: the simulator has no mark series)."""

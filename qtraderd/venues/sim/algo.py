@@ -350,9 +350,20 @@ class AlgoApi:
             else:
                 hit = _crossed(o.type, o.side, o.trigger_price, price)
             if hit:
-                self._trigger(o, now_ms)
+                self._trigger(o, now_ms, self._level(o, symbol, now_ms))
 
-    def _trigger(self, o: AlgoOrder, now: int) -> None:
+    def _level(self, o: AlgoOrder, symbol: str, now_ms: int) -> float | None:
+        """Where a triggered stop or take-profit executes: at its level, which the price
+        crossed between two updates — or at the candle's open when the candle opened
+        beyond it (a gap), as a backtest fills it. A trailing stop: at the last price."""
+        if o.type == "TRAILING_STOP_MARKET":
+            return None
+        c = self.account.current_candle(symbol, now_ms)
+        if c is not None and _crossed(o.type, o.side, o.trigger_price, c[1]):
+            return c[1]
+        return o.trigger_price
+
+    def _trigger(self, o: AlgoOrder, now: int, at: float | None = None) -> None:
         """TRIGGERING, a MARKET order through OrderApi, then TRIGGERED + FINISHED (or
         EXPIRED when there is nothing to reduce, REJECTED on any other refusal)."""
         acc = self.account
@@ -373,7 +384,7 @@ class AlgoApi:
                           "reduceOnly": "true" if o.close_position or o.reduce_only
                           else "false"}
         try:
-            fill = self.orders.place_market(params, now)
+            fill = self.orders.place_market(params, now, at)
         except ApiError as exc:
             o.status, o.reason = "REJECTED", exc.msg
             self._changed(o, now)

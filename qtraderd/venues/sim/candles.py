@@ -88,21 +88,50 @@ class Series:
         return bisect_left(self.times, lo), bisect_right(self.times, hi)
 
 
-def partial(c: Candle, frac: float) -> Candle:
-    """The candle as it looked `frac` (0..1) of the way through its interval.
+def _extremes(c: Candle) -> tuple[float, float]:
+    """(first, second) extreme on the candle's path: the nearer to the open first."""
+    _, o, h, low, _, _ = c
+    return (low, h) if o - low <= h - o else (h, low)
 
-    Open is real; close moves linearly from open to the real close; high and low cover
-    both, widening to the real extremes in the second half; volume grows linearly. Every
-    partial lies inside the real candle, and frac=1 gives the real candle exactly.
+
+def price_path(c: Candle, frac: float) -> float:
+    """The last price `frac` (0..1) of the way through the candle: the open for the first
+    eighth, then the nearer extreme at 1/4, the farther at 1/2, then straight to the close.
+
+    Why a path through both extremes: the price is the mark the simulator triggers stops
+    and take-profits on, so a wick must reach them as it reached the real market (a path
+    from open to close alone never touched a stop the candle's low crossed). Nearer
+    extreme first is the usual reading of an OHLC bar; with the default 3 updates per
+    candle (at 1/4, 1/2, 3/4) both extremes are published exactly. The open held for an
+    eighth of the candle is the price a market order sent right after the previous close
+    gets, as a backtest fills it at the next open.
+    """
+    _, o, _, _, cl, _ = c
+    first, second = _extremes(c)
+    if frac <= 0.125:
+        return o
+    if frac < 0.25:
+        return o + (first - o) * (frac - 0.125) / 0.125
+    if frac < 0.5:
+        return first + (second - first) * (frac - 0.25) / 0.25
+    if frac < 1.0:
+        return second + (cl - second) * (frac - 0.5) / 0.5
+    return cl
+
+
+def partial(c: Candle, frac: float) -> Candle:
+    """The candle as it looked `frac` (0..1) of the way through its interval: open real,
+    close the price path's (see price_path), high and low what the path has covered so
+    far, volume growing linearly. Every partial lies inside the real candle, and frac=1
+    gives the real candle exactly.
     """
     if frac >= 1.0:
         return c
-    t, o, h, low, cl, v = c
-    close = o + (cl - o) * frac
-    hi, lo = max(o, close), min(o, close)
-    if frac >= 0.5:
-        hi, lo = h, low
-    return (t, o, hi, lo, close, v * frac)
+    t, o, _, _, _, v = c
+    close = price_path(c, frac)
+    first, second = _extremes(c)
+    seen = [o, close] + ([first] if frac >= 0.25 else []) + ([second] if frac >= 0.5 else [])
+    return (t, o, max(seen), min(seen), close, v * frac)
 
 
 class SimClock:

@@ -163,12 +163,15 @@ class OrderApi:
                    updateTime=now)
         return Response.json(200, ack)
 
-    def place_market(self, params: Params, now: int) -> dict[str, object]:
+    def place_market(self, params: Params, now: int, at: float | None = None
+                     ) -> dict[str, object]:
         """Place a MARKET order from already-verified `params` (a triggered algo order,
         algo.py) through the same checks and fill as a POST; recorded whatever the
-        outcome. Returns the filled order's payload; raises ApiError."""
+        outcome. `at`: the price it executes at instead of the last price (a stop the
+        path crossed between two updates fills at its level). Returns the filled order's
+        payload; raises ApiError."""
         try:
-            return self._place(params, now)
+            return self._place(params, now, at)
         except ApiError as exc:
             self._record(params, now, exc)
             raise
@@ -182,7 +185,7 @@ class OrderApi:
             "closePosition": params.get("closePosition", "").lower() == "true",
             "status": "REJECTED", "code": exc.code, "msg": exc.msg, "time": now})
 
-    def _place(self, params: Params, now: int) -> dict[str, object]:
+    def _place(self, params: Params, now: int, at: float | None = None) -> dict[str, object]:
         acc = self.account
         symbol = params.get("symbol", "")
         if not symbol:
@@ -217,7 +220,7 @@ class OrderApi:
         if any(o.get("clientOrderId") == cid and "payload" in o for o in acc.orders):
             raise ApiError(400, -4116, "ClientOrderId is duplicated.")
         qty = self._quantity(params, s)
-        mark = acc.mark_price(symbol)
+        mark = acc.mark_price(symbol) if at is None else at
         price = fill_price(mark, side, self.slippage_bps, s.tick_size)
         pos = acc.positions.setdefault((symbol, "BOTH"), Position(symbol))
         signed = qty if side == "BUY" else -qty
