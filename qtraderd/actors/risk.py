@@ -84,10 +84,10 @@ class RiskActor(StepActor):
                  records: trio.MemorySendChannel[Record] | None = None,
                  plugins: PluginHost | None = None, stale_after_ms: int | None = None
                  ) -> None:
-        """`stale_after_ms` (live trading: half an interval): an entry decided on a bar
-        that closed longer ago than this — a catch-up step after a start or an outage —
-        is denied (STALE_BAR): its order would no longer fill in the next bar, as the
-        backtest assumes, but at whatever the price is now."""
+        """`stale_after_ms` (live trading: risk.max_signal_age_s): an entry decided on a
+        bar that closed longer ago than this — a catch-up step after a start or an
+        outage — is denied (STALE_BAR): its order would no longer fill near the next
+        open, as the backtest assumes, but at whatever the price is by then."""
         super().__init__(inbox, outbox)
         self.stale_after_ms = stale_after_ms
         self.plugins = plugins  # risk rules and event notifications; None = no plugins

@@ -180,6 +180,8 @@ class RiskConfig:
                                      "within rejection_window_min; 0 disables")
     rejection_window_min: float = _spec(10.0, positive=True, hi=10_080.0,
                                         help="the window of max_rejections, in minutes")
+    max_signal_age_s: float = _spec(60.0, positive=True, hi=86_400.0,
+                                    help="live: no entry on a bar that closed longer ago")
 
 
 @dataclass(frozen=True)

@@ -384,7 +384,8 @@ class Daemon:
         self.risk = RiskActor(cfg.risk, cfg.portfolio, costs, self.clock, interval_ms, risk_rx,
                               back_tx, cmd_rx, records=records_tx.clone(),
                               plugins=self.plugins,
-                              stale_after_ms=interval_ms // 2 if cfg.mode == "live" else None)
+                              stale_after_ms=int(cfg.risk.max_signal_age_s * 1000)
+                              if cfg.mode == "live" else None)
         self.recorder = RecorderActor(self.state_dir, self.run_id, rec_rx, records_rx,
                                       cfg.store.flush_rows, cfg.store.flush_ms,
                                       keep_fds=(self.lock.fd,) if self.lock.fd else ())

@@ -428,6 +428,8 @@ class BinanceBroker:
 
     async def _send(self, order: Order, inst: Instrument) -> None:
         ts = self._last_ts
+        log.info("order sent: %s %s %s %.10g (%s)", order.client_id, order.symbol,
+                 side_name(order.side), order.qty, order.reason)
         for attempt in (1, 2):
             try:
                 await trading.place_market_order(

@@ -96,26 +96,26 @@ def _extremes(c: Candle) -> tuple[float, float]:
 
 def price_path(c: Candle, frac: float) -> float:
     """The last price `frac` (0..1) of the way through the candle: the open for the first
-    eighth, then the nearer extreme at 1/4, the farther at 1/2, then straight to the close.
+    quarter, the nearer extreme at 1/2, the farther at 3/4, then straight to the close.
 
     Why a path through both extremes: the price is the mark the simulator triggers stops
     and take-profits on, so a wick must reach them as it reached the real market (a path
     from open to close alone never touched a stop the candle's low crossed). Nearer
     extreme first is the usual reading of an OHLC bar; with the default 3 updates per
-    candle (at 1/4, 1/2, 3/4) both extremes are published exactly. The open held for an
-    eighth of the candle is the price a market order sent right after the previous close
+    candle (at 1/4, 1/2, 3/4) both extremes are published exactly. The open held for a
+    quarter of the candle is the price a market order sent soon after the previous close
     gets, as a backtest fills it at the next open.
     """
     _, o, _, _, cl, _ = c
     first, second = _extremes(c)
-    if frac <= 0.125:
+    if frac <= 0.25:
         return o
-    if frac < 0.25:
-        return o + (first - o) * (frac - 0.125) / 0.125
     if frac < 0.5:
-        return first + (second - first) * (frac - 0.25) / 0.25
+        return o + (first - o) * (frac - 0.25) / 0.25
+    if frac < 0.75:
+        return first + (second - first) * (frac - 0.5) / 0.25
     if frac < 1.0:
-        return second + (cl - second) * (frac - 0.5) / 0.5
+        return second + (cl - second) * (frac - 0.75) / 0.25
     return cl
 
 
@@ -130,7 +130,7 @@ def partial(c: Candle, frac: float) -> Candle:
     t, o, _, _, _, v = c
     close = price_path(c, frac)
     first, second = _extremes(c)
-    seen = [o, close] + ([first] if frac >= 0.25 else []) + ([second] if frac >= 0.5 else [])
+    seen = [o, close] + ([first] if frac >= 0.5 else []) + ([second] if frac >= 0.75 else [])
     return (t, o, max(seen), min(seen), close, v * frac)
 
 

@@ -74,3 +74,54 @@ def outages(log_text: str) -> list[float]:
     """Seconds each dropped stream connection stayed down, from the daemon's log."""
     return [float(x) for x in re.findall(r"stream connection \d+ up .* after ([\d.]+) s down",
                                          log_text)]
+
+
+KEY, SECRET = "live-test-key", "live-test-secret"
+# Tiny test models rarely clear the costs: a loose entry rule so that runs trade.
+LOOSE = "[sizing]\nmin_edge_pct = -0.5\nmin_confidence = 0.25\n[learning]\nenabled = false\n"
+
+
+def live_env() -> dict[str, str]:
+    """The subprocess environment with the simulator's key pair as the credentials."""
+    return {**env(), "QT_BINANCE_API_KEY": KEY, "QT_BINANCE_API_SECRET": SECRET}
+
+
+def sim_keys() -> list[str]:
+    return ["--api-key", KEY, "--api-secret", SECRET, "--balance", "BTC=1"]
+
+
+async def sim_state(url: str) -> dict:
+    """The simulator's book (`GET /sim/state`)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url) as http:
+        return (await http.get("/sim/state")).json()
+
+
+def book_problems(state: dict) -> list[str]:
+    """What breaks the live invariants on the simulator's book: an order client id
+    accepted twice (one intent, at most one order); an open position without exactly one
+    stop and one take-profit; an open algo order on a symbol without a position."""
+    problems = []
+    accepted: dict[str, int] = {}
+    for o in state["orders"]:
+        if o.get("status") != "REJECTED":
+            accepted[o["clientOrderId"]] = accepted.get(o["clientOrderId"], 0) + 1
+    problems += [f"order {cid} executed {n} times" for cid, n in accepted.items() if n > 1]
+    held = {p["symbol"] for p in state["positions"] if float(p["positionAmt"]) != 0.0}
+    open_algos: dict[str, list[str]] = {}
+    for a in state["algo_orders"]:
+        if a["status"] == "NEW":
+            open_algos.setdefault(a["symbol"], []).append(a["type"])
+    for sym in held:
+        kinds = sorted(open_algos.get(sym, []))
+        if kinds != ["STOP_MARKET", "TAKE_PROFIT_MARKET"]:
+            problems.append(f"{sym}: open position protected by {kinds}")
+    problems += [f"{sym}: algo orders {kinds} without a position"
+                 for sym, kinds in open_algos.items() if sym not in held]
+    return problems
+
+
+def sim_positions(state: dict) -> dict[str, float]:
+    return {p["symbol"]: float(p["positionAmt"]) for p in state["positions"]
+            if float(p["positionAmt"]) != 0.0}
