@@ -100,6 +100,8 @@ class ExecutionActor(Actor):
         else:
             await self.broker.reconcile(self.saved)
         self.book.restore(self.broker.open_orders())
+        for cid, _symbol in self.journal:  # journaled, unsettled: reconcile settled them
+            self.book.states.setdefault(cid, OrderStatus.NEW)  # (their moves come next)
         self.reconciled = True
         log.info("broker reconciled: %s, %d open orders",
                  "restored from saved state" if self.saved else "fresh account",

@@ -86,6 +86,14 @@ def client_order_id(run_id: int, seq: int, symbol: str, purpose: str, n: int = 1
     return cid
 
 
+def client_run(client_id: str, default: int) -> int:
+    """The run whose client id this is (`q{run}-...`), else `default`: a live restart may
+    settle an order an earlier run of the state dir sent (one that died before its first
+    checkpoint), and its row is that run's."""
+    head, _, _ = client_id.partition("-")
+    return int(head[1:]) if head[:1] == "q" and head[1:].isdigit() else default
+
+
 class OrderBook:
     """The lifecycle state of every open order, by client id; terminal orders leave it."""
 

@@ -341,10 +341,10 @@ class Daemon:
         journal: tuple[tuple[str, str], ...] = ()
         if getattr(self.broker, "journal_first", False):  # live: orders possibly in flight
             self.broker.run_id = self.run_id  # type: ignore[attr-defined]
-            journal = tuple(conn.execute(
-                "SELECT client_id, symbol FROM orders WHERE run_id=? AND client_id IS NOT "
-                "NULL AND status IN ('new', 'accepted', 'partially_filled')",
-                (self.run_id,)).fetchall())
+            journal = tuple(conn.execute(  # any live run's: one may have died unresumed
+                "SELECT o.client_id, o.symbol FROM orders o JOIN runs r ON r.id = o.run_id "
+                "WHERE r.mode = 'live' AND o.client_id IS NOT NULL AND o.status IN "
+                "('new', 'accepted', 'partially_filled')").fetchall())
         self.execution = ExecutionActor(
             self.broker, feed_rx, mon_tx, back_rx, rec_tx,
             self.clock if isinstance(self.clock, ReplayClock) else None, run_id=self.run_id,

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from qtraderd.core.messages import Record, Step
+from qtraderd.core.orders import client_run
 from qtraderd.store.db import Transaction
 
 log = logging.getLogger("qtraderd.store")
@@ -126,8 +127,8 @@ def step_rows(run_id: int, step: Step, out: dict[str, list[tuple[Any, ...]]]) ->
     if step.orders:
         out["order_events"].extend((run_id, step.seq, u.ts, u.client_id, u.symbol, u.prev,
                                     u.status, u.reason) for u in step.orders)
-        out["order_status"].extend((u.status, run_id, u.client_id) for u in step.orders
-                                   if not u.intent_id)
+        out["order_status"].extend((u.status, client_run(u.client_id, run_id), u.client_id)
+                                   for u in step.orders if not u.intent_id)
     if step.fills:
         out["fills"].extend((run_id, step.seq, f.order_id, f.ts, f.symbol, f.side, f.qty,
                              f.price, f.fee, f.liquidity, f.reason) for f in step.fills)

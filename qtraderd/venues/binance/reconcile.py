@@ -59,7 +59,10 @@ async def reconcile_live(b: BinanceBroker, saved: dict[str, Any] | None,
                 if p.position_amt != 0.0}
     algos = await algo.open_algo_orders(b.rest)
     for symbol, pos in list(b.positions.items()):
-        if symbol not in exchange:
+        ex = exchange.get(symbol)
+        if ex is None or (ex.position_amt > 0) != (pos.side > 0):
+            # gone, or the other way round: closed while away (and perhaps an entry of
+            # ours or a stranger's opened since, handled below as a new position)
             await _closed_while_away(b, pos, findings)
     for symbol, ex in sorted(exchange.items()):
         pos = b.positions.get(symbol)
@@ -75,10 +78,10 @@ async def reconcile_live(b: BinanceBroker, saved: dict[str, Any] | None,
             else:
                 await _stranger(b, symbol, side, qty, ex.entry_price, findings)
                 continue
-        elif pos.side != side or abs(pos.qty - qty) > 1e-12 * max(1.0, qty):
+        elif abs(pos.qty - qty) > 1e-12 * max(1.0, qty):
             _note(b, findings, f"{symbol}: position {pos.side * pos.qty:+g} here, "
                                f"{side * qty:+g} on the exchange: the exchange's taken")
-            pos.side, pos.qty = side, qty
+            pos.qty = qty
         b.positions[symbol] = pos
     await _protection(b, algos, set(exchange), findings)
     for _, pos in sorted(b.positions.items()):

@@ -55,43 +55,61 @@ def klines_weight(limit: int) -> int:
     return 5 if limit <= 1000 else 10
 
 
-class WeightMeter:
-    """Request weight used in the current wall-clock minute."""
+def _window(clock: SimClock | None, span_s: int) -> int:
+    """The current `span_s` window: of the simulator's clock once it runs (so a sped-up
+    simulator's minute is the exchange minute its clients see), of wall time before."""
+    if clock is None or clock.t0 is None:
+        return int(trio.current_time() // span_s)
+    return -1 - clock.now_ms() // (span_s * 1000)  # negative: never a wall window
 
-    def __init__(self, limit: int = WEIGHT_LIMIT) -> None:
+
+def _left_s(clock: SimClock | None, span_s: int) -> int:
+    """Whole wall seconds until the current window rolls (for Retry-After), at least 1."""
+    if clock is None or clock.t0 is None:
+        return max(1, math.ceil(span_s - trio.current_time() % span_s))
+    left_ms = span_s * 1000 - clock.now_ms() % (span_s * 1000)
+    return max(1, math.ceil(left_ms / 1000 / clock.speed))
+
+
+class WeightMeter:
+    """Request weight used in the current minute (of the simulator's clock)."""
+
+    def __init__(self, limit: int = WEIGHT_LIMIT, clock: SimClock | None = None) -> None:
         self.limit = limit
-        self.minute = -1
+        self.clock = clock
+        self.minute = 0
         self.used = 0
 
     def add(self, weight: int) -> int:
-        minute = int(trio.current_time() // 60)
+        minute = _window(self.clock, 60)
         if minute != self.minute:
             self.minute, self.used = minute, 0
         self.used += weight
         return self.used
 
     def current(self) -> int:
-        return self.used if int(trio.current_time() // 60) == self.minute else 0
+        return self.used if _window(self.clock, 60) == self.minute else 0
 
     def retry_after(self) -> int:
-        return max(1, math.ceil(60 - trio.current_time() % 60))
+        return _left_s(self.clock, 60)
 
 
 class OrderMeter:
-    """Orders placed in the current 10 s and 1 min windows of wall time (trio's clock).
+    """Orders placed in the current 10 s and 1 min windows (of the simulator's clock).
     `limits` may be lowered by tests."""
 
     SPANS = (10, 60)
 
-    def __init__(self, limits: tuple[int, int] = ORDER_LIMITS) -> None:
+    def __init__(self, limits: tuple[int, int] = ORDER_LIMITS,
+                 clock: SimClock | None = None) -> None:
         self.limits = limits
-        self.windows = [-1, -1]
+        self.clock = clock
+        self.windows = [0, 0]
         self.counts = [0, 0]
 
     def _roll(self) -> None:
-        now = trio.current_time()
         for i, span in enumerate(self.SPANS):
-            w = int(now // span)
+            w = _window(self.clock, span)
             if w != self.windows[i]:
                 self.windows[i], self.counts[i] = w, 0
 
@@ -104,7 +122,7 @@ class OrderMeter:
                 err = ApiError(429, -1015, f"Too many new orders; current limit is "
                                            f"{self.limits[i]} orders per "
                                            f"{('TEN_SECONDS', 'MINUTE')[i]}.")
-                err.retry_after = max(1, math.ceil(span - trio.current_time() % span))
+                err.retry_after = _left_s(self.clock, span)
                 return err
         self.counts = [c + 1 for c in self.counts]
         return None
@@ -129,8 +147,8 @@ class Rest:
         self.market = market
         self.clock = clock
         self.faults = faults
-        self.weights = WeightMeter(weight_limit)
-        self.orders = OrderMeter()
+        self.weights = WeightMeter(weight_limit, clock)
+        self.orders = OrderMeter(clock=clock)
         self.banned_until = 0.0  # trio time; an http418 fault bans every request until then
         self.requests = 0
         self.routes: dict[tuple[str, str], Route] = {}

@@ -39,7 +39,7 @@ from qtraderd.venues.sim.funding import DEFAULT_FUNDING_INTERVAL_H, DEFAULT_FUND
 from qtraderd.venues.sim.orders import DEFAULT_SLIPPAGE_BPS, DEFAULT_TAKER_FEE, OrderApi
 from qtraderd.venues.sim.rest import WEIGHT_LIMIT, Rest
 from qtraderd.venues.sim.streams import Hub, StreamOptions
-from qtraderd.venues.sim.transport import Request, WebSocket, serve_connection
+from qtraderd.venues.sim.transport import Request, Response, WebSocket, serve_connection
 from qtraderd.venues.sim.userstream import LISTEN_KEY_VALIDITY_S, UserEvents
 
 log = logging.getLogger("qtraderd.sim")
@@ -141,10 +141,18 @@ class SimServer:
         self.account.extra_state.update(faults=lambda: dict(self.faults.counts),
                                         funding=self.funding.state)
         self.data_ended = trio.Event()
+        self.frozen = False  # POST /sim/freeze: the market stops where it is (tests)
+        self.rest.add_route("POST", "/sim/freeze", self._freeze, 0)
         self.paused = paused or hold
         self.hold = hold
         self._resumed = trio.Event()
         self.closed_klines = 0  # closed kline events published (per symbol, per candle)
+
+    async def _freeze(self, req: Request) -> Response:
+        """Test-only: no candle after the current one — prices stop, nothing triggers any
+        more — so a test can compare a stopped daemon's books with the simulator's."""
+        self.frozen = True
+        return Response.json(200, {"frozen": True})
 
     @property
     def url(self) -> str:
@@ -201,6 +209,8 @@ class SimServer:
         steps = self.updates_per_candle + 1
         cursor = {sym: s.between(m.start_ms, m.start_ms)[0] for sym, s in m.series.items()}
         for t in m.live_times():
+            if self.frozen:
+                break
             due = []
             for sym, s in m.series.items():
                 i = cursor[sym]

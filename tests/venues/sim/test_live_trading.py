@@ -24,9 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
+from qtraderd.control.client import CtlError, request
 from qtraderd.core.checkpoint import unpack
 from qtraderd.core.clock import iso
 from tests.venues.sim.live_helpers import (
@@ -158,14 +160,24 @@ async def _wait_for(log: Path, text: str, proc: trio.Process, after: int = 0,
             await trio.sleep(0.01)
 
 
+def _signed(rows: list[dict]) -> dict[str, float]:
+    return {p["symbol"]: (p["qty"] if p["side"] == "long" else -p["qty"]) for p in rows}
+
+
 async def _positions(state: Path) -> dict[str, float]:
+    """The daemon's positions over its control socket (what `ctl positions` asks)."""
+    try:
+        reply = await trio.to_thread.run_sync(request, state / "qtraderd.sock", "positions")
+    except CtlError as exc:
+        return {f"no answer: {exc}": 0.0}
+    return _signed(reply["result"]) if reply.get("ok") else {"error": 0.0}
+
+
+async def _ctl_positions(state: Path) -> dict[str, float]:
     got = await trio.run_process(
         [sys.executable, "-m", "qtraderd", "ctl", "--json", "--state-dir", str(state),
-         "positions"], capture_stdout=True, capture_stderr=True, check=False, env=env())
-    if got.returncode != 0:
-        return {"ctl failed": 0.0}
-    return {p["symbol"]: (p["qty"] if p["side"] == "long" else -p["qty"])
-            for p in json.loads(got.stdout)}
+         "positions"], capture_stdout=True, capture_stderr=True, check=True, env=env())
+    return _signed(json.loads(got.stdout))
 
 
 async def _agree(url: str, state: Path, timeout: float = 5.0) -> None:
@@ -186,7 +198,7 @@ async def _agree(url: str, state: Path, timeout: float = 5.0) -> None:
 async def test_kill_9_at_twenty_moments_loses_and_duplicates_nothing(trained, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(trained["models"], models)
-    start, end = window(trained, models, 400)
+    start, end = window(trained, models, 700)  # more than the kills take: frozen at the end
     speed = 1500.0
     # a third of the REST answers come 150 ms late: kills land between an order's journal
     # and its answer (the simulator executes it once the delay is over)
@@ -204,12 +216,19 @@ async def test_kill_9_at_twenty_moments_loses_and_duplicates_nothing(trained, tm
                 daemon_cmd(cfg, live, models), stdout=log.open("wb"),
                 stderr=subprocess.STDOUT, env=live_env(), cwd=tmp_path)
             at = await _wait_for(log, "broker reconciled", proc)
-            if k == 20:  # the last run goes to the end of the data
-                with trio.fail_after(120):
+            await _agree(url, live)
+            if k == 0:  # the operator's view, as JSON
+                assert await _ctl_positions(live) == await _positions(live)
+            if k == 20:  # the market stops; the daemon settles, then stops cleanly
+                await trio.sleep(0.5)
+                async with httpx.AsyncClient(base_url=url) as http:
+                    assert (await http.post("/sim/freeze")).status_code == 200
+                await _agree(url, live)
+                proc.send_signal(signal.SIGTERM)
+                with trio.fail_after(30):
                     await proc.wait()
                 assert proc.returncode == 0, log.read_text()[-4000:]
                 break
-            await _agree(url, live)
             if k % 2:  # right after an order left, before its answer
                 with trio.move_on_after(3):
                     await _wait_for(log, "order sent:", proc, at, timeout=3)
@@ -226,14 +245,16 @@ async def test_kill_9_at_twenty_moments_loses_and_duplicates_nothing(trained, tm
     assert book_problems(book) == []
     assert stored_positions(live) == sim_positions(book)
     conn = sqlite3.connect(live / "qtraderd.db")
-    runs = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
-    sent = conn.execute("SELECT count(*) FROM orders WHERE client_id IS NOT NULL AND run_id="
-                        "(SELECT max(id) FROM runs)").fetchone()[0]
+    # every restart resumed the run, unless it died before its first checkpoint
+    unresumed = conn.execute("SELECT count(*) FROM runs WHERE status='crashed'").fetchone()[0]
+    sent = conn.execute("SELECT count(*) FROM orders WHERE client_id IS NOT NULL"
+                        ).fetchone()[0]
+    journaled_open = conn.execute(
+        "SELECT client_id FROM orders WHERE client_id IS NOT NULL AND status IN ('new', "
+        "'accepted', 'partially_filled')").fetchall()
     conn.close()
-    before = sqlite3.connect(trained["state"] / "qtraderd.db")
-    assert runs == before.execute("SELECT count(*) FROM runs").fetchone()[0] + 1  # resumed
-    before.close()
-    assert sent >= 5  # it traded through the kills
+    assert unresumed <= 2 and sent >= 5  # it traded through the kills
+    assert journaled_open == []  # every order sent is settled in SQLite
 
 
 def stored_positions(state: Path) -> dict[str, float]:
