@@ -32,6 +32,7 @@ from qtraderd.core.clock import ReplayClock
 from qtraderd.core.enums import OrderStatus
 from qtraderd.core.messages import (
     AccountView,
+    Command,
     Fill,
     Journal,
     OrderUpdate,
@@ -41,7 +42,7 @@ from qtraderd.core.messages import (
     replace,
 )
 from qtraderd.core.orders import OrderBook, client_order_id
-from qtraderd.runtime.supervisor import Actor, degrade, pass_on
+from qtraderd.runtime.supervisor import Actor, answer, degrade, pass_on
 from qtraderd.store.rows import journal_records
 from qtraderd.venues.base import Broker, Order
 
@@ -61,8 +62,10 @@ class ExecutionActor(Actor):
                  clock: ReplayClock | None = None, run_id: int = 0,
                  saved: dict[str, Any] | None = None,
                  checkpoint_steps: int = EVERY_STEPS,
-                 journal: tuple[tuple[str, str], ...] = ()) -> None:
+                 journal: tuple[tuple[str, str], ...] = (),
+                 commands: trio.MemoryReceiveChannel[Command] | None = None) -> None:
         super().__init__()
+        self.commands = commands  # `ctl reconcile`
         self.checkpoint_steps = checkpoint_steps
         self.broker = broker
         self.bars_in = bars_in
@@ -108,13 +111,30 @@ class ExecutionActor(Actor):
                  len(self.book.states))
 
     async def run(self) -> None:
-        if self._pump is None:
-            await self._run()
-            return
-        async with trio.open_nursery() as nursery:  # the live broker's event pump
-            await nursery.start(self._pump)
+        async with trio.open_nursery() as nursery:
+            if self._pump is not None:  # the live broker's event pump
+                await nursery.start(self._pump)
+            if self.commands is not None:
+                nursery.start_soon(self._command_loop)
             await self._run()
             nursery.cancel_scope.cancel()
+
+    async def _command_loop(self) -> None:
+        assert self.commands is not None
+        async for cmd in self.commands:
+            now = getattr(self.broker, "reconcile_now", None)
+            if cmd.name != "reconcile":
+                answer(cmd, {"error": f"execution has no command {cmd.name!r}"})
+            elif now is None:
+                answer(cmd, {"error": "reconcile is for a live venue: the paper broker is "
+                                      "its own record"})
+            else:
+                try:
+                    found = await now()
+                except Exception as exc:  # the exchange did not answer: say so
+                    answer(cmd, {"error": f"reconcile failed: {exc}"})
+                else:
+                    answer(cmd, {"differences": found, "positions": len(self.positions)})
 
     async def _run(self) -> None:
         if not self.reconciled:

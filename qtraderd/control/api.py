@@ -72,10 +72,12 @@ def run_query(state_dir: Path, query: Callable[[sqlite3.Connection], T],
 
 class ControlAPI:
     def __init__(self, daemon: DaemonView, commands: trio.MemorySendChannel[Command],
-                 learner: trio.MemorySendChannel[Command] | None = None) -> None:
+                 learner: trio.MemorySendChannel[Command] | None = None,
+                 execution: trio.MemorySendChannel[Command] | None = None) -> None:
         self.d = daemon
         self.commands = commands
         self.learner_commands = learner
+        self.execution_commands = execution
 
     def handlers(self) -> dict[str, Handler]:
         h: dict[str, Handler] = {
@@ -93,6 +95,9 @@ class ControlAPI:
             h[name] = self._ask(self.commands, name, "risk")
         for name in LEARNER_COMMANDS:
             h[name] = self._learner_command(name)
+        if self.execution_commands is not None:
+            h["reconcile"] = self._ask(self.execution_commands, "reconcile", "execution",
+                                       timeout_s=8.0)
         return h
 
     async def _query(self, query: Callable[[sqlite3.Connection], T]) -> T:

@@ -49,6 +49,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "halt": ("halt [REASON...]", "stop new entries (risk HALTED)"),
     "resume": ("resume", "back to ACTIVE"),
     "flatten": ("flatten", "close every position at the next bar"),
+    "reconcile": ("reconcile", "live: compare positions, orders, stops and balances with the "
+                  "exchange now; prints the differences (each repaired as at a start)"),
     "pause": ("pause SYMBOL", "no new entries for SYMBOL"),
     "resume-symbol": ("resume-symbol SYMBOL", "lift the pause on SYMBOL"),
     "promote": ("promote MODEL VERSION", "make VERSION the champion of MODEL (bypasses the "

@@ -41,7 +41,7 @@ class Arg:
 
 SCHEMAS: dict[str, tuple[Arg, ...]] = {
     "status": (), "modules": (), "positions": (), "pnl": (), "models": (), "learning": (),
-    "rl": (), "plugins": (), "reload": (), "resume": (), "flatten": (),
+    "rl": (), "plugins": (), "reload": (), "resume": (), "flatten": (), "reconcile": (),
     "trades": (Arg("limit", "int", lo=1, hi=MAX_ROWS),),
     "halt": (Arg("reason", "text"),),
     "pause": (Arg("symbol", "symbol", required=True, max_len=32),),

@@ -324,12 +324,13 @@ class Daemon:
         cmd_tx, cmd_rx = trio.open_memory_channel[Command](16)
         pcmd_tx, pcmd_rx = trio.open_memory_channel[Command](16)
         lcmd_tx, lcmd_rx = trio.open_memory_channel[Command](16)
+        xcmd_tx, xcmd_rx = trio.open_memory_channel[Command](4)
         self._records = records_tx
         self.channels = {"feed": feed_tx, "monitor": mon_tx, "predictor": pred_tx,
                          "learner": learn_tx, "sizer": size_tx, "risk": risk_tx,
                          "execution_b": back_tx, "recorder": rec_tx, "records": records_tx,
                          "risk_commands": cmd_tx, "predictor_commands": pcmd_tx,
-                         "learner_commands": lcmd_tx}
+                         "learner_commands": lcmd_tx, "execution_commands": xcmd_tx}
         barriers = Barriers(cfg.sizing.take_profit_pct / 100, cfg.sizing.stop_loss_pct / 100,
                             cfg.labels.horizon_bars)
         live = cfg.feed.source != "replay"
@@ -348,7 +349,7 @@ class Daemon:
         self.execution = ExecutionActor(
             self.broker, feed_rx, mon_tx, back_rx, rec_tx,
             self.clock if isinstance(self.clock, ReplayClock) else None, run_id=self.run_id,
-            checkpoint_steps=cfg.store.checkpoint_steps, journal=journal)
+            checkpoint_steps=cfg.store.checkpoint_steps, journal=journal, commands=xcmd_rx)
         self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
         if cfg.plugins.enabled:  # loaded now, in name order: every run starts the same way
             self.plugins = PluginHost(cfg.plugins, self.plugins_dir)
@@ -399,7 +400,7 @@ class Daemon:
             intensity=cfg.runtime.restart_intensity, period_s=cfg.runtime.restart_period_s,
             backoff_s=cfg.runtime.restart_backoff_s,
             backoff_max_s=cfg.runtime.restart_backoff_max_s, on_event=self._actor_event)
-        self.api = ControlAPI(self, cmd_tx, lcmd_tx)
+        self.api = ControlAPI(self, cmd_tx, lcmd_tx, xcmd_tx)
         assert self.socket_path is not None
         cc = cfg.control  # the default timeout leaves promote / rollback time to load models
         handlers = validated({**self.api.handlers(), "reload": self._ctl_reload},

@@ -22,6 +22,7 @@ from qtraderd.core.messages import (
     RiskEvent,
     Step,
     Trade,
+    replace,
 )
 
 IV = 300_000
@@ -574,3 +575,30 @@ def test_losing_streak_pauses_the_symbol_in_the_same_step() -> None:
     assert decision(out).action == "allow"
     (ev,) = out.risk_events
     assert (ev.reason, ev.detail) == ("SYMBOL_RESUMED", "pause expired")
+
+
+def test_live_entries_on_a_bar_that_closed_too_long_ago_are_denied_stale() -> None:
+    """Live (stale_after_ms set): a catch-up bar's entry would fill at today's price, not at
+    the next open; exits still go. Replays (no limit) are untouched."""
+    clock = ReplayClock(DAY0)
+    cfg = with_changes(load(env={}))
+    send, recv = trio.open_memory_channel[Step](1)
+    _, cmd_recv = trio.open_memory_channel[Command](1)
+    r = RiskActor(cfg.risk, cfg.portfolio, CostModel.from_config(cfg.costs), clock, IV,
+                  recv, send, cmd_recv, stale_after_ms=60_000)
+    clock.advance(DAY0 + IV + 59_000)  # 59 s after the bar's close
+    assert decision(r.handle(step(intents=(entry(10.0),)))).reason == "OK"
+    clock.advance(DAY0 + IV + 61_000)
+    assert decision(r.handle(step(intents=(entry(10.0),)))).reason == "STALE_BAR"
+    assert decision(r.handle(step(intents=(exit_(),)))).action == "allow"
+    replay = make(clock=clock)
+    assert decision(replay.handle(step(intents=(entry(10.0),)))).reason == "OK"
+
+
+def test_a_venue_alert_halts_until_resume() -> None:
+    r = make()
+    out = r.handle(replace(step(), venue_alerts=("reconcile: XRPUSDT: unknown position +5",)))
+    assert out.risk_state == HALTED and "unknown position" in r.status()["reason"]
+    assert decision(r.handle(step(1, intents=(entry(10.0),)))).reason == "HALTED"
+    r.command("resume", {})
+    assert decision(r.handle(step(2, intents=(entry(10.0),)))).reason == "OK"

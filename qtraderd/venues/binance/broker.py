@@ -109,7 +109,9 @@ class BinanceBroker:
         self.reconciles = 0
         self.duplicates = self.unknown_events = self.lookups = self.resent = 0
         self.protective_placed = self.protective_failed = 0
-        self._reconnected = trio.Event()
+        # one thing at a time: a user event, a submit, a reconcile (Trio interleaves them
+        # at every await; the books must never be half-updated by two of them)
+        self._lock = trio.Lock()
 
     # -- the event pump ----------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -132,6 +134,10 @@ class BinanceBroker:
 
     async def apply(self, item: Any) -> None:
         """One user-stream item: an order, algo or account update, or a reconnect."""
+        async with self._lock:
+            await self._apply(item)
+
+    async def _apply(self, item: Any) -> None:
         if isinstance(item, BinanceOrderUpdate):
             await self._on_order(item)
         elif isinstance(item, BinanceAlgoUpdate):
@@ -356,7 +362,7 @@ class BinanceBroker:
         reconcile flatten): its `new` is reported like any order's."""
         self._move(cid, pos.symbol, self._last_ts, S.NEW, reason)
         order = Order(cid, pos.symbol, -pos.side, pos.qty, "exit", reason, self._last_ts)
-        await self.submit(order)
+        await self._submit(order)
 
     async def prepare(self, instruments: dict[str, Instrument]) -> None:
         """Start-up, before any actor runs: the traded symbols' instruments (the feed read
@@ -377,9 +383,17 @@ class BinanceBroker:
         or about to be sent that the saved state may not know."""
         from qtraderd.venues.binance.reconcile import reconcile_live
 
-        if saved:
-            self.restore(saved)
-        await reconcile_live(self, saved, journal)
+        async with self._lock:
+            if saved:
+                self.restore(saved)
+            await reconcile_live(self, saved, journal)
+
+    async def reconcile_now(self) -> list[str]:
+        """`ctl reconcile`: the differences found (each also logged), and repaired."""
+        from qtraderd.venues.binance.reconcile import reconcile_live
+
+        async with self._lock:
+            return await reconcile_live(self, None, ())
 
     async def on_bars(self, bars: tuple[Bar, ...]) -> None:
         """Marks, bars held and the favourable extreme from the closed bars (the trailing
@@ -403,6 +417,10 @@ class BinanceBroker:
 
     async def submit(self, order: Order) -> None:
         """Send a MARKET order under its journaled client id; one intent, one order."""
+        async with self._lock:
+            await self._submit(order)
+
+    async def _submit(self, order: Order) -> None:
         inst = self.instruments.get(order.symbol)
         ts = self._last_ts
         if inst is None:
@@ -479,6 +497,10 @@ class BinanceBroker:
         return True  # its fill arrives (or arrived) on the user stream
 
     async def cancel(self, client_id: str) -> None:
+        async with self._lock:
+            await self._cancel(client_id)
+
+    async def _cancel(self, client_id: str) -> None:
         pos = next((p for p in self.positions.values() if client_id in (p.sl_id, p.tp_id)),
                    None)
         if pos is not None:
@@ -502,6 +524,10 @@ class BinanceBroker:
         """Move the protective levels: cancel the old order first, then place the new one
         under an id minted from `seq` (never two stops; a crash in between is repaired by
         the next reconcile, which recreates a missing stop)."""
+        async with self._lock:
+            await self._amend(amend, seq)
+
+    async def _amend(self, amend: Amend, seq: int) -> None:
         pos = self.positions.get(amend.symbol)
         if pos is None:
             return

@@ -164,6 +164,12 @@ async def _restarts(nursery: trio.Nursery, sim: SimServer) -> None:
     open_ids = sorted(a["clientAlgoId"] for a in state["algo_orders"] if a["status"] == "NEW")
     assert open_ids == sorted([ENTRY.sl_id, ENTRY.tp_id])  # recreated; the extra stop gone
 
+    async with RestClient(sim.url, credentials=ApiCredentials(KEY, SECRET)) as rest:
+        await rest.signed("DELETE", "/fapi/v1/algoOrder", {"clientAlgoId": ENTRY.tp_id})
+    found = await third.reconcile_now()  # `ctl reconcile`
+    assert found == [f"{SYM}: TAKE_PROFIT_MARKET {ENTRY.tp_id} missing: placed again"]
+    assert await third.reconcile_now() == []
+
     fresh = await broker(nursery, sim, None)  # the position is not ours: halt
     assert len(fresh.alerts) == 1 and "unknown position" in fresh.alerts[0]
     assert SYM not in fresh.positions

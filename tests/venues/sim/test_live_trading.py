@@ -217,8 +217,11 @@ async def test_kill_9_at_twenty_moments_loses_and_duplicates_nothing(trained, tm
                 stderr=subprocess.STDOUT, env=live_env(), cwd=tmp_path)
             at = await _wait_for(log, "broker reconciled", proc)
             await _agree(url, live)
-            if k == 0:  # the operator's view, as JSON
+            if k == 0:  # the operator's view, as JSON; a reconcile on request
                 assert await _ctl_positions(live) == await _positions(live)
+                reply = await trio.to_thread.run_sync(request, live / "qtraderd.sock",
+                                                      "reconcile")
+                assert reply["ok"] and isinstance(reply["result"]["differences"], list)
             if k == 20:  # the market stops; the daemon settles, then stops cleanly
                 await trio.sleep(0.5)
                 async with httpx.AsyncClient(base_url=url) as http:
