@@ -102,10 +102,12 @@ class BinanceBroker:
         self._fills: dict[str, list[float]] = {}  # cid -> [qty, notional, fee, pnl]
         self._seen: set[tuple[Any, ...]] = set()  # user events applied (duplicates skip)
         self._algo_actual: dict[str, str] = {}  # actualOrderId -> clientAlgoId
+        self._synced: dict[str, int] = {}  # symbol -> exchange ms its position was read at
         self._trade_seq = 0
         self._events: list[VenueEvent] = []
         self._last_ts = 0
         self.alerts: list[str] = []  # reconcile findings that must halt trading
+        self.repair = False  # something is unknown (no answer): reconcile at the next bar
         self.reconciles = 0
         self.duplicates = self.unknown_events = self.lookups = self.resent = 0
         self.protective_placed = self.protective_failed = 0
@@ -130,7 +132,9 @@ class BinanceBroker:
                 try:
                     await self.apply(item)
                 except RestError as exc:  # the exchange is unreachable: reconcile later
-                    log.error("user event not fully applied: %s", exc)
+                    log.error("user event not fully applied (%s): reconcile at the next "
+                              "bar", exc)
+                    self.repair = True
 
     async def apply(self, item: Any) -> None:
         """One user-stream item: an order, algo or account update, or a reconnect."""
@@ -200,13 +204,24 @@ class BinanceBroker:
         reason = self._reason(cid, pos, order, ev)
         self._events.append(Fill(cid, ev.symbol, ts, side, ev.last_qty, ev.last_price,
                                  ev.commission, "maker" if ev.maker else "taker", reason))
+        if ev.trade_time and ev.trade_time <= self._synced.get(ev.symbol, 0):
+            # a late event: the position reconcile read from the exchange already has it
+            log.info("fill of %s already in the reconciled %s position", cid, ev.symbol)
+            self._fills.pop(cid, None)
+            return
         if not reducing:
             if pos is None:
                 pos = self._open(cid, ev, side, ts, order)
-            else:  # a partial entry fill after the first
+            elif pos.order_id == cid:  # a partial entry fill after the first
                 pos.qty = acc[0]
                 pos.entry_price = acc[1] / acc[0]
                 pos.entry_fee = acc[2]
+            else:  # another order adding to the position (never sent so, but reported)
+                total = pos.qty + ev.last_qty
+                pos.entry_price = (pos.entry_price * pos.qty + ev.last_price * ev.last_qty) \
+                    / total
+                pos.qty = total
+                pos.entry_fee += ev.commission
             if ev.status == "FILLED":
                 self._fills.pop(cid, None)
                 await self._protect(pos)
@@ -309,8 +324,10 @@ class BinanceBroker:
                 self.lookups += 1
                 if await self._algo_exists(cid):
                     break
-                if attempt == 2:
-                    raise
+                if attempt == 2:  # still unknown: the next step's repair looks again
+                    self.repair = True
+                    self._orders.pop(cid, None)
+                    return
                 self.resent += 1
                 continue
             except BinanceAPIError as exc:
@@ -329,6 +346,8 @@ class BinanceBroker:
                 log.warning("order rejected: %s %s (%s at %.10g, position %+d at %.10g): "
                             "%s", pos.symbol, cid, kind, level, pos.side, pos.entry_price,
                             exc.msg)
+                if kind == "STOP_MARKET":  # never hold a position the exchange won't stop
+                    await self._close_now(pos, "no_stop", cid + "X")
                 return
             break
         self.protective_placed += 1
@@ -397,7 +416,10 @@ class BinanceBroker:
 
     async def on_bars(self, bars: tuple[Bar, ...]) -> None:
         """Marks, bars held and the favourable extreme from the closed bars (the trailing
-        logic reads them); fills arrived on the user stream in between."""
+        logic reads them); fills arrived on the user stream in between. After a request
+        whose outcome stayed unknown (`repair`), a reconcile first."""
+        if self.repair:
+            await self._repair()
         ev = self._events
         for bar in bars:
             self._last_ts = bar.open_time
@@ -410,6 +432,17 @@ class BinanceBroker:
                               else min(pos.best_price, bar.low))
             ev.append(pos.view())
         ev.extend(self.accounts())
+
+    async def _repair(self) -> None:
+        from qtraderd.venues.binance.reconcile import reconcile_live
+
+        async with self._lock:
+            try:
+                await reconcile_live(self, None, ())
+            except RestError as exc:
+                log.error("reconcile after an unknown outcome failed (%s): next bar", exc)
+                return
+            self.repair = False
 
     def drain(self) -> list[VenueEvent]:
         out, self._events = self._events, []
@@ -441,6 +474,11 @@ class BinanceBroker:
         elif order.symbol in self.positions:
             self._move(order.client_id, order.symbol, ts, S.EXPIRED, "position already open")
             return
+        elif any(o.symbol == order.symbol and o.purpose == "entry"
+                 for o in self._sent.values()):  # its fill is not reported yet
+            self._move(order.client_id, order.symbol, ts, S.EXPIRED,
+                       "an entry for the symbol is still in flight")
+            return
         self._sent[order.client_id] = order
         await self._send(order, inst)
 
@@ -470,8 +508,9 @@ class BinanceBroker:
                 log.warning("order %s: %s", order.client_id, exc.failure)
                 if await self._lookup(order):
                     return
-                if attempt == 2:
-                    return  # left `new`: the next reconcile resolves it by its id
+                if attempt == 2:  # left `new`: the next step's repair looks it up
+                    self.repair = True
+                    return
                 self.resent += 1
                 log.warning("order %s never reached the exchange: sending it again under "
                             "the same id", order.client_id)

@@ -55,8 +55,10 @@ async def reconcile_live(b: BinanceBroker, saved: dict[str, Any] | None,
     filled_entries = await _orders_in_flight(b, journal, findings)
     for bal in await trading.account_balances(b.rest):
         b.balances[bal.asset] = bal.wallet_balance
-    exchange = {p.symbol: p for p in await trading.position_risk(b.rest)
-                if p.position_amt != 0.0}
+    risk = await trading.position_risk(b.rest)
+    for p in risk:  # fills up to here are in these positions (a late event must not add)
+        b._synced[p.symbol] = max(b._synced.get(p.symbol, 0), p.update_time)
+    exchange = {p.symbol: p for p in risk if p.position_amt != 0.0}
     algos = await algo.open_algo_orders(b.rest)
     for symbol, pos in list(b.positions.items()):
         ex = exchange.get(symbol)

@@ -270,3 +270,49 @@ def stored_positions(state: Path) -> dict[str, float]:
         conn.close()
     broker = unpack(blob, "execution")["broker"]
     return {p["symbol"]: p["side"] * p["qty"] for p in broker["positions"]}
+
+
+# Every fault of the simulator at once: the market streams' (issue 12), REST's, the user
+# stream's and the trading side's (answers lost or 503 after the order was executed).
+ALL_FAULTS = ("drop=0.002,stall=0.001:0.3s,garbage=0.004,dup=0.006,reorder=0.004,"
+              "http429=0.02:0.1s,http418=0.005:0.1s,http5xx=0.03,slow=0.05:0.1s,"
+              "user_dup=0.05,user_delay=0.05:0.2s,key_expiry=0.01,user_drop=0.01,"
+              "lost_reply=0.1,order_5xx=0.1")
+
+
+@pytest.mark.slow
+async def test_every_fault_at_once_keeps_the_books_straight(trained, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(trained["models"], models)
+    start, end = window(trained, models, 160)
+    speed = 1500.0
+    sim, url = await sim_for(trained, tmp_path, start, end, speed, "--faults", ALL_FAULTS,
+                             "--seed", "3")
+    live = tmp_path / "live"
+    shutil.copytree(trained["state"], live)
+    cfg = live_toml(tmp_path / "live.toml", url, speed, end)
+    log = tmp_path / "daemon.log"
+    try:
+        with trio.fail_after(150):
+            done = await trio.run_process(daemon_cmd(cfg, live, models), env=live_env(),
+                                          stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                                          check=False, cwd=tmp_path)
+        book = await sim_state(url)
+    finally:
+        await stop(sim)
+    out = log.read_text()
+    assert done.returncode == 0, out[-4000:]
+    assert "escalating" not in out and "actor restarts                            0" in out
+    faults = book["faults"]
+    assert faults.get("lost_reply", 0) + faults.get("order_5xx", 0) >= 2, faults
+    assert "user stream connection 2 up" in out  # the user stream came back at least once
+    assert book_problems(book) == []
+    assert stored_positions(live) == sim_positions(book)
+    conn = sqlite3.connect(live / "qtraderd.db")
+    sent = conn.execute("SELECT count(*) FROM orders WHERE client_id IS NOT NULL"
+                        ).fetchone()[0]
+    unsettled = conn.execute(
+        "SELECT client_id FROM orders WHERE client_id IS NOT NULL AND status IN ('new', "
+        "'accepted', 'partially_filled')").fetchall()
+    conn.close()
+    assert sent >= 5 and unsettled == []
