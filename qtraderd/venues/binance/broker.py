@@ -491,9 +491,10 @@ class BinanceBroker:
                 await trading.place_market_order(
                     self.rest, inst, order.side, order.qty, client_order_id=order.client_id,
                     reduce_only=order.purpose == "exit", ref_price=self._ref(order))
-            except trading.OrderTooSmall as exc:
+            except trading.OrderTooSmall as exc:  # nothing sent: a denial, not a rejection
                 self._sent.pop(order.client_id, None)
-                self._move(order.client_id, order.symbol, ts, S.REJECTED, str(exc))
+                self._move(order.client_id, order.symbol, ts, S.EXPIRED, f"not sent: {exc}")
+                log.info("order not sent: %s %s", order.client_id, exc)
                 return
             except BinanceAPIError as exc:
                 if exc.code == DUPLICATE_ID and await self._lookup(order):

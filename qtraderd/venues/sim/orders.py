@@ -3,7 +3,7 @@ only, over the signed `Account` of account.py.
 
 Why MARKET only: since Binance's 2025 algo-order migration the conditional types
 (STOP_MARKET, TAKE_PROFIT_MARKET, STOP, TAKE_PROFIT, TRAILING_STOP_MARKET) are refused here
-with -4120 and live on `/fapi/v1/algoOrder` (later work); the daemon sends no LIMIT orders.
+with -4120 and live on `/fapi/v1/algoOrder` (algo.py); the daemon sends no LIMIT orders.
 
 A MARKET order fills at once, whole, at the last price (`Account.mark_price`) moved by
 `slippage_bps` against the taker (buys pay up, sells get less; rounded to the tick the same

@@ -1,16 +1,17 @@
 """The simulator's REST side: `/fapi/v1/time`, `/fapi/v1/exchangeInfo`, `/fapi/v1/klines`,
 with Binance's request weights, its 429/418 answers and the REST faults.
 
-Weight is counted per minute of wall time (trio's clock), like Binance's
-`X-MBX-USED-WEIGHT-1M`, which every answer carries. Over the limit a request gets 429 with
-`Retry-After` (seconds to the next minute). Errors use Binance's body
+Weight is counted per minute of the simulator's clock once it runs (of wall time before),
+like Binance's `X-MBX-USED-WEIGHT-1M`, which every answer carries: a client reads its
+minutes off the exchange clock, so a sped-up simulator must count in the same minutes.
+Over the limit a request gets 429 with `Retry-After` (wall seconds to the next minute). Errors use Binance's body
 `{"code": -NNNN, "msg": "..."}` with its codes: -1121 unknown symbol, -1120 bad interval,
 -1102 missing parameter, -1100 malformed number, -1130 bad limit, -1023 start after end.
 Orders placed (POST /fapi/v1/order, /fapi/v1/algoOrder) are also counted per account in
-10 s and 1 min windows of wall time (`OrderMeter`, Binance's 300 / 1,200), reported in
+10 s and 1 min windows of the same clock (`OrderMeter`, Binance's 300 / 1,200), reported in
 `X-MBX-ORDER-COUNT-10S` / `-1M` on those answers; over a limit: 429, -1015.
-`add_route` lets later work (order endpoints) serve more paths through the same weight,
-fault and error handling.
+`add_route` lets the account, order, algo-order and user-stream modules serve their paths
+through the same weight, fault and error handling.
 """
 
 from __future__ import annotations
