@@ -4,7 +4,8 @@ with Binance's request weights, its 429/418 answers and the REST faults.
 Weight is counted per minute of the simulator's clock once it runs (of wall time before),
 like Binance's `X-MBX-USED-WEIGHT-1M`, which every answer carries: a client reads its
 minutes off the exchange clock, so a sped-up simulator must count in the same minutes.
-Over the limit a request gets 429 with `Retry-After` (wall seconds to the next minute). Errors use Binance's body
+Over the limit a request gets 429 with `Retry-After` (wall seconds to the next minute).
+Errors use Binance's body
 `{"code": -NNNN, "msg": "..."}` with its codes: -1121 unknown symbol, -1120 bad interval,
 -1102 missing parameter, -1100 malformed number, -1130 bad limit, -1023 start after end.
 Orders placed (POST /fapi/v1/order, /fapi/v1/algoOrder) are also counted per account in
