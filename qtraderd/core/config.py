@@ -94,7 +94,7 @@ class ExchangeConfig:
                                             "(overlapping; Binance cuts at 24 h)")
     working_type: str = _spec("MARK_PRICE", choices=("MARK_PRICE", "CONTRACT_PRICE"),
                               help="price that triggers live stops and take-profits")
-    listen_key_keepalive_s: float = _spec(1800.0, positive=True, hi=3500.0,
+    user_stream_keepalive_s: float = _spec(1800.0, positive=True, hi=3500.0,
                                           help="user stream listenKey keep-alive interval")
 
     @property

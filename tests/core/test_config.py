@@ -218,3 +218,16 @@ def test_cli_refuses_bad_environments_with_exit_2(tmp_path, env, needle):
     assert out.returncode == 2 and needle in out.stderr, out.stderr[-1500:]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_no_setting_is_named_like_a_secret():
+    """Learner jobs get the config through runtime.redact, which masks any value whose key
+    looks secret ("key", "token", ...): a daemon setting named so would reach every job as
+    '****' and fail it (exchange.listen_key_keepalive_s once did). Credentials never live
+    in the config (runtime.secrets)."""
+    from qtraderd.core.config import Config
+    from qtraderd.runtime.redact import secret_key
+
+    named = [f"{section}.{key}" for section, table in Config().to_dict().items()
+             if isinstance(table, dict) for key in table if secret_key(key)]
+    assert named == []

@@ -111,6 +111,8 @@ async def setup_account(rest: RestClient, symbols: Sequence[str], *, leverage: i
         multi = await _flag(rest, MULTI_ASSETS, "multiAssetsMargin")
     except BinanceAPIError as exc:
         raise _refused("reading the Multi-Assets mode", exc) from None
+    key = rest.credentials.api_key[-4:] if rest.credentials is not None else "none"
+    log.info("account setup: account of API key ...%s at %s", key, rest.base_url)
     log.info("account setup: position mode one-way, multi-assets %s", "on" if multi else "off")
     if multi and margin_type == "ISOLATED":
         raise AccountSetupError(

@@ -152,7 +152,7 @@ class UserStream:
     def from_config(cls, cfg: Any, rest: RestClient, **kwargs: Any) -> UserStream:
         """From a Config: the [exchange] stream root, reconnect delays and the seed."""
         ex = cfg.exchange
-        kwargs.setdefault("keepalive_s", getattr(ex, "listen_key_keepalive_s", 1800.0))
+        kwargs.setdefault("keepalive_s", ex.user_stream_keepalive_s)
         return cls(rest, ex.stream_url, reconnect_min_s=ex.reconnect_min_s,
                    reconnect_max_s=ex.reconnect_max_s, seed=cfg.seed, **kwargs)
 

@@ -209,6 +209,7 @@ async def test_kill_9_at_twenty_moments_loses_and_duplicates_nothing(trained, tm
     cfg = live_toml(tmp_path / "live.toml", url, speed, end)
     rng = random.Random(13)
     kills = in_flight = 0
+    proc = None
     try:
         for k in range(21):
             log = tmp_path / f"daemon-{k}.log"
@@ -243,6 +244,8 @@ async def test_kill_9_at_twenty_moments_loses_and_duplicates_nothing(trained, tm
             kills += 1
         book = await sim_state(url)
     finally:
+        if proc is not None and proc.returncode is None:  # a failed test leaves no daemon
+            proc.kill()
         await stop(sim)
     assert kills == 20 and in_flight >= 5
     assert book_problems(book) == []
