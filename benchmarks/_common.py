@@ -51,6 +51,34 @@ def pct(xs: list[float], q: float) -> float:
     return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
 
 
+def write_config(path: Path, url: str, speed: float, end_ms: int, *, mode: str = "paper",
+                 extra: str = "") -> Path:
+    """The daemon's config against the simulator at `url`, as a user writes it: the
+    Binance feed at the simulator's speed up to `end_ms`, 1.5 days of warm-up over REST
+    (more than the 400 bars the predictor warms up on), learning and plugins off;
+    `extra`: more sections (TOML)."""
+    path.write_text(textwrap.dedent(f"""\
+        mode = "{mode}"
+        [feed]
+        source = "binance"
+        symbols = {json.dumps(PAIRS)}
+        interval = "5m"
+        speed = {speed:g}
+        end = "{iso(end_ms)}"
+        [exchange]
+        environment = "custom"
+        base_url = "{url}"
+        ws_url = "{url.replace('http://', 'ws://')}"
+        warmup_days = 1.5
+        close_deadline_s = 0.5
+        [learning]
+        enabled = false
+        [plugins]
+        enabled = false
+        """) + extra)
+    return path
+
+
 def prepare(work: Path) -> tuple[Path, Path]:
     """The ten pairs imported into a fresh store (what the simulator serves) and XGBoost +
     LightGBM trained on the shared 1m series of Nov 2017: every 5m bar of January 2018 is
@@ -166,7 +194,8 @@ FRAME_HOOKS = textwrap.dedent("""
 
 # INFER_HOOKS: inference per step, `infer[ts] = [wall, thread CPU]` of every
 # LoadedModel.predict call while the predictor handles step ts; `marks[ts]` gets the
-# predictor's start and end ("predictor", "predicted").
+# predictor's start and end ("predictor", "predicted"), `marks_cpu[ts]` the event-loop
+# thread's CPU time then.
 INFER_HOOKS = textwrap.dedent("""
     import collections
     from qtraderd.actors.predictor import PredictorActor
@@ -174,12 +203,13 @@ INFER_HOOKS = textwrap.dedent("""
     infer = collections.defaultdict(lambda: [0.0, 0.0])
     cur = [0]
     marks = collections.defaultdict(dict)
+    marks_cpu = collections.defaultdict(dict)
     orig_pred = PredictorActor.handle
     def pred_handle(self, step):
         cur[0] = step.ts
-        marks[step.ts]["predictor"] = perf()
+        marks[step.ts]["predictor"], marks_cpu[step.ts]["predictor"] = perf(), tcpu()
         out = orig_pred(self, step)
-        marks[step.ts]["predicted"] = perf()
+        marks[step.ts]["predicted"], marks_cpu[step.ts]["predicted"] = perf(), tcpu()
         return out
     PredictorActor.handle = pred_handle
     orig_predict = LoadedModel.predict

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import shutil
 import sys
@@ -58,6 +57,7 @@ from _common import (
     run_child,
     simulator,
     start_ms,
+    write_config,
 )
 
 SKIP_STEPS = 5  # the first steps carry the predictor's warm-up (400 bars x 10 symbols)
@@ -181,30 +181,6 @@ CHILD = textwrap.dedent("""
            "cpu_s": pcpu(), "writer_pids": writer}
     sys.stdout.write(json.dumps(out))
 """)
-
-
-def write_config(path: Path, url: str, speed: float, end_ms: int) -> Path:
-    """The daemon's config: what a user writes for a dry run against the simulator."""
-    path.write_text(textwrap.dedent(f"""\
-        mode = "paper"
-        [feed]
-        source = "binance"
-        symbols = {json.dumps(PAIRS)}
-        interval = "5m"
-        speed = {speed:g}
-        end = "{iso(end_ms)}"
-        [exchange]
-        environment = "custom"
-        base_url = "{url}"
-        ws_url = "{url.replace('http://', 'ws://')}"
-        warmup_days = 1.5
-        close_deadline_s = 0.5
-        [learning]
-        enabled = false
-        [plugins]
-        enabled = false
-        """))
-    return path
 
 
 def phase(work: Path, name: str, models: Path, speed: float, bars: int, updates: int,
