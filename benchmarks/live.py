@@ -273,18 +273,18 @@ def report_orders(run: dict, speed: float, bars: int) -> bool:
           f"{run['broker'].get('protective_placed', '?')} protective orders placed")
     met = True
     for purpose in ("entry", "exit"):
-        first: dict[str, dict] = {}  # the first order of its step sent, per step
-        for o in sent:
+        by_step: dict[str, list[dict]] = {}  # the step's orders, in the order sent
+        for o in sorted(sent, key=lambda o: o["sent"]):
             if o["purpose"] == purpose and o["decided"]:
-                cur = first.get(str(o["ts"]))
-                if cur is None or o["sent"] < cur["sent"]:
-                    first[str(o["ts"])] = o
-        rows = []
-        for ts, o in first.items():
+                by_step.setdefault(str(o["ts"]), []).append(o)
+        rows, lasts = [], []
+        for ts, sent_orders in by_step.items():
             s = steps[ts]
-            if s["read"] is None or s["read"][0] > o["sent"]:
+            if s["read"] is None or s["read"][0] > sent_orders[0]["sent"]:
                 continue  # a catch-up step (bars from REST), not completed by a frame
-            rows.append((o, s))
+            rows.append((sent_orders[0], s))
+            if len(sent_orders) > 1:
+                lasts.append((sent_orders[-1]["sent"] - s["read"][0] - s["inf"][0]) * 1000.0)
         label = {"entry": "entries", "exit": "exits decided on the step (their stop and "
                  "take-profit are cancelled over REST first)"}[purpose]
         print(f"  closed-kline frame read (the last of the step's 10) -> the order request's "
@@ -300,6 +300,9 @@ def report_orders(run: dict, speed: float, bars: int) -> bool:
         tag = " (target <= 1 ms)" if purpose == "entry" else ""
         print(f"    beyond inference: {_p(beyond)}{tag}")
         print(f"    the event-loop thread's CPU time beyond inference: {_p(cpu_beyond)}")
+        print(f"    (that is the step's first order; the broker sends a step's orders one "
+              f"after the other, each after the previous one's answer: the last of "
+              f"{len(lasts)} steps with more than one, beyond inference: {_p(lasts)})")
         print(f"    of which the journal commit (rows in SQLite before the request): "
               f"{_p(jr)}")
         legs, legs_cpu = [], []
@@ -333,6 +336,9 @@ def report_orders(run: dict, speed: float, bars: int) -> bool:
         print(f"    -> REST answer: {_p([(o['reply'] - o['sent']) * ms for o in trips])}")
         print(f"    -> ORDER_TRADE_UPDATE FILLED frame read: "
               f"{_p([(o['fill_read'] - o['sent']) * ms for o in trips])}")
+        print(f"    -> the broker takes the fill (behind earlier user events, whose "
+              f"stops and take-profits it places over REST first): "
+              f"{_p([(o['fill_in'] - o['sent']) * ms for o in trips])}")
         print(f"    -> fill applied (the broker's position opened or closed): "
               f"{_p([(o['applied'] - o['sent']) * ms for o in trips])}")
         ent = [o for o in trips if o["purpose"] == "entry" and "fill_done" in o]
@@ -392,12 +398,12 @@ def report_reconnects(run: dict, prob: float, bars: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bars", type=int, default=250,
-                    help="live 5m bars of the order run (default 250)")
+    ap.add_argument("--bars", type=int, default=200,
+                    help="live 5m bars of the order run (default 200)")
     ap.add_argument("--speed", type=float, default=1500.0,
                     help="simulator speed (default 1500: a bar every 200 ms)")
-    ap.add_argument("--drop-bars", type=int, default=100,
-                    help="live bars of the reconnect run (default 100)")
+    ap.add_argument("--drop-bars", type=int, default=60,
+                    help="live bars of the reconnect run (default 60)")
     ap.add_argument("--drop", type=float, default=0.1,
                     help="user_drop probability per user event in the reconnect run "
                          "(default 0.1)")
