@@ -79,6 +79,15 @@ def write_config(path: Path, url: str, speed: float, end_ms: int, *, mode: str =
     return path
 
 
+def work_dir(keep: Path | None) -> Path:
+    """The benchmark's work directory: `keep` (--keep) or a fresh temporary one; its
+    path goes to stderr (the figures go to stdout)."""
+    work = keep or Path(tempfile.mkdtemp(prefix="qtlive"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work dir {work}", file=sys.stderr)
+    return work
+
+
 def prepare(work: Path) -> tuple[Path, Path]:
     """The ten pairs imported into a fresh store (what the simulator serves) and XGBoost +
     LightGBM trained on the shared 1m series of Nov 2017: every 5m bar of January 2018 is

@@ -43,7 +43,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -416,10 +415,8 @@ def main() -> int:
                          "(default 0.1)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the work dir here")
     args = ap.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="qtlive"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = _common.work_dir(args.keep)
     t0 = time.perf_counter()
-    print(f"work dir {work}", file=sys.stderr)
     cpu = [cpu_now()]
     try:
         _, models = _common.prepare(work)

@@ -40,7 +40,6 @@ import itertools
 import math
 import shutil
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -57,6 +56,7 @@ from _common import (
     run_child,
     simulator,
     start_ms,
+    work_dir,
     write_config,
 )
 
@@ -303,10 +303,8 @@ def main() -> int:
                     help="live bars of the idle run at speed 120 (default 12: 30 s)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the work dir here")
     args = ap.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="qtlive"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(args.keep)
     t0 = time.perf_counter()
-    print(f"work dir {work}", file=sys.stderr)
     _, models = prepare(work)
     print(f"imported and trained in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
