@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/replay.py
 	$(PY) benchmarks/learning.py
 	$(PY) benchmarks/live_feed.py
+	$(PY) benchmarks/live.py
 
 clean:
 	rm -rf $(VENV) state/qtraderd.db* state/*.sock

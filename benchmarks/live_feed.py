@@ -37,100 +37,56 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from _common import PAIRS, REPO, SHARED, run
+from _common import (
+    BAR_MS,
+    FRAME_HOOKS,
+    INFER_HOOKS,
+    PAIRS,
+    START,
+    iso,
+    pct,
+    prepare,
+    run_child,
+    simulator,
+    start_ms,
+    work_dir,
+    write_config,
+)
 
-START = "2018-01-16T00:00Z"  # inside a run of 2,047 bars complete for all ten pairs
-BAR_MS = 300_000
 SKIP_STEPS = 5  # the first steps carry the predictor's warm-up (400 bars x 10 symbols)
 
 CHILD = textwrap.dedent("""
     import collections, json, os, sys, time
     t_start = time.perf_counter()
     import trio
-    from websockets.frames import DATA_OPCODES
-    from websockets.protocol import Protocol
-    from websockets.trio.client import ClientConnection
     from qtraderd.actors.feed import FeedActor
-    from qtraderd.actors.predictor import PredictorActor
     from qtraderd.actors.risk import RiskActor
     from qtraderd.core.config import load
-    from qtraderd.models.onnx_model import LoadedModel
     from qtraderd.runtime import logs
     from qtraderd.runtime.daemon import Daemon
     from qtraderd.runtime.supervisor import Actor
-    from qtraderd.venues.binance.stream import KlineStream
     cfg_path, state, models, sock, phase = sys.argv[1:6]
     idle_from, idle_to = float(sys.argv[6]), float(sys.argv[7])
     cfg = load(cfg_path, env={})
     logs.setup(cfg.runtime.log_level)
-    t_imported = time.perf_counter()
     perf, tcpu, pcpu = time.perf_counter, time.thread_time, time.process_time
+""") + FRAME_HOOKS + INFER_HOOKS + textwrap.dedent("""
+    t_imported = time.perf_counter()
 
-    # (1) the socket read: websockets' reader task feeds each chunk read from the socket
-    # to receive_data; every complete data message parsed out of it gets that time, in
-    # order, and recv() (the stream client's read) hands it on with the message.
-    last = [0.0, 0.0]
-    orig_receive_data = Protocol.receive_data
-    def receive_data(self, data):
-        self._bench_read = (perf(), tcpu())
-        return orig_receive_data(self, data)
-    Protocol.receive_data = receive_data
-    orig_process_event = ClientConnection.process_event
-    def process_event(self, event):
-        if getattr(event, "opcode", None) in DATA_OPCODES and event.fin:
-            q = self.__dict__.setdefault("_bench_q", collections.deque())
-            q.append(self.protocol._bench_read)
-        return orig_process_event(self, event)
-    ClientConnection.process_event = process_event
-    orig_recv = ClientConnection.recv
-    async def recv(self, decode=None):
-        msg = await orig_recv(self, decode)
-        last[:] = self._bench_q.popleft()
-        return msg
-    ClientConnection.recv = recv
-
-    # (2) which read delivered which closed kline (the stream client, right after parsing)
-    frame_at = {}
-    orig_seen = KlineStream._seen
-    def seen(self, k):
-        dup = orig_seen(self, k)
-        if not dup:
-            frame_at.setdefault((k.symbol, k.open_time), tuple(last))
-        return dup
-    KlineStream._seen = seen
-
-    # (3) inference per step: every predict call while the predictor handles that step
-    # and where the step is in between: the feed actor has it from the bar source, the
-    # predictor starts and ends it
-    infer = collections.defaultdict(lambda: [0.0, 0.0])
-    cur = [0]
-    marks = collections.defaultdict(dict)
+    # the feed actor has the step from the bar source (the predictor's start and end:
+    # INFER_HOOKS)
     orig_pace = FeedActor._pace
     async def pace(self, ts):  # called as the feed actor takes each step from the source
         marks[ts]["feed"] = perf()
         return await orig_pace(self, ts)
     FeedActor._pace = pace
-    orig_pred = PredictorActor.handle
-    def pred_handle(self, step):
-        cur[0] = step.ts
-        marks[step.ts]["predictor"] = perf()
-        out = orig_pred(self, step)
-        marks[step.ts]["predicted"] = perf()
-        return out
-    PredictorActor.handle = pred_handle
     # every live step is a checkpoint: the actors' state rides in a bar-less step (seal)
     # sent behind it, after risk; packing inside the measured span should be 0
     packing = collections.defaultdict(float)
@@ -142,15 +98,6 @@ CHILD = textwrap.dedent("""
         (packing_after if step.seal else packing)[step.ts] += perf() - t0
         return out
     Actor.with_state = with_state
-    orig_predict = LoadedModel.predict
-    def predict(self, x):
-        t0, c0 = perf(), tcpu()
-        out = orig_predict(self, x)
-        acc = infer[cur[0]]
-        acc[0] += perf() - t0
-        acc[1] += tcpu() - c0
-        return out
-    LoadedModel.predict = predict
 
     # (4) the step decided: risk has handled it
     done = {}
@@ -236,88 +183,18 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
-
-
-def pct(xs: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    s = sorted(xs)
-    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
-
-
-def write_config(path: Path, url: str, speed: float, end_ms: int) -> Path:
-    """The daemon's config: what a user writes for a dry run against the simulator."""
-    path.write_text(textwrap.dedent(f"""\
-        mode = "paper"
-        [feed]
-        source = "binance"
-        symbols = {json.dumps(PAIRS)}
-        interval = "5m"
-        speed = {speed:g}
-        end = "{iso(end_ms)}"
-        [exchange]
-        environment = "custom"
-        base_url = "{url}"
-        ws_url = "{url.replace('http://', 'ws://')}"
-        warmup_days = 1.5
-        close_deadline_s = 0.5
-        [learning]
-        enabled = false
-        [plugins]
-        enabled = false
-        """))
-    return path
-
-
 def phase(work: Path, name: str, models: Path, speed: float, bars: int, updates: int,
           idle_window: tuple[float, float] = (0.0, 0.0)) -> dict:
     """One simulator subprocess and one daemon child over `bars` live 5m bars."""
-    py = sys.executable
-    start_ms = int(datetime.strptime(START, "%Y-%m-%dT%H:%MZ").replace(
-        tzinfo=UTC).timestamp() * 1000)
-    end_ms = start_ms + bars * BAR_MS  # exclusive for the simulator
-    url_file = work / f"sim-{name}.url"
-    url_file.unlink(missing_ok=True)  # a kept work dir: never read an old simulator's URL
+    end_ms = start_ms() + bars * BAR_MS  # exclusive for the simulator
     shutil.rmtree(work / f"state-{name}", ignore_errors=True)  # a fresh run, not a resume
-    sim_log = (work / f"sim-{name}.log").open("w")
-    sim = subprocess.Popen(
-        [py, "-m", "qtraderd", "exchange-sim", "--state-dir", str(work / "market"),
-         "--symbols", ",".join(PAIRS), "--interval", "5m", "--start", START,
-         "--end", iso(end_ms), "--speed", f"{speed:g}", "--updates", str(updates),
-         "--port", "0", "--url-file", str(url_file), "--linger", "30"],
-        cwd=REPO, stdout=sim_log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not url_file.exists():  # written before the listening line, atomically
-            if sim.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"exchange-sim did not start; see {work}/sim-{name}.log")
-            time.sleep(0.02)
-        url = url_file.read_text().strip()
+    with simulator(work, name, [
+            "--state-dir", str(work / "market"), "--symbols", ",".join(PAIRS), "--interval",
+            "5m", "--start", START, "--end", iso(end_ms), "--speed", f"{speed:g}",
+            "--updates", str(updates), "--linger", "30"]) as url:
         cfg = write_config(work / f"{name}.toml", url, speed, end_ms - BAR_MS)
-        sock = Path(tempfile.mkdtemp(prefix="qtlf", dir="/tmp")) / "s.sock"
-        with (work / f"daemon-{name}.log").open("w") as log:
-            child = subprocess.run(
-                [py, "-c", CHILD, str(cfg), str(work / f"state-{name}"), str(models),
-                 str(sock), name, *map(str, idle_window)],
-                cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, check=False)
-        shutil.rmtree(sock.parent, ignore_errors=True)
-        if child.returncode != 0:
-            tail = (work / f"daemon-{name}.log").read_text()[-3000:]
-            raise SystemExit(f"daemon child failed (exit {child.returncode}):\n{tail}")
-        out = json.loads(child.stdout)
-    finally:
-        if sim.poll() is None:
-            sim.send_signal(signal.SIGTERM)  # exit 0 on SIGTERM
-            try:
-                sim.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-                sim.wait()
-        sim_log.close()
-    if out["code"] != 0:
-        raise SystemExit(f"daemon exited {out['code']}; see {work}/daemon-{name}.log")
-    return out
+        return run_child(CHILD, work, name, [str(cfg), str(work / f"state-{name}"),
+                                             str(models), name, *map(str, idle_window)])
 
 
 def report_latency(lat: dict, speed: float, bars: int) -> bool:
@@ -426,23 +303,9 @@ def main() -> int:
                     help="live bars of the idle run at speed 120 (default 12: 30 s)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the work dir here")
     args = ap.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="qtlive"))
-    work.mkdir(parents=True, exist_ok=True)
-    market, models = work / "market", work / "models"
-    py = sys.executable
+    work = work_dir(args.keep)
     t0 = time.perf_counter()
-    print(f"work dir {work}", file=sys.stderr)
-    run([py, "-m", "qtraderd", "import", *(str(SHARED / f"{p}-5m.csv") for p in PAIRS),
-         "--state-dir", str(market)])
-    run([py, "-m", "qtraderd", "import", str(SHARED / "UNITTESTBTC-1m.csv"),
-         "--state-dir", str(market)])
-    cfg = work / "train.toml"
-    cfg.write_text('[feed]\ninterval = "1m"\n[train]\ntrain_fraction = 0.95\n')
-    # one OpenMP thread: on a busy 2-core machine the tree libraries' spinning threads
-    # made this 2 s step take a minute (model quality is irrelevant here)
-    run([py, "-m", "qtraderd.training", "train", "--state-dir", str(market), "--models-dir",
-         str(models), "--config", str(cfg), "--symbols", "UNITTESTBTC"],
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _, models = prepare(work)
     print(f"imported and trained in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     t = time.perf_counter()
