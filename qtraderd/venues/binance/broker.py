@@ -40,7 +40,10 @@ from qtraderd.core.instruments import Instrument, quote_asset
 from qtraderd.core.messages import AccountView, Amend, Bar, Fill, OrderUpdate, PositionView, Trade
 from qtraderd.core.orders import client_order_id, rejection_reason
 from qtraderd.venues.base import Order, VenueEvent
-from qtraderd.venues.binance import algo, trading
+from qtraderd.venues.binance import trading
+from qtraderd.venues.binance.account_setup import exchange_leverage, setup_account
+from qtraderd.venues.binance.protective import DUPLICATE_ID, ProtectiveOrders, side_name
+from qtraderd.venues.binance.reconcile import reconcile_live
 from qtraderd.venues.binance.rest import BinanceAPIError, RestClient, RestError, RestUncertain
 from qtraderd.venues.binance.userdata import (
     BinanceAccountUpdate,
@@ -64,15 +67,9 @@ STATUS = {"NEW": S.ACCEPTED, "PARTIALLY_FILLED": S.PARTIALLY_FILLED, "FILLED": S
           "EXPIRED_IN_MATCH": S.EXPIRED}
 ALGO_STATUS = {"NEW": S.ACCEPTED, "CANCELED": S.CANCELLED, "EXPIRED": S.EXPIRED,
                "REJECTED": S.REJECTED}
-DUPLICATE_ID = -4116
-WOULD_TRIGGER = -2021  # a stop whose trigger the price has already crossed
 
 
-def side_name(side: int) -> str:
-    return "BUY" if side > 0 else "SELL"
-
-
-class BinanceBroker:
+class BinanceBroker(ProtectiveOrders):
     """Execution on a Binance USD-M account through `rest` (signed) and its user stream."""
 
     journal_first = True  # the execution actor commits an order's row before `submit`
@@ -149,8 +146,6 @@ class BinanceBroker:
         elif isinstance(item, BinanceAccountUpdate):
             self._on_account(item)
         elif isinstance(item, UserStreamReconnected):
-            from qtraderd.venues.binance.reconcile import reconcile_live
-
             log.info("user stream reconnected (%s): reconciling", item.reason)
             await reconcile_live(self, None, ())
         elif isinstance(item, BinanceTradeLite | ListenKeyExpired):
@@ -302,93 +297,10 @@ class BinanceBroker:
             log.info("funding fee: %s", ", ".join(f"{b.asset} {b.change:+.8f}"
                                                   for b in ev.balances))
 
-    # -- protective orders -------------------------------------------------------------
-    async def _protect(self, pos: Position) -> None:
-        """Place the position's missing stop-loss and take-profit on the exchange."""
-        for cid, level, kind in ((pos.sl_id, pos.stop_price, "STOP_MARKET"),
-                                 (pos.tp_id, pos.take_price, "TAKE_PROFIT_MARKET")):
-            if cid and level > 0 and cid not in self._orders:
-                await self._place_protective(pos, cid, level, kind)
-
-    async def _place_protective(self, pos: Position, cid: str, level: float,
-                                kind: str) -> None:
-        inst = self.instruments[pos.symbol]
-        self._move(cid, pos.symbol, self._last_ts, S.NEW, "protective")
-        for attempt in (1, 2):
-            try:
-                await algo.place_algo_order(
-                    self.rest, inst, side_name(-pos.side), kind, client_algo_id=cid,
-                    close_position=True, trigger_price=level,
-                    working_type=self.working_type)
-            except RestUncertain:
-                self.lookups += 1
-                if await self._algo_exists(cid):
-                    break
-                if attempt == 2:  # still unknown: the next step's repair looks again
-                    self.repair = True
-                    self._orders.pop(cid, None)
-                    return
-                self.resent += 1
-                continue
-            except BinanceAPIError as exc:
-                if exc.code == DUPLICATE_ID and await self._algo_exists(cid):
-                    break
-                if exc.code == WOULD_TRIGGER:  # not a fault: the market got there first
-                    self._move(cid, pos.symbol, self._last_ts, S.CANCELLED,
-                               "level already crossed: closed at market")
-                    reason = "take_profit" if kind != "STOP_MARKET" else (
-                        "trailing_stop" if pos.trailing else "stop_loss")
-                    await self._close_now(pos, reason, cid + "X")
-                    return
-                self.protective_failed += 1
-                self._move(cid, pos.symbol, self._last_ts, S.REJECTED,
-                           rejection_reason(exc.code, exc.msg))
-                log.warning("order rejected: %s %s (%s at %.10g, position %+d at %.10g): "
-                            "%s", pos.symbol, cid, kind, level, pos.side, pos.entry_price,
-                            exc.msg)
-                if kind == "STOP_MARKET":  # never hold a position the exchange won't stop
-                    await self._close_now(pos, "no_stop", cid + "X")
-                return
-            break
-        self.protective_placed += 1
-        self._move(cid, pos.symbol, self._last_ts, S.ACCEPTED, "protective")
-
-    async def _algo_exists(self, cid: str) -> bool:
-        try:
-            await algo.query_algo_order(self.rest, client_algo_id=cid)
-        except BinanceAPIError:
-            return False
-        return True
-
-    async def _cancel_protective(self, cid: str, symbol: str, why: str) -> bool:
-        """Cancel one protective order; False if the exchange no longer has it open."""
-        try:
-            await algo.cancel_algo_order(self.rest, client_algo_id=cid)
-        except BinanceAPIError as exc:
-            log.info("protective order %s not cancelled (%s): already gone", cid, exc.msg)
-            self._orders.pop(cid, None)
-            return False
-        self._move(cid, symbol, self._last_ts, S.CANCELLED, why)
-        return True
-
-    async def _cancel_siblings(self, pos: Position, filled: str, reason: str) -> None:
-        for cid in (pos.sl_id, pos.tp_id):
-            if cid and cid != filled and cid in self._orders:
-                await self._cancel_protective(cid, pos.symbol, f"position closed ({reason})")
-
-    async def _close_now(self, pos: Position, reason: str, cid: str) -> None:
-        """A reduce-only MARKET the broker decides itself (a level already crossed, a
-        reconcile flatten): its `new` is reported like any order's."""
-        self._move(cid, pos.symbol, self._last_ts, S.NEW, reason)
-        order = Order(cid, pos.symbol, -pos.side, pos.qty, "exit", reason, self._last_ts)
-        await self._submit(order)
-
     async def prepare(self, instruments: dict[str, Instrument]) -> None:
         """Start-up, before any actor runs: the traded symbols' instruments (the feed read
         exchangeInfo) and the account set up for them (position mode checked, margin type
         and leverage set; account_setup.AccountSetupError when it cannot trade)."""
-        from qtraderd.venues.binance.account_setup import exchange_leverage, setup_account
-
         self.instruments = dict(instruments)
         await setup_account(self.rest, sorted(instruments),
                             leverage=exchange_leverage(self.leverage),
@@ -400,8 +312,6 @@ class BinanceBroker:
         """Before the first step: the saved state, then the exchange's view of it
         (reconcile.py); `journal`: (client id, symbol) of orders SQLite holds as sent
         or about to be sent that the saved state may not know."""
-        from qtraderd.venues.binance.reconcile import reconcile_live
-
         async with self._lock:
             if saved:
                 self.restore(saved)
@@ -409,8 +319,6 @@ class BinanceBroker:
 
     async def reconcile_now(self) -> list[str]:
         """`ctl reconcile`: the differences found (each also logged), and repaired."""
-        from qtraderd.venues.binance.reconcile import reconcile_live
-
         async with self._lock:
             return await reconcile_live(self, None, ())
 
@@ -434,8 +342,6 @@ class BinanceBroker:
         ev.extend(self.accounts())
 
     async def _repair(self) -> None:
-        from qtraderd.venues.binance.reconcile import reconcile_live
-
         async with self._lock:
             try:
                 await reconcile_live(self, None, ())

@@ -24,7 +24,7 @@ Each finding is one log line starting `reconcile:`; `findings` are kept for `ctl
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qtraderd.core.enums import OrderStatus
 from qtraderd.core.messages import Fill
@@ -32,8 +32,7 @@ from qtraderd.venues.binance import algo, trading
 from qtraderd.venues.binance.rest import BinanceAPIError
 from qtraderd.venues.paper import Position
 
-if TYPE_CHECKING:
-    from qtraderd.venues.binance.broker import BinanceBroker
+BinanceBroker = Any  # venues.binance.broker's (which imports this module): its attributes
 
 log = logging.getLogger("qtraderd.binance")
 

@@ -58,6 +58,7 @@ async def test_sets_leverage_and_margin_type_per_symbol(
             st = sim.account.settings[s]
             assert (st.leverage, st.margin_type) == (3, "ISOLATED")
         assert _lines(caplog) == [
+            f"account setup: account of API key ...{KEY[-4:]} at {sim.url}",
             "account setup: position mode one-way, multi-assets off",
             "account setup: balances USDT 10000.00 (available 10000.00)",
             "account setup: XRPUSDT leverage 3x ISOLATED",
