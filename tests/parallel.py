@@ -51,6 +51,12 @@ GROUPED = frozenset({
 # nodeid without parameters -> seconds per collected test (each parametrization), with its
 # share of module fixtures; a quiet 2-core machine
 LONG: dict[str, float] = {
+    "tests/venues/sim/test_live_trading.py::test_kill_9_at_twenty_moments_loses_and_"
+    "duplicates_nothing": 55,
+    "tests/venues/sim/test_live_trading.py::test_every_fault_at_once_keeps_the_books_"
+    "straight": 33,
+    "tests/venues/sim/test_live_trading.py::test_live_on_the_simulator_trades_as_the_"
+    "replay": 26,
     "tests/venues/sim/test_live_faults.py::test_every_fault_at_once_loses_and_duplicates_no_"
     "bar": 22,
     "tests/venues/sim/test_live_vs_replay.py::test_a_dry_run_on_the_simulator_trades_exactly_"

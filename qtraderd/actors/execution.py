@@ -99,7 +99,8 @@ class ExecutionActor(Actor):
 
     async def reconcile(self) -> None:
         if self.journal_first:  # a live venue also looks up what SQLite journaled
-            await self.broker.reconcile(self.saved, self.journal)  # type: ignore[call-arg]
+            await self.broker.reconcile(self.saved, self.journal,  # type: ignore[call-arg]
+                                        self.run_id)
         else:
             await self.broker.reconcile(self.saved)
         self.book.restore(self.broker.open_orders())

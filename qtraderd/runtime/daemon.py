@@ -243,7 +243,7 @@ class Daemon:
                 parse_time("feed.end", cfg.feed.end), self.credentials)
             try:
                 load_state_dir(self.state_dir)
-                await self._prepare_source(conn)
+                await self._prepare_source(conn, self.broker)
                 self.quotes = {quote_asset(s) for s in symbols}
             except InstrumentError as exc:
                 raise DaemonError(str(exc)) from None
@@ -282,7 +282,7 @@ class Daemon:
                     await aclose()
         return self.exit_code
 
-    async def _prepare_source(self, conn: sqlite3.Connection) -> None:
+    async def _prepare_source(self, conn: sqlite3.Connection, broker: Any = None) -> None:
         """A live source's start-up (Binance: exchange clock, symbols checked against
         exchangeInfo with their filters as instruments, warm-up history stored) before
         any actor runs; the store writer does not run yet, so it writes through `conn`."""
@@ -296,7 +296,7 @@ class Daemon:
         self.service.notifier.status("warming up: backfilling history from the exchange")
         try:
             instruments = await prepare(conn)
-            prepare_account = getattr(getattr(self, "broker", None), "prepare", None)
+            prepare_account = getattr(broker, "prepare", None)
             if prepare_account is not None:  # live: the account set up to trade them
                 log.info("live trading on Binance USD-M %s (%s)", self.cfg.exchange.environment,
                          self.cfg.exchange.rest_url)
@@ -341,7 +341,6 @@ class Daemon:
                               hold_at_end=not cfg.feed.exit_at_end)
         journal: tuple[tuple[str, str], ...] = ()
         if getattr(self.broker, "journal_first", False):  # live: orders possibly in flight
-            self.broker.run_id = self.run_id  # type: ignore[attr-defined]
             journal = tuple(conn.execute(  # any live run's: one may have died unresumed
                 "SELECT o.client_id, o.symbol FROM orders o JOIN runs r ON r.id = o.run_id "
                 "WHERE r.mode = 'live' AND o.client_id IS NOT NULL AND o.status IN "

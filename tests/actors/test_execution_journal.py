@@ -29,7 +29,8 @@ class JournalFirstBroker(PaperBroker):
         self.db = db
         self.seen: list[tuple[str, Any]] = []
 
-    async def reconcile(self, saved: Any, journal: Any = ()) -> None:  # a live broker's
+    async def reconcile(self, saved: Any, journal: Any = (), run_id: Any = None
+                        ) -> None:  # a live broker's
         await super().reconcile(saved)
 
     async def submit(self, order: Order) -> None:

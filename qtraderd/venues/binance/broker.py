@@ -80,8 +80,8 @@ class BinanceBroker(ProtectiveOrders):
                  leverage: float = 1.0, default_barriers: tuple[float, float] = (0.0, 0.0),
                  margin_type: str = "ISOLATED", run_id: int = 0) -> None:
         """`default_barriers`: (take-profit, stop-loss) fractions for positions adopted
-        without an entry of ours; `run_id` mints reconcile's own client ids (the daemon
-        sets it once the run is known)."""
+        without an entry of ours; `run_id` mints reconcile's own client ids (the execution
+        actor hands it over with the first reconcile, once the run is known)."""
         self.rest = rest
         self.default_barriers = default_barriers
         self.margin_type = margin_type
@@ -308,10 +308,13 @@ class BinanceBroker(ProtectiveOrders):
 
     # -- the Broker interface ----------------------------------------------------------
     async def reconcile(self, saved: dict[str, Any] | None,
-                        journal: tuple[tuple[str, str], ...] = ()) -> None:
+                        journal: tuple[tuple[str, str], ...] = (),
+                        run_id: int | None = None) -> None:
         """Before the first step: the saved state, then the exchange's view of it
         (reconcile.py); `journal`: (client id, symbol) of orders SQLite holds as sent
         or about to be sent that the saved state may not know."""
+        if run_id is not None:
+            self.run_id = run_id
         async with self._lock:
             if saved:
                 self.restore(saved)

@@ -61,7 +61,12 @@ def window(trained: dict, models: Path, bars: int) -> tuple[int, int]:
     return times[0], times[bars]
 
 
-def live_toml(path: Path, url: str, speed: float, end: int) -> Path:
+def live_toml(path: Path, url: str, speed: float, end: int, max_age_s: float = 120.0
+              ) -> Path:
+    """A live run on the simulator. `max_age_s` (risk.max_signal_age_s, 80 ms of wall time
+    at 1500x): an entry decided later than that after its bar's close is refused; the
+    simulator holds each candle's open for 135 s of its time, so every entry sent in time
+    fills at the open, as the replay fills it, even on a loaded machine."""
     ws = url.replace("http://", "ws://")
     path.write_text(f"""mode = "live"
 [feed]
@@ -77,6 +82,8 @@ ws_url = "{ws}"
 warmup_days = 3
 [costs]
 slippage_bps = 0
+[risk]
+max_signal_age_s = {max_age_s!r}
 [plugins]
 enabled = false
 {LOOSE}""")
