@@ -101,11 +101,14 @@ class ExecutionActor(Actor):
         if self.journal_first:  # a live venue also looks up what SQLite journaled
             await self.broker.reconcile(self.saved, self.journal,  # type: ignore[call-arg]
                                         self.run_id)
+            # the book as it was saved, and the journaled orders: what reconcile found
+            # (fills, expiries, stops placed again) arrives as moves in the first step
+            self.book.restore((self.saved or {}).get("orders", {}).items())
+            for cid, _symbol in self.journal:
+                self.book.states.setdefault(cid, OrderStatus.NEW)
         else:
             await self.broker.reconcile(self.saved)
-        self.book.restore(self.broker.open_orders())
-        for cid, _symbol in self.journal:  # journaled, unsettled: reconcile settled them
-            self.book.states.setdefault(cid, OrderStatus.NEW)  # (their moves come next)
+            self.book.restore(self.broker.open_orders())
         self.reconciled = True
         log.info("broker reconciled: %s, %d open orders",
                  "restored from saved state" if self.saved else "fresh account",
@@ -161,9 +164,11 @@ class ExecutionActor(Actor):
             if error is not None:
                 raise error
         self.last_done_cpu = time.process_time()  # once: the clock read is a system call
-        if self._last is not None and self._state_seq != self._last.seq:
+        if self._last is not None and (self._state_seq != self._last.seq
+                                       or self.journal_first):
             # The feed ended (data end or stop): the actors' final state, so the recorder
-            # can commit the last steps as a whole.
+            # can commit the last steps as a whole. A live broker's state moves between
+            # steps too (fills, stops triggered on the exchange): always the latest.
             await self._collect_state(self._last)
         await self.to_monitor.aclose()
         await self._hand_over(force=True)

