@@ -168,8 +168,9 @@ class ExecutionActor(Actor):
                                        or self.journal_first):
             # The feed ended (data end or stop): the actors' final state, so the recorder
             # can commit the last steps as a whole. A live broker's state moves between
-            # steps too (fills, stops triggered on the exchange): always the latest.
-            await self._collect_state(self._last)
+            # steps too (fills, stops triggered on the exchange): always the latest, and
+            # what it reported since the last step is recorded with it.
+            await self._collect_state(self._last, final=self.journal_first)
         await self.to_monitor.aclose()
         await self._hand_over(force=True)
         await self.to_recorder.aclose()
@@ -189,15 +190,19 @@ class ExecutionActor(Actor):
             return True
         return False
 
-    async def _collect_state(self, step: Step) -> None:
+    async def _collect_state(self, step: Step, final: bool = False) -> None:
         """Send a bar-less step (`seal`) down the chain behind `step`: every actor appends
         its state, which is still its state after `step` (nothing else reaches it in
         between), and the recorder commits `step` and that state in one transaction. The
         state rides in a step of its own so that packing it (milliseconds for the
         predictor's features and records) comes after the decision, not before it."""
+        seal = Step(seq=step.seq, ts=step.ts, close_ts=step.close_ts, bars=(),
+                    checkpoint=True, seal=True)
+        if final:  # a live venue's events since the last step: orders, fills, trades
+            got = await self._phase_a(seal)
+            seal = replace(seal, orders=got.orders, fills=got.fills, closed=got.closed)
         self._awaiting_b = True
-        await pass_on(self.to_monitor, Step(seq=step.seq, ts=step.ts, close_ts=step.close_ts,
-                                            bars=(), checkpoint=True, seal=True))
+        await pass_on(self.to_monitor, seal)
         await self._phase_b()
         self._state_seq = step.seq
 
