@@ -216,7 +216,10 @@ async def _protection(b: BinanceBroker, algos: list[Any], held: set[str],
         mine = {pos.sl_id, pos.tp_id} - {""} if pos is not None else set()
         for a in found:
             if a.client_algo_id in mine:
-                b._orders[a.client_algo_id] = S.ACCEPTED
+                if a.client_algo_id not in b._orders:  # placed after the last checkpoint
+                    b._move(a.client_algo_id, symbol, b._last_ts, S.NEW, "protective")
+                b._move(a.client_algo_id, symbol, b._last_ts, S.ACCEPTED,
+                        "found on the exchange")
                 continue
             why = "orphan (no position)" if pos is None else "not this position's"
             _note(b, findings, f"{symbol}: algo order {a.client_algo_id} {why}: cancelled")
@@ -230,6 +233,7 @@ async def _protection(b: BinanceBroker, algos: list[Any], held: set[str],
         for cid, level, kind in ((pos.sl_id, pos.stop_price, "STOP_MARKET"),
                                  (pos.tp_id, pos.take_price, "TAKE_PROFIT_MARKET")):
             if cid and level > 0 and cid not in present:
-                b._orders.pop(cid, None)
+                if cid in b._orders:  # the old one is gone: it ends before its successor
+                    b._move(cid, symbol, b._last_ts, S.CANCELLED, "missing on the exchange")
                 _note(b, findings, f"{symbol}: {kind} {cid} missing: placed again")
                 await b._place_protective(pos, cid, level, kind)
