@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -48,6 +49,10 @@ from qtraderd.venues.base import Broker, Order
 
 log = logging.getLogger("qtraderd.execution")
 
+
+class _Stale(Exception):
+    """A live step too old to act on (ExecutionActor._stale): phase B sends nothing."""
+
 RECORD_BATCH = 64
 CHECKPOINT_S = 1.0  # a replay checkpoints at least this often (wall time)
 
@@ -63,8 +68,19 @@ class ExecutionActor(Actor):
                  saved: dict[str, Any] | None = None,
                  checkpoint_steps: int = EVERY_STEPS,
                  journal: tuple[tuple[str, str], ...] = (),
-                 commands: trio.MemoryReceiveChannel[Command] | None = None) -> None:
+                 commands: trio.MemoryReceiveChannel[Command] | None = None,
+                 stale_after_ms: int | None = None,
+                 now_ms: Callable[[], int] | None = None) -> None:
+        """`stale_after_ms` with `now_ms` (live): a step whose bar closed longer ago — a
+        catch-up step after a start or an outage, maybe one the daemon had handled before
+        a crash, when the exchange has moved on since — sends nothing: no order, no stop
+        moved. Its deterministic client ids could meet orders the earlier pass sent for
+        positions that are gone; reconcile has already made the exchange's state ours,
+        and the next step in time decides on it."""
         super().__init__()
+        self.stale_after_ms = stale_after_ms
+        self._now_ms = now_ms
+        self.stale_steps = 0
         self.commands = commands  # `ctl reconcile`
         self.checkpoint_steps = checkpoint_steps
         self.broker = broker
@@ -304,6 +320,8 @@ class ExecutionActor(Actor):
             self._finished.append(self.with_state(step))
             return
         try:
+            if self._stale(step):  # nothing is sent on it (see __init__)
+                raise _Stale
             for a in step.amends:
                 await self.broker.amend(a, step.seq)
             orders = self._orders(step)
@@ -318,6 +336,8 @@ class ExecutionActor(Actor):
                     await self._journal(step)
             for _, o in orders:
                 await self.broker.submit(o)
+        except _Stale:
+            pass
         except Exception as exc:
             error, step = exc, degrade(step, self.name)
         finally:
@@ -327,6 +347,18 @@ class ExecutionActor(Actor):
         self._finished.append(self.with_state(step))
         if error is not None:
             raise error
+
+    def _stale(self, step: Step) -> bool:
+        if self.stale_after_ms is None or self._now_ms is None:
+            return False
+        age = self._now_ms() - step.close_ts
+        if age <= self.stale_after_ms:
+            return False
+        self.stale_steps += 1
+        if step.intents or step.amends:
+            log.info("stale step %d (bar closed %.0f s ago): no orders, no stop moves",
+                     step.seq, age / 1000)
+        return True
 
     async def _journal(self, step: Step) -> None:
         """Commit the orders' rows (client id, status `new`) before any request leaves:

@@ -348,7 +348,9 @@ class Daemon:
         self.execution = ExecutionActor(
             self.broker, feed_rx, mon_tx, back_rx, rec_tx,
             self.clock if isinstance(self.clock, ReplayClock) else None, run_id=self.run_id,
-            checkpoint_steps=cfg.store.checkpoint_steps, journal=journal, commands=xcmd_rx)
+            checkpoint_steps=cfg.store.checkpoint_steps, journal=journal, commands=xcmd_rx,
+            stale_after_ms=int(cfg.risk.max_signal_age_s * 1000) if cfg.mode == "live" else None,
+            now_ms=self.clock.now_ms)
         self.monitor = MonitorActor(cfg.monitor, mon_rx, pred_tx)
         if cfg.plugins.enabled:  # loaded now, in name order: every run starts the same way
             self.plugins = PluginHost(cfg.plugins, self.plugins_dir)

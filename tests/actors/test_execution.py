@@ -83,3 +83,28 @@ async def test_two_exits_for_one_symbol_in_a_step_get_distinct_ids() -> None:
     await ex._phase_b()
     assert [u.client_id for u in ex._finished[0].orders] == ["q4-1-ETHBTC-X",
                                                              "q4-1-ETHBTC-X2"]
+
+
+async def test_a_live_step_too_old_sends_nothing() -> None:
+    """Live (stale_after_ms): a catch-up step — maybe one handled before a crash while the
+    exchange moved on — sends no order and moves no stop; a step in time does."""
+    now = [0]
+    broker = PaperBroker({"BTC": 1.0}, CostModel(0.0005, 0.0002, 0.0))
+    _bars_tx, bars_rx = trio.open_memory_channel[Step](1)
+    mon_tx, _ = trio.open_memory_channel[Step](10)
+    back_tx, back_rx = trio.open_memory_channel[Step](10)
+    rec_tx, _ = trio.open_memory_channel[list[Step]](10)
+    ex = ExecutionActor(broker, bars_rx, mon_tx, back_rx, rec_tx, run_id=4,
+                        stale_after_ms=60_000, now_ms=lambda: now[0])
+    await ex.reconcile()
+    intents, decisions = entry(1)
+    old = step(1, 0.05, intents, decisions)
+    now[0] = old.close_ts + 61_000
+    await back_tx.send(old)
+    await ex._phase_b()
+    assert ex.book.states == {} and ex._finished[-1].orders == () and ex.stale_steps == 1
+    fresh = step(2, 0.05, *entry(2))
+    now[0] = fresh.close_ts + 1_000
+    await back_tx.send(fresh)
+    await ex._phase_b()
+    assert ex.book.states == {"q4-2-ETHBTC-E": "new"} and ex.stale_steps == 1
