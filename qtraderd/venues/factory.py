@@ -77,13 +77,13 @@ def build_venue(cfg: Config, state_dir: Path, symbols: list[str],
         speed = 1.0 if math.isinf(cfg.feed.speed) else cfg.feed.speed
         clock = LiveClock(speed)
         if cfg.mode == "live":
-            broker = _live_broker(cfg, credentials)
+            broker = _live_broker(cfg, credentials, clock)
         return BinanceSource.from_config(cfg, symbols, clock, end_ms, state_dir), broker, clock
     source = ReplaySource(state_dir, symbols, cfg.feed.interval, start_ms, end_ms)
     return source, broker, ReplayClock()
 
 
-def _live_broker(cfg: Config, credentials: Any) -> Broker:
+def _live_broker(cfg: Config, credentials: Any, clock: LiveClock) -> Broker:
     if credentials is None:
         raise VenueError('mode = "live" needs Binance API credentials (README: Secrets)')
     from qtraderd.venues.binance.broker import BinanceBroker
@@ -91,8 +91,10 @@ def _live_broker(cfg: Config, credentials: Any) -> Broker:
     from qtraderd.venues.binance.signing import ApiCredentials
     from qtraderd.venues.binance.userstream import UserStream
 
-    rest = RestClient.from_config(cfg, credentials=ApiCredentials(credentials.api_key,
-                                                                  credentials.api_secret))
+    # signed on the same local clock as the feed's requests (at the simulator's speed)
+    rest = RestClient.from_config(cfg, now_ms=clock.local_ms,
+                                  credentials=ApiCredentials(credentials.api_key,
+                                                             credentials.api_secret))
     return BinanceBroker(
         rest, {}, interval_ms=INTERVAL_MS[cfg.feed.interval],
         stream=UserStream.from_config(cfg, rest), working_type=cfg.exchange.working_type,
