@@ -25,7 +25,8 @@ from typing import Any
 import msgspec
 
 from qtraderd.core.instruments import Instrument, on_grid
-from qtraderd.venues.binance.payloads import PayloadError
+from qtraderd.venues.binance.payloads import PayloadError, decode
+from qtraderd.venues.binance.payloads import decimal_or_zero as _num
 from qtraderd.venues.binance.rest import RestClient
 
 __all__ = ["AlgoCancel", "AlgoOrder", "AlgoUpdate", "cancel_algo_order",
@@ -154,13 +155,6 @@ _event_dec = msgspec.json.Decoder(_Event)
 _cancel_dec = msgspec.json.Decoder(_Cancel)
 
 
-def _num(text: str | None, what: str) -> float:
-    if text is None or text == "":
-        return 0.0
-    try:
-        return float(text)
-    except ValueError:
-        raise PayloadError(f"{what}: expected a decimal string, got {text!r}") from None
 
 
 def _opt(text: str | None, what: str) -> float | None:
@@ -176,11 +170,6 @@ def _order_id(value: str | int | None) -> int | None:
         raise PayloadError(f"actualOrderId: expected an integer, got {value!r}") from None
 
 
-def _decode(dec: msgspec.json.Decoder[Any], body: bytes | str, what: str) -> Any:
-    try:
-        return dec.decode(body)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"{what}: {exc}") from None
 
 
 def _from_rest(r: _Rest) -> AlgoOrder:
@@ -202,22 +191,22 @@ def _from_rest(r: _Rest) -> AlgoOrder:
 
 def parse_algo_order(body: bytes | str) -> AlgoOrder:
     """The `POST` / `GET /fapi/v1/algoOrder` answer."""
-    return _from_rest(_decode(_one_dec, body, "algo order"))
+    return _from_rest(decode(_one_dec, body, "algo order"))
 
 
 def parse_algo_orders(body: bytes | str) -> list[AlgoOrder]:
     """The `GET /fapi/v1/openAlgoOrders` answer."""
-    return [_from_rest(r) for r in _decode(_many_dec, body, "open algo orders")]
+    return [_from_rest(r) for r in decode(_many_dec, body, "open algo orders")]
 
 
 def parse_algo_cancel(body: bytes | str) -> AlgoCancel:
-    c = _decode(_cancel_dec, body, "algo cancel")
+    c = decode(_cancel_dec, body, "algo cancel")
     return AlgoCancel(c.algoId, c.clientAlgoId)
 
 
 def parse_algo_update(raw: bytes | str) -> AlgoUpdate:
     """An `ALGO_UPDATE` user event (user_data/algo_update_new.json's shape)."""
-    ev = _decode(_event_dec, raw, "ALGO_UPDATE")
+    ev = decode(_event_dec, raw, "ALGO_UPDATE")
     if ev.e != "ALGO_UPDATE":
         raise PayloadError(f"ALGO_UPDATE: event type {ev.e!r}")
     o = ev.o

@@ -165,7 +165,9 @@ _time_dec = msgspec.json.Decoder(_ServerTime)
 _error_dec = msgspec.json.Decoder(BinanceError)
 
 
-def _num(text: str, what: str) -> float:
+def decimal(text: str, what: str) -> float:
+    """Binance's decimal string as a float; PayloadError naming `what` otherwise (the one
+    number check of every parser here: klines, orders, algo orders, user events)."""
     try:
         value = float(text)
     except ValueError:
@@ -175,13 +177,26 @@ def _num(text: str, what: str) -> float:
     return value
 
 
+def decimal_or_zero(text: str | None, what: str) -> float:
+    """`decimal`, with an absent or empty field as 0 (Binance leaves some out when unset)."""
+    return 0.0 if text is None or text == "" else decimal(text, what)
+
+
+def decode(dec: msgspec.json.Decoder[Any], body: bytes | str, what: str) -> Any:
+    """`dec.decode(body)`, a malformed body as PayloadError naming `what`."""
+    try:
+        return dec.decode(body)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"{what}: {exc}") from None
+
+
 def _kline(k: _K, closed: bool, where: str) -> Kline:
     if not k.symbol or not k.interval or k.close_time <= k.open_time:
         raise PayloadError(f"{where}: kline with symbol {k.symbol!r}, interval {k.interval!r}, "
                            f"open {k.open_time}, close {k.close_time}")
-    o, h = _num(k.open, f"{where} open"), _num(k.high, f"{where} high")
-    lo, c = _num(k.low, f"{where} low"), _num(k.close, f"{where} close")
-    v = _num(k.volume, f"{where} volume")
+    o, h = decimal(k.open, f"{where} open"), decimal(k.high, f"{where} high")
+    lo, c = decimal(k.low, f"{where} low"), decimal(k.close, f"{where} close")
+    v = decimal(k.volume, f"{where} volume")
     if lo > h or v < 0:
         raise PayloadError(f"{where}: {k.symbol} {k.open_time} has low {lo} > high {h} or "
                            f"volume {v} < 0")

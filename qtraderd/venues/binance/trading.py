@@ -32,7 +32,8 @@ from typing import Any
 import msgspec
 
 from qtraderd.core.instruments import Instrument, on_grid
-from qtraderd.venues.binance.payloads import PayloadError
+from qtraderd.venues.binance.payloads import PayloadError, decode
+from qtraderd.venues.binance.payloads import decimal_or_zero as _num
 from qtraderd.venues.binance.rest import BinanceAPIError, RestClient
 
 __all__ = ["AccountInfo", "AccountPosition", "BalanceInfo", "OrderAck", "OrderInfo",
@@ -251,13 +252,6 @@ _balances_dec = msgspec.json.Decoder(list[_Balance])
 _account_dec = msgspec.json.Decoder(_Account)
 
 
-def _num(text: str | None, what: str) -> float:
-    if text is None or text == "":
-        return 0.0
-    try:
-        return float(text)
-    except ValueError:
-        raise PayloadError(f"{what}: expected a decimal string, got {text!r}") from None
 
 
 def _int(text: str, what: str) -> int:
@@ -267,11 +261,6 @@ def _int(text: str, what: str) -> int:
         raise PayloadError(f"{what}: expected an integer, got {text!r}") from None
 
 
-def _decode(dec: msgspec.json.Decoder[Any], body: bytes | str, what: str) -> Any:
-    try:
-        return dec.decode(body)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"{what}: {exc}") from None
 
 
 def _info(o: _Order) -> OrderInfo:
@@ -289,7 +278,7 @@ def _info(o: _Order) -> OrderInfo:
 
 def parse_order_ack(body: bytes | str) -> OrderAck:
     """The `POST /fapi/v1/order` answer."""
-    o = _decode(_order_dec, body, "order acknowledgement")
+    o = decode(_order_dec, body, "order acknowledgement")
     return OrderAck(order_id=o.orderId, client_order_id=o.clientOrderId, symbol=o.symbol,
                     side=o.side, order_type=o.type, status=o.status,
                     orig_qty=_num(o.origQty, f"order {o.clientOrderId} origQty"),
@@ -298,18 +287,18 @@ def parse_order_ack(body: bytes | str) -> OrderAck:
 
 def parse_order(body: bytes | str) -> OrderInfo:
     """The `GET` / `DELETE /fapi/v1/order` answer (http/order_response.json's shape)."""
-    return _info(_decode(_order_dec, body, "order"))
+    return _info(decode(_order_dec, body, "order"))
 
 
 def parse_orders(body: bytes | str) -> list[OrderInfo]:
     """The `GET /fapi/v1/openOrders` answer."""
-    return [_info(o) for o in _decode(_orders_dec, body, "open orders")]
+    return [_info(o) for o in decode(_orders_dec, body, "open orders")]
 
 
 def parse_position_risk(body: bytes | str) -> list[PositionInfo]:
     """The `GET /fapi/v2/positionRisk` answer (http/position_risk.json)."""
     out = []
-    for p in _decode(_positions_dec, body, "positionRisk"):
+    for p in decode(_positions_dec, body, "positionRisk"):
         w = f"positionRisk {p.symbol}"
         margin = _MARGIN_TYPES.get(p.marginType.lower())
         if margin is None:
@@ -333,7 +322,7 @@ def parse_position_risk(body: bytes | str) -> list[PositionInfo]:
 def parse_balances(body: bytes | str) -> list[BalanceInfo]:
     """The `GET /fapi/v2/balance` answer (http/balance.json)."""
     out = []
-    for b in _decode(_balances_dec, body, "balance"):
+    for b in decode(_balances_dec, body, "balance"):
         w = f"balance {b.asset}"
         out.append(BalanceInfo(
             asset=b.asset, wallet_balance=_num(b.balance, f"{w} balance"),
@@ -347,7 +336,7 @@ def parse_balances(body: bytes | str) -> list[BalanceInfo]:
 
 def parse_account_info(body: bytes | str) -> AccountInfo:
     """The `GET /fapi/v2/account` answer (http/account_info_v2.json)."""
-    a = _decode(_account_dec, body, "account")
+    a = decode(_account_dec, body, "account")
     assets = [BalanceInfo(
         asset=x.asset, wallet_balance=_num(x.walletBalance, f"asset {x.asset}"),
         available_balance=_num(x.availableBalance, f"asset {x.asset}"),

@@ -20,11 +20,10 @@ not JSON, or a known event missing a required field, raises `PayloadError` namin
 
 from __future__ import annotations
 
-import math
-
 import msgspec
 
 from qtraderd.venues.binance.payloads import PayloadError
+from qtraderd.venues.binance.payloads import decimal as _f
 
 __all__ = ["FILL_EXECUTIONS", "BinanceAccountUpdate", "BinanceAlgoUpdate", "BinanceBalance",
            "BinanceOrderUpdate", "BinancePosition", "BinanceTradeLite", "BinanceUnknownEvent",
@@ -301,14 +300,6 @@ _lite = msgspec.json.Decoder(_TradeLite)
 _expired = msgspec.json.Decoder(_Expired)
 
 
-def _f(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise PayloadError(f"{what}: expected a decimal string, got {text!r}") from None
-    if not math.isfinite(value):
-        raise PayloadError(f"{what}: expected a finite number, got {text!r}")
-    return value
 
 
 def _int(value: int | str, what: str) -> int:
