@@ -1,8 +1,10 @@
 """BinanceSource against a fake market on loopback (real HTTP and WebSocket sockets): steps
 grouped by open time, a late symbol left out and fetched over REST (never emitted, stored
 once), the backfill after a reconnect before any stream bar, the start-up warm-up and its
-resumption. The market's clock runs at 600x (a 1m bar every 0.1 s); waits are events or
-polling with a deadline."""
+resumption. The market's clock runs at 600x (a 1m bar every 0.1 s) of Trio time, and the
+tests run on Trio's autojump clock: time moves only while every task waits, so a loaded
+machine cannot make a bar late (the sockets are still real; the kernel hands loopback data
+over before the loop looks for the next timer)."""
 
 from __future__ import annotations
 
@@ -35,9 +37,12 @@ def config(market: Market, **exchange: object) -> Config:
 class Consumer:
     """Runs a source like the feed actor does; keeps its steps and the bars it stored."""
 
-    def __init__(self, source: BinanceSource) -> None:
+    def __init__(self, source: BinanceSource, market: Market) -> None:
         self.source = source
-        self.steps: list[tuple[int, tuple[Bar, ...], float]] = []
+        self.market = market
+        # (open time, bars, how many REST requests the market had seen by then): under the
+        # autojump clock no time passes between events, so order is told by that count
+        self.steps: list[tuple[int, tuple[Bar, ...], int]] = []
         self.stored: list[Bar] = []
         self.finished = trio.Event()
         source.store = self._store
@@ -52,7 +57,7 @@ class Consumer:
 
     async def _consume(self) -> None:
         async for ts, bars in self.source.batches():
-            self.steps.append((ts, bars, trio.current_time()))
+            self.steps.append((ts, bars, len(self.market.http.requests)))
         self.finished.set()
 
     def emitted(self) -> list[tuple[str, int]]:
@@ -68,7 +73,7 @@ async def run_market(market: Market, *, end_bar: int, **exchange: object) -> Con
         await market.start(n)
         source = BinanceSource(config(market, **exchange), market.symbols,
                                LiveClock(market.speed), end_ms=market.open_time(end_bar))
-        c = await Consumer(source).start(n)
+        c = await Consumer(source, market).start(n)
         with trio.fail_after(10):
             await c.finished.wait()
         n.cancel_scope.cancel()
@@ -87,7 +92,7 @@ def check_exactly_once(c: Consumer, market: Market, end_bar: int) -> None:
     assert ts == sorted(set(ts)), "steps not strictly increasing"
 
 
-async def test_steps_grouped_by_open_time_even_out_of_order():
+async def test_steps_grouped_by_open_time_even_out_of_order(autojump_clock):
     m = Market(("AAAUSDT", "BBBUSDT", "CCCUSDT"), history=10, live=8)
     m.delay[("CCCUSDT", m.open_time(1))] = 1  # comes after bar 2's klines, within deadline
     c = await run_market(m, end_bar=7, close_deadline_s=0.6)
@@ -105,7 +110,8 @@ async def test_steps_grouped_by_open_time_even_out_of_order():
     check_exactly_once(c, m, 7)
 
 
-async def test_late_symbol_left_out_fetched_over_rest_stored_once_never_emitted(caplog):
+async def test_late_symbol_left_out_fetched_over_rest_stored_once_never_emitted(
+        caplog, autojump_clock):
     caplog.set_level(logging.INFO)
     m = Market(("AAAUSDT", "BBBUSDT"), history=5, live=10)
     t2, t4 = m.open_time(2), m.open_time(4)
@@ -126,7 +132,8 @@ async def test_late_symbol_left_out_fetched_over_rest_stored_once_never_emitted(
     check_exactly_once(c, m, 9)
 
 
-async def test_reconnect_backfills_before_stream_bars_no_gap_no_duplicate(caplog):
+async def test_reconnect_backfills_before_stream_bars_no_gap_no_duplicate(
+        caplog, autojump_clock):
     caplog.set_level(logging.INFO)
     m = Market(("AAAUSDT", "BBBUSDT"), history=5, live=16)
     m.blackout(3, 9)  # connections dropped and refused while bars 3..8 close
@@ -141,11 +148,11 @@ async def test_reconnect_backfills_before_stream_bars_no_gap_no_duplicate(caplog
     assert history and all(t in missed or t >= m.open_time(9) or t < first_step
                            for _, t in history)
     # the backfill's requests came before the first step after the reconnect
-    backfill = [r for r in m.http.requests if r.path == "/fapi/v1/klines"
+    backfill = [i for i, r in enumerate(m.http.requests) if r.path == "/fapi/v1/klines"
                 and int(r.query["startTime"]) == m.open_time(3)]
-    assert {r.query["symbol"] for r in backfill} == {"AAAUSDT", "BBBUSDT"}
-    after = min(at for t, _, at in c.steps if t > m.open_time(2))
-    assert max(r.at for r in backfill) < after
+    assert {m.http.requests[i].query["symbol"] for i in backfill} == {"AAAUSDT", "BBBUSDT"}
+    seen_by_then = min(n for t, _, n in c.steps if t > m.open_time(2))
+    assert max(backfill) < seen_by_then
     assert "stored as history, not traded" in caplog.text
     assert c.source.stream.reconnects >= 1 and c.source.history_bars == len(history)
     st = c.source.status()
@@ -153,7 +160,7 @@ async def test_reconnect_backfills_before_stream_bars_no_gap_no_duplicate(caplog
 
 
 async def test_warm_up_stores_history_and_a_restart_fetches_only_what_is_missing(
-        tmp_path: Path):
+        tmp_path: Path, autojump_clock):
     m = Market(("AAAUSDT", "BBBUSDT"), history=300, live=6)
     days = 200 * M1 / 86_400_000
     conn = connect(tmp_path)
