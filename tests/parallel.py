@@ -54,18 +54,18 @@ LONG: dict[str, float] = {
     "tests/venues/sim/test_live_trading.py::test_kill_9_at_twenty_moments_loses_and_"
     "duplicates_nothing": 55,
     "tests/venues/sim/test_live_trading.py::test_every_fault_at_once_keeps_the_books_"
-    "straight": 33,
+    "straight": 21,
     "tests/venues/sim/test_live_trading.py::test_live_on_the_simulator_trades_as_the_"
-    "replay": 26,
+    "replay": 22,
     "tests/venues/sim/test_live_faults.py::test_every_fault_at_once_loses_and_duplicates_no_"
     "bar": 22,
     "tests/venues/sim/test_live_vs_replay.py::test_a_dry_run_on_the_simulator_trades_exactly_"
-    "as_the_replay": 13,
+    "as_the_replay": 6.5,
     "tests/venues/sim/test_try_live.py::test_the_readme_two_commands_dry_run_on_the_"
     "simulator": 11,
     "tests/test_learning_e2e.py::test_replays_with_the_learner_are_identical": 45,
     "tests/runtime/test_crash.py::test_kill_9_with_the_learner_on_resumes_and_keeps_the_"
-    "registry_honest": 36,
+    "registry_honest": 17,
     "tests/test_cli.py::test_the_demo_from_a_fresh_directory": 31,
     "tests/reporting/test_walkforward.py::test_the_whole_walkforward_is_deterministic": 21,
     "tests/reporting/test_walkforward.py::test_four_arms_with_numbers_from_the_stores": 20,
@@ -77,8 +77,8 @@ LONG: dict[str, float] = {
     "tests/training/test_nets.py::test_cli_subprocess_trains_both_networks": 11,
     "tests/training/test_nets.py::test_window_data_matches_the_tree_samples": 9,
     "tests/store/test_schema.py::test_hot_queries_use_indexes_at_scale": 1.7,  # x6
-    "tests/runtime/test_secrets.py::test_a_running_daemon_leaks_no_secret_anywhere": 6.6,
-    "tests/reporting/test_verify.py::test_verify_a_healthy_then_broken_then_stopped_daemon": 6.5,
+    "tests/runtime/test_secrets.py::test_a_running_daemon_leaks_no_secret_anywhere": 3.9,
+    "tests/reporting/test_verify.py::test_verify_a_healthy_then_broken_then_stopped_daemon": 2.2,
     "tests/test_startup_errors.py::test_run_on_a_store_locked_by_another_process_exits_2": 5.6,
     "tests/test_cli.py::test_locked_store_is_a_clear_error": 5.2,
     "tests/fuzz/test_plugins_fuzz.py::test_plugins_that_loop": 7,

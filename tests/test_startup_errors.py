@@ -136,7 +136,10 @@ def test_run_on_a_store_with_garbage_pages_exits_2(tmp_path):
 
 
 def test_a_refused_second_instance_changes_nothing_and_report_shows_the_live_run(tmp_path):
-    state, models = make_store(tmp_path / "state", symbols=("ETHBTC",)), tmp_path / "m"
+    # 600 bars: the first daemon soon holds at the end of its replay (what is refused and
+    # reported does not depend on the length) instead of replaying 5,760 beside the test
+    state = make_store(tmp_path / "state", symbols=("ETHBTC",), limit=600)
+    models = tmp_path / "m"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QT_")}
     env.update(QT_FEED_EXIT_AT_END="false", QT_LEARNING_ENABLED="false")
     first = subprocess.Popen([sys.executable, "-m", "qtraderd", "run", "--no-train",

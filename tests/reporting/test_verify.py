@@ -53,10 +53,12 @@ def seed_job(state: Path, family: str, status: str, detail: str = "") -> None:
 
 def healthy_daemon(world) -> Daemon:
     """The whole chain with the learner on; its windows are too long for any job to start,
-    so it only evaluates its triggers every data hour (what verify checks)."""
+    so it only evaluates its triggers every data hour (what verify checks). The replay
+    covers the store's last four days (the models' out-of-sample span; the bars before
+    are its warm-up): what verify checks does not depend on the replay's length."""
     cfg = with_changes(
         load(env={}), sizing={"min_edge_pct": -0.5, "min_confidence": 0.25},
-        rl={"enabled": False}, feed={"exit_at_end": False},
+        rl={"enabled": False}, feed={"exit_at_end": False, "start": "2018-01-26"},
         learning={"families": ("xgboost", "lightgbm"), "train_window_days": 1000.0})
     extra = {"plugins_dir": world["plugins"]} if "plugins_dir" in Daemon.__dataclass_fields__ \
         else {}

@@ -275,8 +275,8 @@ LEARNING = """
 enabled = true
 families = ["xgboost"]
 eval_every_hours = 1
-retrain_interval_hours = 6
-min_retrain_gap_hours = 3
+retrain_interval_hours = 12
+min_retrain_gap_hours = 6
 train_window_days = 4
 eval_window_days = 1
 [train]
