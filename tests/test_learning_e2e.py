@@ -76,9 +76,11 @@ def replay_records(db: Path) -> tuple:
 
 
 def learning_replay(trained, root: Path) -> dict:
-    """Two days of replay with the learner on and small trees, run to its end."""
+    """Two days of data (the warm-up day and one more) with the learner on and small trees,
+    run to its end: six jobs of both families, each ~2.5 s (mostly the job subprocess's
+    imports); the tests need four."""
     w = world(trained, root)
-    d = learning_daemon(w, days=2.0, jobs_see_config=True, train=SMALL_TREES)
+    d = learning_daemon(w, days=1.0, jobs_see_config=True, train=SMALL_TREES)
     code = trio.run(d.run)
     return {"w": w, "code": code, "run_id": d.run_id, "last_ts": d.feed.last_ts,
             "db": w["state"] / "qtraderd.db"}
