@@ -119,8 +119,9 @@ def test_learner_evaluates_hourly_on_the_data_clock_and_records_jobs(replay):
 
 async def test_ctl_answers_while_a_job_holds_the_clock(trained, tmp_path):
     w = world(trained, tmp_path)
-    # default trees: the job must last while the test asks ctl what it is doing
-    d = learning_daemon(w, days=1.0, feed={"exit_at_end": False})
+    # default trees: the job must last while the test asks ctl what it is doing; six hours
+    # after the warm-up day: the first jobs and the one asked for run before the data ends
+    d = learning_daemon(w, days=0.25, feed={"exit_at_end": False})
 
     async def ask(cmd, **args):
         return await trio.to_thread.run_sync(ctl.request, w["sock"], cmd, args)
