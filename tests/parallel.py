@@ -68,8 +68,8 @@ LONG: dict[str, float] = {
     "tests/runtime/test_crash.py::test_kill_9_with_the_learner_on_resumes_and_keeps_the_"
     "registry_honest": 36,
     "tests/test_cli.py::test_the_demo_from_a_fresh_directory": 31,
-    "tests/reporting/test_walkforward.py::test_the_whole_walkforward_is_deterministic": 21,
-    "tests/reporting/test_walkforward.py::test_four_arms_with_numbers_from_the_stores": 20,
+    "tests/reporting/test_walkforward.py::test_the_whole_walkforward_is_deterministic": 14,
+    "tests/reporting/test_walkforward.py::test_four_arms_with_numbers_from_the_stores": 14,
     "tests/test_learning_e2e.py::test_learner_evaluates_hourly_on_the_data_clock_and_"
     "records_jobs": 16,  # the module's shared replay
     "tests/test_learning_e2e.py::test_ctl_answers_while_a_job_holds_the_clock": 15,
