@@ -45,6 +45,7 @@ GROUPED = frozenset({
     "tests/reporting/test_walkforward.py",
     "tests/store/test_importer.py",
     "tests/store/test_schema.py",
+    "tests/test_learning_e2e.py",
     "tests/training/test_nets.py",
 })
 
@@ -63,20 +64,20 @@ LONG: dict[str, float] = {
     "as_the_replay": 6.5,
     "tests/venues/sim/test_try_live.py::test_the_readme_two_commands_dry_run_on_the_"
     "simulator": 11,
-    "tests/test_learning_e2e.py::test_replays_with_the_learner_are_identical": 45,
+    "tests/test_learning_e2e.py::test_replays_with_the_learner_are_identical": 15,
     "tests/runtime/test_crash.py::test_kill_9_with_the_learner_on_resumes_and_keeps_the_"
     "registry_honest": 17,
     "tests/test_cli.py::test_the_demo_from_a_fresh_directory": 31,
-    "tests/reporting/test_walkforward.py::test_the_whole_walkforward_is_deterministic": 21,
-    "tests/reporting/test_walkforward.py::test_four_arms_with_numbers_from_the_stores": 20,
+    "tests/reporting/test_walkforward.py::test_the_whole_walkforward_is_deterministic": 14,
+    "tests/reporting/test_walkforward.py::test_four_arms_with_numbers_from_the_stores": 14,
     "tests/test_learning_e2e.py::test_learner_evaluates_hourly_on_the_data_clock_and_"
-    "records_jobs": 28,
-    "tests/test_learning_e2e.py::test_ctl_answers_while_a_job_holds_the_clock": 31,
+    "records_jobs": 16,  # the module's shared replay
+    "tests/test_learning_e2e.py::test_ctl_answers_while_a_job_holds_the_clock": 15,
     "tests/runtime/test_crash.py::test_kill_9_at_twenty_random_moments_changes_nothing": 17,
     "tests/training/test_nets.py::test_real_candles_auc_below_leakage_threshold": 14,
     "tests/training/test_nets.py::test_cli_subprocess_trains_both_networks": 11,
     "tests/training/test_nets.py::test_window_data_matches_the_tree_samples": 9,
-    "tests/store/test_schema.py::test_hot_queries_use_indexes_at_scale": 1.7,  # x6
+    "tests/store/test_schema.py::test_hot_queries_use_indexes_at_scale": 1.1,  # x6
     "tests/runtime/test_secrets.py::test_a_running_daemon_leaks_no_secret_anywhere": 3.9,
     "tests/reporting/test_verify.py::test_verify_a_healthy_then_broken_then_stopped_daemon": 2.2,
     "tests/test_startup_errors.py::test_run_on_a_store_locked_by_another_process_exits_2": 5.6,

@@ -66,18 +66,44 @@ def rows(db: Path, sql: str, *args):
         conn.close()
 
 
-async def test_learner_evaluates_hourly_on_the_data_clock_and_records_jobs(trained, tmp_path):
-    w = world(trained, tmp_path)
-    d = learning_daemon(w, days=2.0, jobs_see_config=True, train=SMALL_TREES)
-    assert await d.run() == 0
-    db = w["state"] / "qtraderd.db"
+def replay_records(db: Path) -> tuple:
+    """What two replays must agree on: orders, fills and the learner's jobs."""
+    return (
+        rows(db, "SELECT id, ts, symbol, side, qty, risk_action FROM orders ORDER BY id"),
+        rows(db, "SELECT seq, order_id, price, fee FROM fills ORDER BY seq, order_id"),
+        rows(db, "SELECT family, status, version FROM retrain_jobs ORDER BY id"),
+    )
+
+
+def learning_replay(trained, root: Path) -> dict:
+    """Two days of data (the warm-up day and one more) with the learner on and small trees,
+    run to its end: six jobs of both families, each ~2.5 s (mostly the job subprocess's
+    imports); the tests need four."""
+    w = world(trained, root)
+    d = learning_daemon(w, days=1.0, jobs_see_config=True, train=SMALL_TREES)
+    code = trio.run(d.run)
+    return {"w": w, "code": code, "run_id": d.run_id, "last_ts": d.feed.last_ts,
+            "db": w["state"] / "qtraderd.db"}
+
+
+@pytest.fixture(scope="module")
+def replay(trained, tmp_path_factory) -> dict:
+    """One learning replay, shared: its records are checked by the first test below, and
+    the determinism test compares a second, independent replay with it (a third run of
+    the same replay would prove nothing more)."""
+    return learning_replay(trained, tmp_path_factory.mktemp("replay"))
+
+
+def test_learner_evaluates_hourly_on_the_data_clock_and_records_jobs(replay):
+    assert replay["code"] == 0
+    db = replay["db"]
     evals = [r[0] for r in rows(db, "SELECT clock_ts FROM learner_evaluations WHERE run_id=? "
-                                    "ORDER BY id", d.run_id)]
-    hours = (d.feed.last_ts - evals[0]) / 3_600_000
+                                    "ORDER BY id", replay["run_id"])]
+    hours = (replay["last_ts"] - evals[0]) / 3_600_000
     assert abs(len(evals) - (hours + 1)) <= 1  # one evaluation per hour of data time
     assert all(b - a == 3_600_000 for a, b in itertools.pairwise(evals))
     jobs = rows(db, "SELECT family, status, version, decision FROM retrain_jobs WHERE "
-                    "run_id=? ORDER BY id", d.run_id)
+                    "run_id=? ORDER BY id", replay["run_id"])
     assert {f for f, *_ in jobs} == {"xgboost", "lightgbm"}
     # every job ends in a recorded decision; "alarm" is one: a 25-tree model can cross the
     # leakage alarm's fixed mean-AUC line on one day of samples (here 0.70 on 720), and
@@ -93,8 +119,9 @@ async def test_learner_evaluates_hourly_on_the_data_clock_and_records_jobs(train
 
 async def test_ctl_answers_while_a_job_holds_the_clock(trained, tmp_path):
     w = world(trained, tmp_path)
-    # default trees: the job must last while the test asks ctl what it is doing
-    d = learning_daemon(w, days=1.0, feed={"exit_at_end": False})
+    # default trees: the job must last while the test asks ctl what it is doing; six hours
+    # after the warm-up day: the first jobs and the one asked for run before the data ends
+    d = learning_daemon(w, days=0.25, feed={"exit_at_end": False})
 
     async def ask(cmd, **args):
         return await trio.to_thread.run_sync(ctl.request, w["sock"], cmd, args)
@@ -126,17 +153,10 @@ async def test_ctl_answers_while_a_job_holds_the_clock(trained, tmp_path):
 
 
 @pytest.mark.slow
-async def test_replays_with_the_learner_are_identical(trained, tmp_path):
-    """Jobs hold the clock: models change at the same bar, so orders and fills agree."""
-    results = []
-    for i in range(2):
-        w = world(trained, tmp_path / f"r{i}")
-        d = learning_daemon(w, days=2.0, jobs_see_config=True, train=SMALL_TREES)
-        assert await d.run() == 0
-        db = w["state"] / "qtraderd.db"
-        results.append((
-            rows(db, "SELECT id, ts, symbol, side, qty, risk_action FROM orders ORDER BY id"),
-            rows(db, "SELECT seq, order_id, price, fee FROM fills ORDER BY seq, order_id"),
-            rows(db, "SELECT family, status, version FROM retrain_jobs ORDER BY id"),
-        ))
-    assert len(results[0][2]) >= 4 and results[0] == results[1]  # jobs ran, same bars
+def test_replays_with_the_learner_are_identical(replay, trained, tmp_path):
+    """Jobs hold the clock: models change at the same bar, so orders and fills agree. The
+    module's replay and a second one from its own copy of the same store and models."""
+    again = learning_replay(trained, tmp_path)
+    assert replay["code"] == again["code"] == 0
+    first, second = replay_records(replay["db"]), replay_records(again["db"])
+    assert len(first[2]) >= 4 and first == second  # jobs ran, same bars

@@ -1,9 +1,9 @@
 """`qtraderd walkforward` end to end on real candles, kept small so it fits the default suite.
 
-One walk-forward (3 real pairs, 4 days of history + a 1-day gate window, 3 test days, tree
-families only, retrain daily) runs once per module as a real subprocess, as an operator
-would start it; the tests then check its numbers against the stores and the bars it came
-from, rather than against themselves.
+One walk-forward (3 real pairs, 4 days of history + a 1-day gate window, 2 test days, tree
+families only, retrain daily: four retrain jobs) runs once per module as a real
+subprocess, as an operator would start it; the tests then check its numbers against the
+stores and the bars it came from, rather than against themselves.
 """
 
 from __future__ import annotations
@@ -48,7 +48,11 @@ min_retrain_gap_hours = 24
 min_edge_pct = -0.5
 min_confidence = 0.25
 """
-ARGS = ["--train-days", "4", "--test-days", "3", "--retrain-hours", "24", "--seed", "7"]
+# Two test days (two daily windows, four jobs): every check below holds for any number of
+# windows, and a third day cost ~40 % more CPU in each of the module's two walk-forwards.
+TEST_DAYS = 2
+ARGS = ["--train-days", "4", "--test-days", str(TEST_DAYS), "--retrain-hours", "24",
+        "--seed", "7"]
 
 
 def qt(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -152,7 +156,7 @@ def test_random_arm_has_arm_1_entries_and_is_deterministic_for_a_seed(wf: dict) 
 
 def _plan_and_bars(wf: dict) -> tuple:
     args = argparse.Namespace(config=wf["config"], state_dir=wf["state"], out=wf["out"],
-                              train_days=4.0, test_days=3.0, retrain_hours=24.0,
+                              train_days=4.0, test_days=float(TEST_DAYS), retrain_hours=24.0,
                               symbols=None, seed=7)
     plan = make_plan(args)
     conn = sqlite3.connect(wf["state"] / "qtraderd.db")
@@ -214,7 +218,7 @@ def test_one_sharpe_per_arm(wf: dict) -> None:
 def test_validation_lines_carry_sample_size_and_interval(wf: dict) -> None:
     doc = wf["doc"]
     lines = doc["validation"]
-    assert len(lines) == 3 * len(doc["arms"])  # 3 windows x every arm
+    assert len(lines) == TEST_DAYS * len(doc["arms"])  # every daily window x every arm
     for key in ("continuous", "random"):
         mine = [v for v in lines if v["arm"] == key]
         assert sum(v["bars"] for v in mine) == doc["arms"][key]["bars"]
@@ -245,8 +249,8 @@ def test_report_markdown_and_pngs(wf: dict) -> None:
         assert data[:8] == PNG and len(data) > 2000, name
         assert f"]({name})" in md
     windows = wf["doc"]["windows"]
-    assert len(windows["edges"]) == 4  # 3 test days in 24 h windows
-    assert all(len(v) == 3 for v in windows["returns_pct"].values())
+    assert len(windows["edges"]) == TEST_DAYS + 1  # the test days in 24 h windows
+    assert all(len(v) == TEST_DAYS for v in windows["returns_pct"].values())
 
 
 def test_window_returns_compound_to_the_total(wf: dict) -> None:

@@ -96,22 +96,26 @@ def _plan(conn: sqlite3.Connection, sql: str, args=()) -> str:
 
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory):
-    """1.2M samples and 3.6M predictions: the scale the issue asks the schema to survive."""
+    """1.2M samples and 1.2M predictions: the scale the issue asks the schema to survive."""
     d = tmp_path_factory.mktemp("big")
     conn = connect(d)
-    n = 1_200_000
-    blob = b"\0" * 68
+    # Generated inside SQLite (a recursive counter), not row by row from Python: the same
+    # rows as `(1 + i // 400_000, f"S{i % 10}", i * 300_000, b"\0" * 68, ...)` for
+    # i < 1.2M, in half the CPU time.
+    counter = "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
     with Transaction(conn):
-        conn.executemany(
-            "INSERT INTO samples (run_id, symbol, ts, features, regime, global_regime, label) "
-            "VALUES (?,?,?,?,?,?,?)",
-            ((1 + i // 400_000, f"S{i % 10}", i * 300_000, blob, "range", "range",
-              None if i % 7 == 0 else i % 3) for i in range(n)))
-        conn.executemany(
-            "INSERT INTO predictions (run_id, symbol, ts, model, version, p_long, p_short) "
-            "VALUES (?,?,?,?,?,?,?)",
-            ((1, f"S{i % 10}", (i // 3) * 300_000, ("xgboost", "lightgbm", "ensemble")[i % 3],
-              "v1", 0.2, 0.2) for i in range(3 * 400_000)))
+        conn.execute(
+            counter + "INSERT INTO samples (run_id, symbol, ts, features, regime, "
+            "global_regime, label) SELECT 1 + i / 400000, 'S' || (i % 10), i * 300000, "
+            "zeroblob(68), 'range', 'range', CASE WHEN i % 7 = 0 THEN NULL ELSE i % 3 END "
+            "FROM c", (1_200_000 - 1,))
+        conn.execute(  # three models' predictions of each of 400k bars
+            counter + "INSERT INTO predictions (run_id, symbol, ts, model, version, p_long, "
+            "p_short) SELECT 1, 'S' || (i % 10), (i / 3) * 300000, CASE i % 3 WHEN 0 THEN "
+            "'xgboost' WHEN 1 THEN 'lightgbm' ELSE 'ensemble' END, 'v1', 0.2, 0.2 FROM c",
+            (3 * 400_000 - 1,))
+    assert conn.execute("SELECT count(*) FROM samples").fetchone()[0] == 1_200_000
+    assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 1_200_000
     conn.execute("ANALYZE")
     return conn
 
