@@ -170,8 +170,6 @@ class ExecutionActor(Actor):
                 out = await self._phase_a(step)
             except Exception as exc:
                 error, out = exc, degrade(step, self.name)
-            if due:
-                out = replace(out, seal_follows=True)
             self._awaiting_b = True
             self._last = step
             await pass_on(self.to_monitor, out)

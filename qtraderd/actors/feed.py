@@ -27,7 +27,7 @@ import trio
 from qtraderd.core.clock import iso
 from qtraderd.core.messages import Bar, Step
 from qtraderd.features.spec import HISTORY_BARS
-from qtraderd.runtime.supervisor import Actor, offer, pass_on
+from qtraderd.runtime.supervisor import Actor, pass_on
 from qtraderd.venues.base import BarSource
 
 log = logging.getLogger("qtraderd.feed")
@@ -38,14 +38,10 @@ class FeedActor(Actor):
 
     def __init__(self, source: BarSource, outbox: trio.MemorySendChannel[Step],
                  interval_ms: int, speed: float = math.inf, hold_at_end: bool = False,
-                 history_bars: int = HISTORY_BARS,
-                 ahead: trio.MemorySendChannel[Step] | None = None) -> None:
+                 history_bars: int = HISTORY_BARS) -> None:
         """`history_bars`: stored bars per symbol before the first step of a fresh run
-        that ride along with it for the predictor's warm-up (see Step.history).
-        `ahead`: each step is also offered there once execution's inbox has taken it
-        (the predictor's look-ahead; dropped when full, which only costs the overlap)."""
+        that ride along with it for the predictor's warm-up (see Step.history)."""
         super().__init__()
-        self.ahead = ahead
         self.history_bars = history_bars
         self.source = source
         self.outbox = outbox
@@ -91,8 +87,6 @@ class FeedActor(Actor):
                                 bars=bars, records=self._records(bars) if self._records
                                 else (), history=history)
                     await pass_on(self.outbox, step)  # a yield only when execution is behind
-                    if self.ahead is not None:  # in the chain for sure: the predictor may
-                        offer(self.ahead, step)  # work on it ahead
                     if self.first_sent is None:
                         self.first_sent = time.perf_counter()
                         self.first_sent_cpu = time.process_time()
@@ -112,8 +106,6 @@ class FeedActor(Actor):
             log.info("feed finished: data ended after %d steps, %d bars", self.seq, self.bars)
         self.source.close()
         await self.outbox.aclose()
-        if self.ahead is not None:
-            await self.ahead.aclose()
 
     async def _pace(self, ts: int) -> None:
         if math.isinf(self.speed) or self.last_ts is None:

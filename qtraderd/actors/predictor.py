@@ -23,7 +23,7 @@ refused ("model rejected: ...") and the models in memory keep serving.
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import os
 from collections import deque
@@ -51,8 +51,7 @@ from qtraderd.features.regime import RegimeDetector, global_regime
 from qtraderd.features.spec import FeatureState
 from qtraderd.features.windows import WindowState, normalize_windows
 from qtraderd.models.artifacts import champions_on_disk, is_temp_name
-from qtraderd.models.ensemble import EnsembleManager, weights_json
-from qtraderd.models.inference_thread import InferenceThread
+from qtraderd.models.ensemble import EnsembleManager
 from qtraderd.models.modelset import SERVING, ModelSet, file_stamp, load_spec
 from qtraderd.models.onnx_model import LoadedModel
 from qtraderd.runtime.dirwatch import watch_in_thread
@@ -62,29 +61,6 @@ log = logging.getLogger("qtraderd.predictor")
 
 # ts, regime, the step's model outputs and this symbol's row in them (shared, not copied)
 Pending = tuple[int, str, list[ModelOutput], int]
-Members = list[tuple[LoadedModel, str]]
-
-
-class _Ahead:
-    """The next step's features, computed while the current step was still going down the
-    chain, and its models started on the inference thread (PredictorActor look-ahead)."""
-
-    __slots__ = ("members", "raws", "rows", "seq", "started", "x_rows", "x_win")
-
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-        self.rows: list[tuple[float, ...] | None] = []  # per bar of the step
-        self.raws: list[np.ndarray] = []
-        self.members: Members = []
-        self.x_rows: np.ndarray | None = None
-        self.x_win: np.ndarray | None = None
-        self.started = False
-
-
-def _run_members(members: Members, x_rows: np.ndarray | None,
-                 x_win: np.ndarray | None) -> list[np.ndarray]:
-    """Every member's probabilities for one step (on the inference thread)."""
-    return [m.predict(x_win if m.input_kind == "window" else x_rows) for m, _ in members]
 
 
 class _Symbol:
@@ -125,24 +101,11 @@ class PredictorActor(StepActor):
                  inbox: trio.MemoryReceiveChannel[Step], outbox: trio.MemorySendChannel[Step],
                  models_dir: Path | None = None,
                  commands: trio.MemoryReceiveChannel[Command] | None = None,
-                 scored_wanted: bool = True,
-                 ahead: trio.MemoryReceiveChannel[Step] | None = None) -> None:
+                 scored_wanted: bool = True) -> None:
         """`scored_wanted`: fill `Step.scored` (for the learner downstream). Without a
         learner nobody reads it and nothing records it, so the daemon turns it off: the
-        ensemble still observes every outcome.
-
-        `ahead` (a replay): the feed's steps as it hands them to execution. When step t is
-        done here and step t+1 is already out, its features are computed and its models
-        started on an inference thread, so ONNX Runtime works on t+1 while t goes through
-        sizer, risk, execution and the recorder. Features are updated once per bar either
-        way and the models are a pure function of them: the results are the same bits.
-        Never before a checkpoint (`Step.seal_follows`): the state then saved is the
-        state after step t, not a step further."""
+        ensemble still observes every outcome."""
         super().__init__(inbox, outbox)
-        self.ahead = ahead
-        self._next: _Ahead | None = None
-        self._worker: InferenceThread | None = None
-        self.looked_ahead = 0
         self.scored_wanted = scored_wanted
         self._weights_json: dict[str, tuple[dict[str, float], str]] = {}  # per regime
         self.barriers = barriers
@@ -262,10 +225,6 @@ class PredictorActor(StepActor):
                 await super().run()
             finally:
                 nursery.cancel_scope.cancel()
-                if self._next is not None:  # kept (its features are applied); a restart
-                    with contextlib.suppress(Exception):  # runs its models again
-                        self._collect(self._next)
-                self.close_worker()
 
     async def _command_loop(self) -> None:
         assert self.commands is not None
@@ -316,9 +275,6 @@ class PredictorActor(StepActor):
     def export_state(self) -> dict[str, Any]:
         """Features, candle windows, labelers, regimes, outcomes awaited and the ensemble's
         record — not the models: those come back from the champion pointers."""
-        if self._next is not None:  # features a step ahead: not a state to resume from
-            raise RuntimeError(f"predictor state asked for after looking ahead at step "
-                               f"{self._next.seq} (execution must set Step.seal_follows)")
         return {**take(self, self._STATE),
                 "served": {f: m.version for f, m in self.models.serving.items()}}
 
@@ -334,10 +290,6 @@ class PredictorActor(StepActor):
             self.swaps += 1
         if step.history:
             self._warm_up(step.history)
-        pre, self._next = self._next, None
-        if pre is not None and pre.seq != step.seq:  # cannot happen: seal_follows
-            raise RuntimeError(f"predictor looked ahead at step {pre.seq} and was handed "
-                               f"step {step.seq}")
         windows_needed = self._windows_needed
         samples: list[Sample] = []
         outcomes: list[Outcome] = []
@@ -345,17 +297,14 @@ class PredictorActor(StepActor):
         rows: list[tuple[float, ...]] = []
         raws: list[np.ndarray] = []
         states: list[_Symbol] = []
-        for k, bar in enumerate(step.bars):
+        for bar in step.bars:
             sym = bar.symbol
             st = self._symbols.get(sym)
             if st is None:
                 st = self._symbols[sym] = _Symbol(self.barriers)
-            if pre is None:
-                row = st.features.update(bar.open_time, bar.open, bar.high, bar.low,
-                                         bar.close, bar.volume)
-                st.window.update(bar.open, bar.high, bar.low, bar.close, bar.volume)
-            else:  # updated by the look-ahead
-                row = pre.rows[k]
+            row = st.features.update(bar.open_time, bar.open, bar.high, bar.low, bar.close,
+                                     bar.volume)
+            st.window.update(bar.open, bar.high, bar.low, bar.close, bar.volume)
             for ts, label, resolved, rl, rs in st.labeler.update(
                     bar.open_time, bar.open, bar.high, bar.low, bar.close,
                     track=row is not None):
@@ -377,11 +326,7 @@ class PredictorActor(StepActor):
         outputs: list[ModelOutput] = []
         predictions: list[Prediction] = []
         if rows:
-            outputs, predictions = self._predict(step.ts, samples, rows, raws, states, pre)
-        elif pre is not None and pre.started:
-            self._collect(pre)
-        if self.ahead is not None and not step.seal_follows:
-            self._look_ahead(step.seq + 1)
+            outputs, predictions = self._predict(step.ts, samples, rows, raws, states)
         return replace(
             step,
             samples=tuple(samples),
@@ -419,49 +364,39 @@ class PredictorActor(StepActor):
             return
         _, regime, outputs, i = pending.popleft()
         settled = []  # every serving model's prediction of the bar, settled at once
-        # (a family no longer served has left the ensemble's record: not settled there)
-        served = self.models.serving
         if self.scored_wanted:
             for o in outputs:
                 pl, ps = o.p_long[i], o.p_short[i]
                 out.append(Scored(o.model, o.version, o.role, sym, ts, regime, pl, ps, label,
                                   rl, rs, resolved))
-                if o.role == SERVING and o.model in served:
+                if o.role == SERVING:
                     settled.append((o.model, 1.0 - pl - ps, pl, ps))
         else:  # the ensemble's record only (runs per outcome)
             for o in outputs:
-                if o.role == SERVING and o.model in served:
+                if o.role == SERVING:
                     pl, ps = o.p_long[i], o.p_short[i]
                     settled.append((o.model, 1.0 - pl - ps, pl, ps))
         if settled:
             self.ensemble.observe_outcome(regime, label, settled)
 
-    def _members_at(self, ts: int) -> Members:
-        return [(m, role) for m, role in self._members if ts > m.data_end]
-
     def _predict(self, ts: int, samples: list[Sample], rows: list[tuple[float, ...]],
-                 raws: list[np.ndarray], states: list[_Symbol], pre: _Ahead | None = None
+                 raws: list[np.ndarray], states: list[_Symbol]
                  ) -> tuple[list[ModelOutput], list[Prediction]]:
-        members = self._members_at(ts)
+        members = [(m, role) for m, role in self._members if ts > m.data_end]
         if len(members) < len(self._members):
             self.in_sample_skipped += len(samples)
-        ran = self._collect(pre) if pre is not None else None
-        if ran is not None and not _same(pre.members, members):  # type: ignore[union-attr]
-            ran = None  # models swapped since the look-ahead started: run them again
         if not members:
             return [], []
         x_rows = x_win = None
         symbols = tuple(s.symbol for s in samples)
         outputs: list[ModelOutput] = []
         serving_probs: dict[str, np.ndarray] = {}
-        for j, (m, role) in enumerate(members):
+        for m, role in members:
             if (m.family, m.version) not in self._announced_oos:
                 self._announced_oos.add((m.family, m.version))
                 log.info("model %s/%s out of sample from %s: predictions start",
                          m.family, m.version, iso(ts))
-            if ran is not None:
-                probs = ran[j]
-            elif m.input_kind == "window":
+            if m.input_kind == "window":
                 if x_win is None:
                     x_win = normalize_windows(raws)
                 probs = m.predict(x_win)
@@ -488,7 +423,7 @@ class PredictorActor(StepActor):
                 w = self.ensemble.weights(s.regime, serving_probs)
                 known = last_json.get(s.regime)
                 if known is None or known[0] is not w:  # the ensemble's cache moved on
-                    known = last_json[s.regime] = (w, weights_json(w))
+                    known = last_json[s.regime] = (w, _weights_json(w))
                 by_regime[s.regime] = known
             w, w_json = by_regime[s.regime]
             pl = ps = 0.0  # the members' Python floats, in member order (no numpy scalars)
@@ -499,65 +434,6 @@ class PredictorActor(StepActor):
             predictions.append(Prediction(s.symbol, ts, "ensemble", version, pl, ps, w_json))
         self.predictions += len(samples)
         return outputs, predictions
-
-    # -- look-ahead (a replay) --------------------------------------------------------
-    def _look_ahead(self, seq: int) -> None:
-        """If step `seq` is already out of the feed: its features now, its models started
-        on the inference thread (see __init__)."""
-        assert self.ahead is not None
-        nxt = None
-        while True:
-            try:
-                got = self.ahead.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            if got.seq == seq:
-                nxt = got
-                break
-        if nxt is None or nxt.history or nxt.seal:
-            return
-        pre = _Ahead(seq)
-        windows = self._windows_needed
-        feats: list[tuple[float, ...]] = []
-        for bar in nxt.bars:
-            st = self._symbols.get(bar.symbol)
-            if st is None:
-                st = self._symbols[bar.symbol] = _Symbol(self.barriers)
-            row = st.features.update(bar.open_time, bar.open, bar.high, bar.low, bar.close,
-                                     bar.volume)
-            st.window.update(bar.open, bar.high, bar.low, bar.close, bar.volume)
-            pre.rows.append(row)
-            if row is not None:
-                feats.append(row)
-                if windows:
-                    pre.raws.append(st.window.raw())  # type: ignore[arg-type]
-        self._next = pre
-        self.looked_ahead += 1
-        pre.members = self._members_at(nxt.ts)
-        if not feats or not pre.members:
-            return
-        pre.x_rows = np.asarray(feats, dtype=np.float32)
-        if windows:
-            pre.x_win = normalize_windows(pre.raws)
-        if self._worker is None:
-            self._worker = InferenceThread("predictor-onnx")
-        if self._worker.busy:  # a step that failed midway left its job uncollected
-            with contextlib.suppress(Exception):
-                self._worker.result()
-        self._worker.submit(lambda: _run_members(pre.members, pre.x_rows, pre.x_win))
-        pre.started = True
-
-    def _collect(self, pre: _Ahead) -> list[np.ndarray] | None:
-        if not pre.started:
-            return None
-        pre.started = False
-        assert self._worker is not None
-        return self._worker.result()
-
-    def close_worker(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -570,7 +446,6 @@ class PredictorActor(StepActor):
             "in_sample_skipped": self.in_sample_skipped,
             "warmed_up": self.warmed_up,
             "swaps": self.swaps,
-            "looked_ahead": self.looked_ahead,
             "regimes": dict(self._last_regime),
         }
 
@@ -581,10 +456,34 @@ class PredictorActor(StepActor):
                 "awaiting_outcome": sum(len(st.pending) for st in self._symbols.values())}
 
 
+_JSON_KEYS: dict[str, str] = {}
+_JSON_TEXTS: dict[tuple[str | float, ...], str] = {}  # by names and rounded weights
+
+
+def _weights_json(w: dict[str, float]) -> str:
+    """json.dumps({f: round(v, 4)}, separators=(",", ":")) for finite weights, without
+    the encoder's set-up per call (once per regime per step): floats are written with
+    repr, as json does, and the quoted keys are made once. Rounded to 4 digits the
+    same weights recur bar after bar, so each text is made once (a bounded table)."""
+    rounded = tuple(round(v, 4) for v in w.values())
+    key = (*w, *rounded)
+    text = _JSON_TEXTS.get(key)
+    if text is not None:
+        return text
+    parts = []
+    for f, v in w.items():
+        quoted = _JSON_KEYS.get(f)
+        if quoted is None:
+            quoted = _JSON_KEYS[f] = json.dumps(f) + ":"
+        parts.append(quoted + repr(round(v, 4)))
+    text = "{" + ",".join(parts) + "}"
+    if 0.0 in rounded:  # 0.0 == -0.0 as keys, but their texts differ: not kept
+        return text
+    if len(_JSON_TEXTS) >= 65_536:
+        _JSON_TEXTS.clear()
+    _JSON_TEXTS[key] = text
+    return text
+
+
 def _not_temp(_change: object, path: str) -> bool:
     return not is_temp_name(os.path.basename(path))
-
-
-def _same(a: Members, b: Members) -> bool:
-    return len(a) == len(b) and all(x is y and r == s
-                                    for (x, r), (y, s) in zip(a, b, strict=True))

@@ -295,9 +295,6 @@ class Step(msgspec.Struct, frozen=True, array_like=True, gc=False):
     # what the venue found that must stop trading (a live reconcile's unknown position):
     # risk halts on it, as on `ctl halt`, until `ctl resume`
     venue_alerts: tuple[str, ...] = ()
-    # execution: a seal (the actors' state) follows this step, so nobody may work a step
-    # ahead of it (the predictor's look-ahead waits)
-    seal_follows: bool = False
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True):

@@ -430,32 +430,3 @@ def _floored(raw: Mapping[str, float], floor: float) -> dict[str, float]:
         if not below:
             return out
         pinned.update(below)
-
-
-_JSON_KEYS: dict[str, str] = {}
-_JSON_TEXTS: dict[tuple[str | float, ...], str] = {}  # by names and rounded weights
-
-
-def weights_json(w: dict[str, float]) -> str:
-    """json.dumps({f: round(v, 4)}, separators=(",", ":")) for finite weights, without
-    the encoder's set-up per call (once per regime per step): floats are written with
-    repr, as json does, and the quoted keys are made once. Rounded to 4 digits the
-    same weights recur bar after bar, so each text is made once (a bounded table)."""
-    rounded = tuple(round(v, 4) for v in w.values())
-    key = (*w, *rounded)
-    text = _JSON_TEXTS.get(key)
-    if text is not None:
-        return text
-    parts = []
-    for f, v in w.items():
-        quoted = _JSON_KEYS.get(f)
-        if quoted is None:
-            quoted = _JSON_KEYS[f] = json.dumps(f) + ":"
-        parts.append(quoted + repr(round(v, 4)))
-    text = "{" + ",".join(parts) + "}"
-    if 0.0 in rounded:  # 0.0 == -0.0 as keys, but their texts differ: not kept
-        return text
-    if len(_JSON_TEXTS) >= 65_536:
-        _JSON_TEXTS.clear()
-    _JSON_TEXTS[key] = text
-    return text

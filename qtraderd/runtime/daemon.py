@@ -336,13 +336,9 @@ class Daemon:
         live = cfg.feed.source != "replay"
         if live:  # bars the feed stores outside its steps (late, history): loose records
             source.store = self._bar_store(records_tx.clone(), cfg.feed.interval)
-        # a replay: the predictor works on the next step while this one goes down the chain
-        ahead_tx, ahead_rx = trio.open_memory_channel[Step](2) if not live else (None, None)
-        if ahead_tx is not None:
-            self.channels["predictor_ahead"] = ahead_tx
         self.feed = FeedActor(source, feed_tx, interval_ms,
                               math.inf if live else cfg.feed.speed,  # live: paced by time
-                              hold_at_end=not cfg.feed.exit_at_end, ahead=ahead_tx)
+                              hold_at_end=not cfg.feed.exit_at_end)
         journal: tuple[tuple[str, str], ...] = ()
         if getattr(self.broker, "journal_first", False):  # live: orders possibly in flight
             journal = tuple(conn.execute(  # any live run's: one may have died unresumed
@@ -363,7 +359,7 @@ class Daemon:
         self.predictor = PredictorActor(barriers, self.models or {}, pred_rx,
                                         learn_tx if learning else size_tx,
                                         models_dir=self.models_dir, commands=pcmd_rx,
-                                        scored_wanted=learning, ahead=ahead_rx)
+                                        scored_wanted=learning)
         self.learner: LearnerActor | None = None
         if learning:
             if self.config_path is not None:

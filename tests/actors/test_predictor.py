@@ -191,7 +191,7 @@ def test_weights_json_is_what_json_dumps_writes() -> None:
     """Predictions store the ensemble weights as JSON; the fast writer must match json."""
     import random
 
-    from qtraderd.models.ensemble import weights_json as _weights_json
+    from qtraderd.actors.predictor import _weights_json
 
     r = random.Random(3)
     families = ["xgboost", "lightgbm", "nhits", "patchtst"]
