@@ -364,16 +364,18 @@ class PredictorActor(StepActor):
             return
         _, regime, outputs, i = pending.popleft()
         settled = []  # every serving model's prediction of the bar, settled at once
+        # (a family no longer served has left the ensemble's record: not settled there)
+        served = self.models.serving
         if self.scored_wanted:
             for o in outputs:
                 pl, ps = o.p_long[i], o.p_short[i]
                 out.append(Scored(o.model, o.version, o.role, sym, ts, regime, pl, ps, label,
                                   rl, rs, resolved))
-                if o.role == SERVING:
+                if o.role == SERVING and o.model in served:
                     settled.append((o.model, 1.0 - pl - ps, pl, ps))
         else:  # the ensemble's record only (runs per outcome)
             for o in outputs:
-                if o.role == SERVING:
+                if o.role == SERVING and o.model in served:
                     pl, ps = o.p_long[i], o.p_short[i]
                     settled.append((o.model, 1.0 - pl - ps, pl, ps))
         if settled:

@@ -221,3 +221,20 @@ def test_without_a_learner_steps_carry_no_scored_but_the_ensemble_learns_the_sam
         assert a.predictions == b.predictions and a.outcomes == b.outcomes
     assert n_scored > 1000
     assert with_scored.ensemble.snapshot() == without.ensemble.snapshot()
+
+
+def test_a_family_dropped_from_the_served_set_leaves_its_pending_outcomes_quietly(trained):
+    """Predictions made while xgboost served settle after it is gone: they are scored for
+    the record but no longer enter the ensemble's (which dropped the family)."""
+    from qtraderd.models.modelset import ModelSet
+
+    models, _ = load_champions(trained["models"])
+    p = predictor(ModelSet(dict(models)))
+    steps = real_steps()
+    cut = len(steps) - 200
+    for s in steps[:cut]:
+        p.handle(s)
+    p.stage(ModelSet({f: m for f, m in models.items() if f == "lightgbm"}))
+    scored = [x for s in steps[cut:] for x in p.handle(s).scored]
+    assert any(x.model == "xgboost" for x in scored)  # settled after the swap
+    assert "xgboost" not in p.ensemble.weights("trend_up") and p.predictions > 0
