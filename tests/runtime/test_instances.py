@@ -178,7 +178,8 @@ async def test_three_instances_side_by_side_trade_as_each_does_alone(trained, tm
     for name, syms in PAPER.items():
         cfg = live_config(tmp_path / f"{name}.toml", url, syms, speed=SPEED, end=iso(end),
                           exchange="warmup_days = 3\nclose_deadline_s = 5.0",
-                          extra=LOOSE + "[feed]\nexit_at_end = false\n")
+                          extra=LOOSE)
+        cfg.write_text(cfg.read_text().replace("[feed]\n", "[feed]\nexit_at_end = false\n"))
         dirs[name], models = instance(name)
         cmds[name] = daemon_cmd(cfg, dirs[name], models)
     dirs[rname], models = instance(rname)
@@ -202,10 +203,20 @@ async def test_three_instances_side_by_side_trade_as_each_does_alone(trained, tm
             assert (st["pid"], st["state_dir"]) == (proc.pid, str(dirs[name].resolve()))
             assert st["source"] == ("replay" if name == rname else "binance")
             assert st["steps"] > 0
+        # `qtraderd verify --instance NAME` finds the same daemon (and, through it, its store)
+        out = subprocess.run([sys.executable, "-m", "qtraderd", "verify", "--instance", "acct2",
+                              "--json", "--wait", "0"], capture_output=True, text=True,
+                             timeout=60, env={**env(), "QTRADERD_RUNTIME_ROOT": str(root)},
+                             cwd=tmp_path)
+        rows = {c["check"]: c for c in json.loads(out.stdout)["checks"]}
+        assert rows["daemon"]["result"] == "pass", rows["daemon"]
+        assert str(dirs["acct2"]) in rows["store"]["detail"], rows["store"]
     finally:
-        for proc, log in procs.values():
-            if proc.poll() is None:
-                await stop(proc, log)
+        for proc, _ in procs.values():  # SIGTERM: a graceful stop, exit 0 (checked below)
+            proc.terminate()
+        with trio.fail_after(30):
+            for proc, _ in procs.values():
+                await proc.wait()
         sim.terminate()
         with trio.fail_after(15):
             await sim.wait()
@@ -232,4 +243,6 @@ async def test_three_instances_side_by_side_trade_as_each_does_alone(trained, tm
         for table in QUERIES:
             assert got[name][table] == want[table], (name, table)
         assert len(got[name]["fills"]) >= 2, name  # it traded
-    print(f"side by side: {side_by_side_s:.1f} s")
+    print(f"side by side: {side_by_side_s:.1f} s; trades " + ", ".join(
+        f"{n} {len(g['trades'])} (first step {iso(g['first_step'][0])})"
+        for n, g in got.items()))
