@@ -112,8 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         "pass/fail/skip table; exit code 1 if any check fails.")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="the store (default: the daemon's, else ./state)")
-    p.add_argument("--socket", type=Path, default=None,
-                   help="control socket (default: as `qtraderd ctl` finds it)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", type=Path, default=None,
+                       help="control socket (default: as `qtraderd ctl` finds it)")
+    where.add_argument("--instance", default=None, metavar="NAME",
+                       help="the daemon of systemd unit qtraderd@NAME.service (its socket "
+                            "/run/qtraderd/NAME/qtraderd.sock, or under $QTRADERD_RUNTIME_ROOT; "
+                            "its store: the one the daemon reports)")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="model artifacts (default: the daemon's, else ./models)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -156,7 +156,8 @@ def test_a_refused_second_instance_changes_nothing_and_report_shows_the_live_run
         # without --no-train: it would train into the live models dir if it got that far
         out = qt("run", "--state-dir", state, "--models-dir", models)
         assert out.returncode == 2
-        assert f"in use by another qtraderd (pid {first.pid})" in out.stderr
+        assert (f"state directory {state} is in use by another qtraderd (pid {first.pid})"
+                in out.stderr)
         assert "training" not in out.stderr and "Traceback" not in out.stderr
         assert not list(models.rglob("*.onnx"))  # the first daemon has none; none trained
         conn = sqlite3.connect(f"file:{state / 'qtraderd.db'}?mode=ro", uri=True)

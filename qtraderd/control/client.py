@@ -36,6 +36,12 @@ SOCKET_NAME = "qtraderd.sock"
 # service; an operator's shell does not have it, so ctl also looks where the unit puts it.
 RUNTIME_DIR_ENV = "RUNTIME_DIRECTORY"
 SYSTEMD_SOCKET = Path("/run/qtraderd") / SOCKET_NAME
+# The template unit qtraderd@NAME.service has RuntimeDirectory=qtraderd/NAME: the socket of
+# instance NAME is /run/qtraderd/NAME/qtraderd.sock. $QTRADERD_RUNTIME_ROOT replaces
+# /run/qtraderd for tests and packagers that put runtime directories elsewhere; it is not
+# daemon configuration (the daemon binds in $RUNTIME_DIRECTORY, which systemd sets).
+RUNTIME_ROOT_ENV = "QTRADERD_RUNTIME_ROOT"
+SYSTEMD_RUNTIME_ROOT = SYSTEMD_SOCKET.parent
 MAX_REPLY_BYTES = 64 * 1024 * 1024  # a reply bigger than this is a daemon bug, not data
 
 # (usage, one-line description) — shown by --help; keep in sync with parse_command.
@@ -77,6 +83,19 @@ class UsageError(ValueError):
     """Bad command words; main() turns it into exit code 2."""
 
 
+def instance_socket(name: str, env: Mapping[str, str] | None = None) -> Path:
+    """The control socket of systemd instance `name` (qtraderd@NAME.service):
+    <root>/NAME/qtraderd.sock, root $QTRADERD_RUNTIME_ROOT or /run/qtraderd.
+
+    A name that is not one path component (empty, `.`, `..`, with a `/`) is a UsageError:
+    it would name some other directory's socket, not an instance's."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise UsageError(f"bad instance name {name!r}: expected the NAME of "
+                         "qtraderd@NAME.service (one path component)")
+    root = (os.environ if env is None else env).get(RUNTIME_ROOT_ENV, "")
+    return (Path(root) if root else SYSTEMD_RUNTIME_ROOT) / name / SOCKET_NAME
+
+
 # ------------------------------------------------------------------ transport
 
 
@@ -96,8 +115,9 @@ def request(socket_path: Path, cmd: str, args: dict[str, Any] | None = None,
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise CtlError(f"no daemon listening on {path} (is qtraderd running? "
-                           "see --state-dir/--socket; under systemd the socket is "
-                           f"{SYSTEMD_SOCKET})") from exc
+                           "see --state-dir/--socket/--instance; under systemd the "
+                           f"socket is {SYSTEMD_SOCKET}, or {SYSTEMD_RUNTIME_ROOT}/NAME/"
+                           f"{SOCKET_NAME} for qtraderd@NAME)") from exc
         except PermissionError as exc:
             raise CtlError(f"permission denied connecting to {path} (run as the user "
                            "qtraderd runs as, or root)") from exc
@@ -224,6 +244,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                             f"./{DEFAULT_STATE_DIR}/{SOCKET_NAME}, else {SYSTEMD_SOCKET})")
     where.add_argument("--socket", type=Path, default=None, metavar="PATH",
                        help="control socket path (instead of --state-dir)")
+    where.add_argument("--instance", default=None, metavar="NAME",
+                       help="the daemon of systemd unit qtraderd@NAME.service: socket "
+                            f"{SYSTEMD_RUNTIME_ROOT}/NAME/{SOCKET_NAME} (root overridable "
+                            f"with ${RUNTIME_ROOT_ENV})")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
                         help="seconds to wait for the daemon (default 10)")
@@ -291,7 +315,11 @@ def main(argv: list[str] | None = None, *, prog: str = "qtraderd ctl") -> int:
         cmd, args = parse_command([ns.command, *ns.words])
     except UsageError as exc:
         return _fail(as_json, EXIT_USAGE, str(exc), f"{prog}: error")
-    path = socket_path_for(ns.state_dir, ns.socket)
+    try:
+        path = (instance_socket(ns.instance) if ns.instance is not None
+                else socket_path_for(ns.state_dir, ns.socket))
+    except UsageError as exc:
+        return _fail(as_json, EXIT_USAGE, str(exc), f"{prog}: error")
     try:
         reply = request(path, cmd, args, timeout_s=ns.timeout)
     except CtlError as exc:

@@ -83,7 +83,8 @@ class Snapshot:
 class Verifier:
     def __init__(self, state_dir: Path | None = None, socket_path: Path | None = None,
                  models_dir: Path | None = None, *, offline: bool = False,
-                 wait_s: float = 2.0, timeout_s: float = 10.0) -> None:
+                 wait_s: float = 2.0, timeout_s: float = 10.0,
+                 socket_origin: str | None = None) -> None:
         self.explicit_state_dir = state_dir
         self.state_dir = state_dir
         self.models_dir = models_dir
@@ -91,6 +92,7 @@ class Verifier:
         self.wait_s = wait_s
         self.timeout_s = timeout_s
         self.socket_path, self.socket_origin = locate_socket(state_dir, socket_path)
+        self.socket_origin = socket_origin or self.socket_origin
         self.checks: list[Check] = []
         self.db: sqlite3.Connection | None = None
         self.run: RunInfo | None = None
@@ -509,9 +511,10 @@ def _find_socket(state_dir: Path | None, socket_path: Path | None) -> Path:
 
 def verify(state_dir: Path | None = None, socket_path: Path | None = None,
            models_dir: Path | None = None, *, offline: bool = False,
-           wait_s: float = 2.0) -> list[Check]:
+           wait_s: float = 2.0, socket_origin: str | None = None) -> list[Check]:
     """Run every check; the list is in display order."""
-    v = Verifier(state_dir, socket_path, models_dir, offline=offline, wait_s=wait_s)
+    v = Verifier(state_dir, socket_path, models_dir, offline=offline, wait_s=wait_s,
+                 socket_origin=socket_origin)
     try:
         return v.run_checks()
     finally:
@@ -529,8 +532,16 @@ def main(args: argparse.Namespace) -> int:
     if args.wait < 0:
         print("qtraderd: error: --wait must be >= 0", file=sys.stderr)
         return EXIT_USAGE
-    checks = verify(args.state_dir, args.socket, args.models_dir, offline=args.offline,
-                    wait_s=args.wait)
+    socket_path, origin = args.socket, None
+    if getattr(args, "instance", None) is not None:
+        origin = f"(of --instance {args.instance})"
+        try:
+            socket_path = ctl.instance_socket(args.instance)
+        except ctl.UsageError as exc:
+            print(f"qtraderd: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    checks = verify(args.state_dir, socket_path, args.models_dir, offline=args.offline,
+                    wait_s=args.wait, socket_origin=origin)
     ok = not any(c.result == FAIL for c in checks)
     if args.json:
         print(json.dumps({"ok": ok, "checks": [asdict(c) for c in checks]}, indent=1))

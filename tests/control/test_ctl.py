@@ -23,6 +23,7 @@ from qtraderd.control.client import (
     CtlError,
     UsageError,
     daemon_socket_path,
+    instance_socket,
     main,
     parse_command,
     request,
@@ -308,3 +309,46 @@ async def test_user_without_access_to_the_socket_exits_3(state_dir: Path) -> Non
         got = await trio.to_thread.run_sync(_ctl_as_nobody, ["--socket", str(path), "status"])
         nursery.cancel_scope.cancel()
     assert got["code"] == 3 and "permission denied connecting to" in got["err"]
+
+
+# ------------------------------------------------------- --instance (qtraderd@NAME.service)
+
+
+def test_instance_socket_is_the_template_units_runtime_directory() -> None:
+    assert instance_socket("acct1", env={}) == Path("/run/qtraderd/acct1/qtraderd.sock")
+    assert instance_socket("acct1", env={"QTRADERD_RUNTIME_ROOT": "/srv/rt"}) == Path(
+        "/srv/rt/acct1/qtraderd.sock")
+    for bad in ("", ".", "..", "a/b", "../acct1"):
+        with pytest.raises(UsageError, match="bad instance name"):
+            instance_socket(bad, env={})
+
+
+async def test_ctl_instance_talks_to_that_instance_only(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two instances' sockets under one runtime root: --instance picks the named one."""
+    monkeypatch.setenv("QTRADERD_RUNTIME_ROOT", str(state_dir))
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    (state_dir / "a1").mkdir()
+    (state_dir / "a2").mkdir()
+    one, two = Recorder(), Recorder()
+    async with daemon(state_dir / "a1" / "qtraderd.sock", one), \
+            daemon(state_dir / "a2" / "qtraderd.sock", two):
+        assert await run_main(["--instance", "a2", "halt", "x"]) == 0
+        capsys.readouterr()
+        assert await run_main(["--instance", "a1", "status", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == STATUS
+    assert one.calls == [("status", {})] and two.calls == [("halt", {"reason": "x"})]
+    assert await run_main(["--instance", "a3", "status"]) == 3
+    assert str(state_dir / "a3" / "qtraderd.sock") in capsys.readouterr().err
+
+
+def test_instance_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--instance", "a", "--socket", "b", "status"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["--instance", "a", "--state-dir", "b", "status"]) == 2
+    capsys.readouterr()
+    assert main(["--instance", "../a", "status"]) == 2
+    assert "bad instance name '../a'" in capsys.readouterr().err
+    assert main(["--instance", "", "status", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 2

@@ -186,3 +186,99 @@ def test_sysusers_and_tmpfiles_snippets_create_what_the_readme_says(tmp_path):
     creds = root / "etc/qtraderd/credentials"
     assert creds.is_dir() and (creds.stat().st_mode & 0o777) == 0o700
     assert (root / "etc/qtraderd/plugins").is_dir()
+
+
+# ------------------------------------------------- the template: qtraderd@NAME.service
+
+TEMPLATE = UNIT_DIR / "qtraderd@.service"
+# What differs between an instance and the single unit: its name, its own paths and
+# credentials. Every other directive (the hardening, restart policy, notify protocol) must
+# be the single unit's, value for value.
+PER_INSTANCE = {"Description", "StateDirectory", "RuntimeDirectory", "CacheDirectory",
+                "WorkingDirectory", "LoadCredential", "ExecStart", "Environment"}
+
+
+def _installed_template(tmp_path: Path, text: str | None = None) -> Path:
+    """The template as shipped in tmp_path, ExecStart pointed at this checkout's entry point
+    (verify checks the binary exists)."""
+    exe = Path(sys.executable).parent / "qtraderd"
+    assert exe.exists(), f"{exe}: install the package (pip install -e .)"
+    text = TEMPLATE.read_text() if text is None else text
+    shipped = "ExecStart=/opt/qtraderd/.venv/bin/qtraderd "
+    assert text.count(shipped) == 1
+    (tmp_path / TEMPLATE.name).write_text(text.replace(shipped, f"ExecStart={exe} "))
+    return tmp_path / TEMPLATE.name
+
+
+def _instance(value: str, name: str = "acct1") -> str:
+    return value.replace("%i", name)
+
+
+@needs_analyze
+def test_template_instance_verify_has_nothing_to_say(tmp_path):
+    """`systemd-analyze verify qtraderd@acct1.service` with the template beside it: the
+    template instantiated (specifiers expanded), not only the file parsed."""
+    _installed_template(tmp_path)
+    out = subprocess.run([ANALYZE, "verify", "qtraderd@acct1.service"], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+    # not vacuous: a broken template is noticed through the instance
+    _installed_template(tmp_path, TEMPLATE.read_text().replace("Type=notify", "Type=notfy"))
+    out = subprocess.run([ANALYZE, "verify", "qtraderd@acct1.service"], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert "notfy" in out.stdout + out.stderr
+
+
+def _exposure(path: Path) -> float:
+    out = subprocess.run([ANALYZE, "security", "--offline=true", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout)
+    assert m, out.stdout + out.stderr
+    return float(m.group(1))
+
+
+@needs_analyze
+def test_template_exposure_is_no_worse_than_the_single_units(tmp_path):
+    inst = tmp_path / "qtraderd@acct1.service"
+    shutil.copy(TEMPLATE, inst)
+    assert _exposure(inst) <= min(_exposure(UNIT), 2.0)
+
+
+def test_template_hardening_is_the_single_units():
+    single, template = directives(), directives(TEMPLATE.read_text())
+    assert set(single) == set(template)
+    for key in set(single) - PER_INSTANCE:
+        assert template[key] == single[key], key
+    # Environment=: the same variables (the cache path differs by instance)
+    assert ([v.split("=")[0] for v in template["Environment"]]
+            == [v.split("=")[0] for v in single["Environment"]])
+
+
+def test_template_paths_are_the_instances_own_and_agree_with_the_code():
+    d = directives(TEMPLATE.read_text())
+    for key in ("StateDirectory", "RuntimeDirectory", "CacheDirectory"):
+        assert d[key] == ["qtraderd/%i"], key  # per instance: nothing writable is shared
+    assert d["WorkingDirectory"] == ["%S/qtraderd/%i"]
+    assert "XDG_CACHE_HOME=%C/qtraderd/%i" in d["Environment"]
+    # ctl --instance NAME looks where systemd puts $RUNTIME_DIRECTORY of qtraderd@NAME
+    runtime = Path("/run") / _instance(d["RuntimeDirectory"][0])
+    assert ctl.instance_socket("acct1", env={}) == runtime / ctl.SOCKET_NAME
+    assert ctl.daemon_socket_path(Path("/x"), {"RUNTIME_DIRECTORY": str(runtime)}) == (
+        ctl.instance_socket("acct1", env={}))
+    # credentials: the names the secrets module reads, from the instance's own directory
+    creds = dict(v.split(":", 1) for v in d["LoadCredential"])
+    assert set(creds) == {secrets.KEY_FILE, secrets.SECRET_FILE}
+    for name, path in creds.items():
+        assert path == f"/etc/qtraderd/credentials/%i/{name}"
+    # ExecStart: a command line our CLI accepts, with the instance's config
+    argv = shlex.split(d["ExecStart"][0])
+    env = {"STATE_DIRECTORY": "/var/lib/qtraderd/acct1",
+           "CONFIGURATION_DIRECTORY": "/etc/qtraderd"}
+    expanded = [_instance(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], a))
+                for a in argv[1:]]
+    args = build_parser().parse_args(expanded)
+    assert args.command == "run"
+    assert args.state_dir == Path("/var/lib/qtraderd/acct1")
+    assert args.models_dir == Path("/var/lib/qtraderd/acct1/models")
+    assert args.config == Path("/etc/qtraderd/acct1.toml")
+    assert args.plugins_dir == Path("/etc/qtraderd/plugins/acct1")
