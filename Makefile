@@ -11,11 +11,18 @@ TORCH_PIN := torch==2.13.0
 
 install: $(STAMP)
 
+# --no-compile: pip would byte-compile every file of every package (torch alone has
+# thousands: half the install time); Python compiles what is imported, once, on first use.
+# That needs bytecode caches to be writable, which some environments turn off
+# (PYTHONDONTWRITEBYTECODE): then every process would compile all its imports again —
+# about 0.5 s per daemon start for qtraderd's own modules alone. The targets here keep the
+# caches (in .venv and the clone's gitignored __pycache__ directories).
+export PYTHONDONTWRITEBYTECODE :=
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e '.[dev]' $(TORCH_PIN)
+	$(PY) -m pip install --quiet --no-compile -e '.[dev]' $(TORCH_PIN)
 	touch $(STAMP)
 
 run: $(STAMP)
