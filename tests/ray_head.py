@@ -1,0 +1,82 @@
+"""A real local Ray head for the tests that send work to a cluster.
+
+`ray start --head --block` in a subprocess of its own (a real head: GCS, raylet, object
+store, workers as separate processes), on free ports, with 2 CPUs and no dashboard; the
+test's code connects to it by address like a job would connect to a remote cluster.
+Stopped by ending that process (never `ray stop`, which would stop every Ray on the
+machine, the other xdist worker's included). A loopback head for tests runs without token
+authentication (RAY_AUTH_MODE=disabled); a real cluster's address and token come from the
+operator's environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_head(tmp: Path, num_cpus: int = 2, timeout_s: float = 60.0
+               ) -> tuple[subprocess.Popen[bytes], str]:
+    """A running head and its address ("127.0.0.1:PORT"); polls its port until it answers."""
+    port = _free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    log = (tmp / "ray-head.log").open("wb")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONDONTWRITEBYTECODE": "",
+           "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}",
+         f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=false",
+         "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+         f"--temp-dir={tmp / 'ray'}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not _answers(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_head(proc)
+            raise RuntimeError(f"ray head did not come up: {(tmp / 'ray-head.log').read_text()}")
+        time.sleep(0.1)  # polling a port with a deadline
+    return proc, f"127.0.0.1:{port}"
+
+
+def stop_head(proc: subprocess.Popen[bytes]) -> None:
+    """End the head and everything it started (its own process group)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A head for the module's tests (put the module in tests/parallel.py GROUPED)."""
+    tmp = tmp_path_factory.mktemp("rayhead")
+    proc, address = start_head(tmp)
+    try:
+        yield address
+    finally:
+        stop_head(proc)
