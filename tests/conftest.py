@@ -145,3 +145,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     from tests.parallel import make_scheduler
 
     return make_scheduler(config, log)
+
+
+from tests.ray_head import ray_head  # noqa: E402,F401  (a module's real local Ray head)

@@ -46,6 +46,7 @@ GROUPED = frozenset({
     "tests/store/test_importer.py",
     "tests/store/test_schema.py",
     "tests/test_learning_e2e.py",
+    "tests/training/test_cluster.py",
     "tests/training/test_nets.py",
 })
 
