@@ -245,7 +245,7 @@ def test_daemon_process_never_imports_training_libraries(world):
         f"socket_path={str(world['sock'])!r}, progress_every_s=0)\n"
         "assert trio.run(d.run) == 0\n"
         "assert d.predictor.predictions > 0\n"
-        "print(sorted(m for m in ('torch', 'xgboost', 'lightgbm', 'sklearn', 'skl2onnx') "
+        "print(sorted(m for m in ('torch', 'xgboost', 'lightgbm', 'sklearn', 'skl2onnx', 'ray') "
         "if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
