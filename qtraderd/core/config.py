@@ -577,6 +577,9 @@ LIVE_KEYS: frozenset[str] = frozenset({
     "learning.canary_outcomes", "learning.rollback_outcomes", "learning.rollback_margin_pct",
     "learning.train_window_days", "learning.eval_window_days", "learning.job_timeout_s",
     "learning.retry_backoff_s", "learning.nets_epochs",
+    # read from the config file by each job process (the daemon never uses them)
+    "learning.executor", "learning.ray_address", "learning.ray_cpus", "learning.ray_gpus",
+    "learning.ray_max_retries", "learning.fallback",
     "rl.epsilon", "rl.alpha", "rl.gamma",
     "runtime.log_level", "runtime.restart_intensity", "runtime.restart_period_s",
     "runtime.restart_backoff_s", "runtime.restart_backoff_max_s", "runtime.shutdown_timeout_s",
