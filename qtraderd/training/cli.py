@@ -22,6 +22,7 @@ import json
 import logging
 import sqlite3
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         conn = connect(args.state_dir)
     except StoreError as exc:
         raise UsageError(str(exc)) from exc
+    t0 = time.monotonic()
     try:
         try:
             ds = dataset_mod.build(conn, cfg, symbols=symbols, train_until_ms=until)
@@ -209,8 +211,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 done(family, None)
         else:
             with ex:  # every family a Ray task at once; each written here as it returns
-                for family, got in fit.run_families(ex, families, ds, cfg,
-                                                    timeout_s=cfg.train.timeout_s):
+                timeout = fit.task_timeout(cfg.train.timeout_s, time.monotonic() - t0)
+                for family, got in fit.run_families(ex, families, ds, cfg, timeout_s=timeout):
                     done(family, got)
     finally:
         conn.close()

@@ -140,6 +140,13 @@ def open_cluster(cfg: Config) -> RayExecutor | None:
     return ex
 
 
+def task_timeout(budget_s: float, elapsed_s: float) -> float:
+    """A Ray task's timeout inside a process budget (the learner's `job_timeout_s`, or
+    `train.timeout_s` of `qtraderd train`): it ends first, so a task past its time is
+    cancelled on the cluster by this driver rather than orphaned by its SIGKILL."""
+    return max(1.0, (budget_s - elapsed_s) * 0.9 - 5.0)
+
+
 def resources(cfg: Config, family: str) -> tuple[float, float]:
     """(CPUs, GPUs) one family's task asks the cluster for."""
     lc = cfg.learning
@@ -148,12 +155,11 @@ def resources(cfg: Config, family: str) -> tuple[float, float]:
 
 
 def run_families(ex: RayExecutor, families: list[str], ds: Dataset, cfg: Config, *,
-                 timeout_s: float | None, task: Any = None
-                 ) -> Iterator[tuple[str, Trained | BaseException]]:
+                 timeout_s: float | None) -> Iterator[tuple[str, Trained | BaseException]]:
     """Train `families` as Ray tasks in parallel (the dataset shipped once), yielding
     (family, Trained or the task's exception) as each finishes. Each family is its own
     `map` (its own resources); a timeout cancels every unfinished task on the cluster."""
-    fn = task or train_task
+    fn = train_task  # looked up per call: a test driver may wrap it (fault injection)
     t0 = time.monotonic()
     ref = ex.share((ds, cfg))
     log.info("ray: dataset shipped to %s in %.1f s; %d task(s): %s", ex.address,

@@ -180,10 +180,9 @@ def _train_on_cluster(family: str, ds: dataset_mod.Dataset, cfg: Config,
     ex = fit.open_cluster(cfg)  # ClusterSkipped: learning.fallback = skip
     if ex is None:
         return None
-    left = cfg.learning.job_timeout_s - (time.monotonic() - t0)
+    timeout = fit.task_timeout(cfg.learning.job_timeout_s, time.monotonic() - t0)
     with ex:
-        for _, got in fit.run_families(ex, [family], ds, cfg,
-                                       timeout_s=max(1.0, left * 0.9 - 5.0)):
+        for _, got in fit.run_families(ex, [family], ds, cfg, timeout_s=timeout):
             if isinstance(got, BaseException):
                 raise got
             return got
