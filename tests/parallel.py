@@ -48,6 +48,7 @@ GROUPED = frozenset({
     "tests/test_learning_e2e.py",
     "tests/training/test_cluster.py",
     "tests/training/test_nets.py",
+    "tests/training/test_ray_training.py",
 })
 
 # nodeid without parameters -> seconds per collected test (each parametrization), with its

@@ -293,6 +293,22 @@ class LearningConfig:
     nets_epochs: int = _spec(2, lo=1, hi=1000, help="training epochs of N-HiTS / PatchTST")
     replay_holds_clock: bool = _spec(True, help="in replay a job pauses the data so the new "
                                      "model arrives at the same bar every run")
+    executor: str = _spec("local", choices=("local", "ray"),
+                          help="where a job trains: local (in the job process) or ray (the "
+                               "job drives a Ray cluster at ray_address)")
+    ray_address: str = _spec("auto", help='Ray cluster: "auto", "HOST:PORT" or '
+                                          '"ray://HOST:10001" (executor = "ray")')
+    ray_cpus: dict[str, float] = _spec(default_factory=lambda: {"*": 1.0}, hi=1024.0,
+                                       help="CPUs per training task: a number, or "
+                                            "{family = n, \"*\" = n}")
+    ray_gpus: dict[str, float] = _spec(default_factory=lambda: {"*": 0.0}, hi=64.0,
+                                       help="GPUs per training task (e.g. {nhits = 1, "
+                                            "patchtst = 1}); 0: CPU only")
+    ray_max_retries: int = _spec(2, lo=0, hi=100,
+                                 help="times Ray reruns a task whose worker died")
+    fallback: str = _spec("local", choices=("local", "skip"),
+                          help="the Ray cluster unreachable at submit: train locally, or "
+                               "skip the job (it fails and is retried later)")
 
 
 @dataclass(frozen=True)
@@ -496,6 +512,11 @@ def _cross_check(cfg: Config) -> None:
             f"config keys 'learning.canary_threshold_pct' ({lc.canary_threshold_pct}) and "
             f"'learning.min_improvement_pct' ({lc.min_improvement_pct}): the canary band "
             "must lie below the deploy threshold")
+    for key in ("ray_cpus", "ray_gpus"):
+        bad = sorted(k for k in getattr(lc, key) if k != "*" and k.lower() not in MODEL_FAMILIES)
+        if bad:
+            raise ConfigError(f"config key 'learning.{key}': expected model families "
+                              f"({', '.join(MODEL_FAMILIES)}) or \"*\", got {bad}")
     if s.leverage > cfg.risk.max_leverage:
         raise ConfigError(
             f"config key 'sizing.leverage': expected <= risk.max_leverage "
@@ -556,6 +577,9 @@ LIVE_KEYS: frozenset[str] = frozenset({
     "learning.canary_outcomes", "learning.rollback_outcomes", "learning.rollback_margin_pct",
     "learning.train_window_days", "learning.eval_window_days", "learning.job_timeout_s",
     "learning.retry_backoff_s", "learning.nets_epochs",
+    # read from the config file by each job process (the daemon never uses them)
+    "learning.executor", "learning.ray_address", "learning.ray_cpus", "learning.ray_gpus",
+    "learning.ray_max_retries", "learning.fallback",
     "rl.epsilon", "rl.alpha", "rl.gamma",
     "runtime.log_level", "runtime.restart_intensity", "runtime.restart_period_s",
     "runtime.restart_backoff_s", "runtime.restart_backoff_max_s", "runtime.shutdown_timeout_s",

@@ -62,6 +62,8 @@ class ModelMeta:
     parity_max_abs_diff: float = 0.0
     probe_inputs: list[Any] = field(default_factory=list)  # rows, or windows (nested)
     probe_outputs: list[list[float]] = field(default_factory=list)
+    # where it was trained: "local" or "ray:<address>" ("" in artifacts from before Ray)
+    trained_on: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

@@ -42,9 +42,8 @@ from qtraderd.models.artifacts import (
 )
 from qtraderd.store.db import StoreError, connect, db_path
 from qtraderd.training import dataset as dataset_mod
-from qtraderd.training import export as export_mod
+from qtraderd.training import fit, nets_train, trees
 from qtraderd.training import metrics as metrics_mod
-from qtraderd.training import nets_train, trees
 
 log = logging.getLogger("qtraderd.training")
 
@@ -57,6 +56,10 @@ ALL_FAMILIES = (*trees.FAMILIES, *nets_train.FAMILIES)
 
 class UsageError(ValueError):
     """Bad command-line input (exit 2)."""
+
+
+class JobSkipped(RuntimeError):
+    """The Ray cluster was unreachable and `learning.fallback = "skip"` (exit 1)."""
 
 
 def parse_time(text: str) -> int:
@@ -174,6 +177,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         conn = connect(args.state_dir)
     except StoreError as exc:
         raise UsageError(str(exc)) from exc
+    t0 = time.monotonic()
     try:
         try:
             ds = dataset_mod.build(conn, cfg, symbols=symbols, train_until_ms=until)
@@ -186,13 +190,30 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         models: list[dict[str, Any]] = []
         errors: list[str] = []
         cache: dict[str, Any] = {}  # the networks' windows, built once for both families
-        for family in families:
+
+        def done(family: str, trained: fit.Trained | BaseException | None) -> None:
             try:
-                models.append(train_family(family, ds, cfg, conn, args.models_dir, cache))
+                if isinstance(trained, BaseException):
+                    raise trained
+                models.append(train_family(family, ds, cfg, conn, args.models_dir, cache,
+                                           trained))
             except Exception as exc:  # one family failing must not stop the others
                 msg = f"{family}: {type(exc).__name__}: {exc}"
                 log.error("failed %s", msg)
                 errors.append(msg)
+
+        try:
+            ex = fit.open_cluster(cfg)
+        except fit.ClusterSkipped as exc:
+            raise JobSkipped(str(exc)) from None
+        if ex is None:
+            for family in families:
+                done(family, None)
+        else:
+            with ex:  # every family a Ray task at once; each written here as it returns
+                timeout = fit.task_timeout(cfg.train.timeout_s, time.monotonic() - t0)
+                for family, got in fit.run_families(ex, families, ds, cfg, timeout_s=timeout):
+                    done(family, got)
     finally:
         conn.close()
     result: dict[str, Any] = {"ok": not errors, "models": models, "dataset": ds.summary()}
@@ -203,12 +224,13 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def train_family(family: str, ds: dataset_mod.Dataset, cfg: Config,
                  conn: sqlite3.Connection, models_dir: Path,
-                 cache: dict[str, Any] | None = None) -> dict[str, Any]:
+                 cache: dict[str, Any] | None = None,
+                 trained: fit.Trained | None = None) -> dict[str, Any]:
     """`qtraderd train`: build a candidate, then register and promote it straight away.
 
     (The daemon's learner never does this: its jobs go through the deploy gate.)
     """
-    out, _ = build_candidate(family, ds, cfg, conn, models_dir, cache=cache)
+    out, _ = build_candidate(family, ds, cfg, conn, models_dir, cache=cache, trained=trained)
     registry.register(conn, out["meta"], Path(out["path"]), status="candidate",
                       reason="trained by qtraderd train")
     registry.promote(conn, models_dir, family, out["version"],
@@ -219,37 +241,26 @@ def train_family(family: str, ds: dataset_mod.Dataset, cfg: Config,
 
 def build_candidate(family: str, ds: dataset_mod.Dataset, cfg: Config,
                     conn: sqlite3.Connection, models_dir: Path, *,
-                    clock_ms: int | None = None, cache: dict[str, Any] | None = None
+                    clock_ms: int | None = None, cache: dict[str, Any] | None = None,
+                    trained: fit.Trained | None = None
                     ) -> tuple[dict[str, Any], np.ndarray]:
     """Train, export (parity-gated), evaluate and write one family's artifact.
+
+    `trained`: the family already trained and exported (on a Ray cluster): only written,
+    evaluated and checked here, exactly as a local model is.
 
     Returns the result (with "meta") and the ONNX probabilities on the validation rows.
     The version is named after `clock_ms` when given (the daemon's clock: a replay names
     its models the same way every time), else after the wall clock.
     """
     valid = ds.valid
-    if family in nets_train.FAMILIES:
-        net = nets_train.train_and_export(family, ds, cfg, cache)
-        exp: Any = net
-        proba, train_s, export_s = net.proba_valid, net.train_seconds, net.export_seconds
-        input_kind, input_name = "window", nets_train.INPUT_NAME
-        output_name, data_end = nets_train.OUTPUT_NAME, net.data_end
-        params = {**net.params, **_split_params(cfg)}
-        extra = net.extra_metrics
-    else:
-        t0 = time.monotonic()
-        model = trees.train(family, ds, cfg)
-        train_s = time.monotonic() - t0
-        log.info("trained %s in %.1f s", family, train_s)
-        t0 = time.monotonic()
-        exp = export_mod.export(model, valid.X)
-        export_s = time.monotonic() - t0
-        # Metrics come from the ONNX graph: they describe exactly what the daemon will serve.
-        proba = export_mod.ort_proba(exp.onnx_bytes, valid.X)
-        input_kind, input_name = "features", export_mod.INPUT_NAME
-        output_name, data_end = export_mod.OUTPUT_NAME, ds.data_end
-        params = _params(family, cfg)
-        extra = {}
+    if trained is None:
+        trained = fit.train_export(family, ds, cfg, cache)
+    exp = trained
+    proba, train_s, export_s = trained.proba, trained.train_seconds, trained.export_seconds
+    input_kind, input_name = trained.input_kind, trained.input_name
+    output_name, data_end = trained.output_name, trained.data_end
+    params, extra = trained.params, trained.extra_metrics
     prior = np.bincount(ds.train.y, minlength=3) / ds.n_train
     m = metrics_mod.evaluate(proba, valid, cfg, train_prior=prior)
     m["parity_rows"] = exp.parity_rows
@@ -273,6 +284,7 @@ def build_candidate(family: str, ds: dataset_mod.Dataset, cfg: Config,
         params=params, metrics=m,
         parity_max_abs_diff=exp.parity_max_abs_diff,
         probe_inputs=exp.probe_inputs, probe_outputs=exp.probe_outputs,
+        trained_on=trained.trained_on,
     )
     path = onnx_path(models_dir, family, version)
     if path.exists() and read_artifact(models_dir, family, version)[0].sha256 == sha:
@@ -291,25 +303,6 @@ def build_candidate(family: str, ds: dataset_mod.Dataset, cfg: Config,
         "family": family, "version": version, "path": str(path),
         "meta_path": str(path.with_suffix(".json")), "sha256": sha,
         "train_seconds": round(train_s, 3), "export_seconds": round(export_s, 3),
-        "parity_max_abs_diff": exp.parity_max_abs_diff, "metrics": m, "meta": meta,
+        "parity_max_abs_diff": exp.parity_max_abs_diff, "trained_on": trained.trained_on,
+        "metrics": m, "meta": meta,
     }, proba
-
-
-def _params(family: str, cfg: Config) -> dict[str, Any]:
-    """Everything needed to retrain the same model from the same bars."""
-    import importlib
-
-    # The module's version: the xgboost-cpu distribution installs the `xgboost` module.
-    lib_version = str(getattr(importlib.import_module(family), "__version__", ""))
-    return {**trees.params_for(family, cfg), "library_version": lib_version,
-            **_split_params(cfg)}
-
-
-def _split_params(cfg: Config) -> dict[str, Any]:
-    """How the samples were chosen (the same for every family)."""
-    return {
-        "train_fraction": cfg.train.train_fraction,
-        "valid_fraction": cfg.train.valid_fraction,
-        "embargo_bars": cfg.labels.embargo_bars,
-        "horizon_bars": cfg.labels.horizon_bars,
-    }

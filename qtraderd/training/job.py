@@ -35,6 +35,7 @@ from qtraderd.models.artifacts import ArtifactError
 from qtraderd.models.onnx_model import LoadedModel, load_model
 from qtraderd.store.db import StoreError, connect
 from qtraderd.training import dataset as dataset_mod
+from qtraderd.training import fit
 from qtraderd.training.cli import UsageError, build_candidate, emit, setup_logging
 
 log = logging.getLogger("qtraderd.training")
@@ -76,6 +77,9 @@ def job_main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = run_job(conn, cfg, args)
+    except fit.ClusterSkipped as exc:  # learning.fallback = skip: the learner retries later
+        emit({"ok": False, "family": args.family, "error": str(exc), "skipped": True})
+        return 1
     except (dataset_mod.DatasetError, UsageError) as exc:
         emit({"ok": False, "family": args.family, "error": str(exc)})
         return 2
@@ -117,7 +121,8 @@ def run_job(conn: sqlite3.Connection, cfg: Config, args: argparse.Namespace
             "metrics": meta.metrics, "evaluated_only": True}
     else:
         out, proba = build_candidate(args.family, ds, cfg, conn, args.models_dir,
-                                     clock_ms=args.now, cache=cache)
+                                     clock_ms=args.now, cache=cache,
+                                     trained=_train_on_cluster(args.family, ds, cfg, t0))
         meta = out.pop("meta")  # the daemon reads the metadata file itself
     # What this job knows produced the artifact: the daemon checks the file against it.
     out["lineage"] = {k: getattr(meta, k) for k in LINEAGE_FIELDS}
@@ -165,6 +170,23 @@ def run_job(conn: sqlite3.Connection, cfg: Config, args: argparse.Namespace
     out.update(ok=True, dataset=ds.summary(), gate=result_gate,
                seconds=round(time.monotonic() - t0, 2))
     return out
+
+
+def _train_on_cluster(family: str, ds: dataset_mod.Dataset, cfg: Config,
+                      t0: float) -> fit.Trained | None:
+    """With `learning.executor = "ray"`: the family trained as a Ray task (None: train
+    here). The task's timeout ends before the learner's `job_timeout_s` kills this
+    process, so a job past its time is cancelled on the cluster, not orphaned there."""
+    ex = fit.open_cluster(cfg)  # ClusterSkipped: learning.fallback = skip
+    if ex is None:
+        return None
+    timeout = fit.task_timeout(cfg.learning.job_timeout_s, time.monotonic() - t0)
+    with ex:
+        for _, got in fit.run_families(ex, [family], ds, cfg, timeout_s=timeout):
+            if isinstance(got, BaseException):
+                raise got
+            return got
+    return None
 
 
 def predict(model: LoadedModel, ds: dataset_mod.Dataset, cfg: Config,

@@ -191,8 +191,11 @@ def test_subprocess_empty_store_exits_2(tmp_path: Path, small_config: Path) -> N
 def test_learner_modules_import_no_ml_library_until_used() -> None:
     # The daemon may import the dataset/metrics helpers; only running a job loads the
     # training libraries, and `qtraderd.training` itself must stay free of them.
-    code = ("import sys, qtraderd.training, qtraderd.training.cli, qtraderd.training.dataset; "
-            "heavy = {'xgboost', 'lightgbm', 'sklearn', 'skl2onnx', 'onnxmltools', 'torch'}; "
+    # Nor ray: a job imports it only when it drives a cluster (learning.executor = "ray").
+    code = ("import sys, qtraderd.training, qtraderd.training.cli, qtraderd.training.dataset, "
+            "qtraderd.training.job, qtraderd.training.fit; "
+            "heavy = {'xgboost', 'lightgbm', 'sklearn', 'skl2onnx', 'onnxmltools', 'torch', "
+            "'ray'}; "
             "print(sorted(heavy & set(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=True)
