@@ -42,6 +42,7 @@ GROUPED = frozenset({
     "tests/fuzz/test_models_fuzz.py",
     "tests/reporting/test_report_html.py",
     "tests/reporting/test_report_vetoes.py",
+    "tests/reporting/test_sweep.py",
     "tests/reporting/test_walkforward.py",
     "tests/store/test_importer.py",
     "tests/store/test_schema.py",
