@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain interval, also the report's window length (24)")
     p.add_argument("--symbols", default=None, help="comma-separated (default: all stored)")
     p.add_argument("--seed", type=_seed, default=None, help="seed (default: config seed)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where the two daemon arms run: local, one after the other in "
+                        "this process (default), or ray, as two tasks in parallel")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster (e.g. ray://head:10001; default $RAY_ADDRESS or auto)")
 
     p = sub.add_parser(
         "sweep", help="sizing/threshold settings out of sample: folds x symbols x settings",

@@ -33,7 +33,8 @@ from qtraderd.core.clock import iso
 from qtraderd.core.config import to_toml
 from qtraderd.features.spec import HISTORY_BARS
 from qtraderd.reporting.sweep_plan import Plan, SweepError, cell_toml, make_plan, setting_label
-from qtraderd.store.db import Transaction, connect, db_path
+from qtraderd.reporting.sweep_task import pack
+from qtraderd.store.db import Transaction, connect
 
 log = logging.getLogger("qtraderd.reporting.sweep")
 
@@ -66,7 +67,7 @@ def prepare_fold(plan: Plan, k: int) -> dict[str, Any]:
         done.write_text(key)
     else:
         log.info("sweep: fold %d: reusing its models in %s", k, models)
-    return pack_fold(state, models, start - HISTORY_BARS * plan.interval_ms, end)
+    return pack(state, models, start - HISTORY_BARS * plan.interval_ms, end)
 
 
 def _train_fold(plan: Plan, k: int, root: Path, state: Path, models: Path) -> None:
@@ -111,29 +112,6 @@ def _train_fold(plan: Plan, k: int, root: Path, state: Path, models: Path) -> No
     if res.returncode != 0 or not result.get("ok"):
         raise SweepError(f"fold {k}: training failed (exit {res.returncode}): "
                          f"{result.get('error', 'see the lines above')}", 1)
-
-
-def pack_fold(state: Path, models: Path, keep_from: int, keep_to: int) -> dict[str, Any]:
-    """The fold as bytes: a copy of its store holding only the bars a cell replays (with
-    the history warm-up before them) and the registry, and every model artifact."""
-    with tempfile.TemporaryDirectory() as tmp:
-        slim = Path(tmp) / "slim.db"
-        src = sqlite3.connect(db_path(state))
-        dst = sqlite3.connect(slim)
-        try:
-            src.backup(dst)
-            dst.execute("DELETE FROM bars WHERE open_time < ? OR open_time > ?",
-                        (keep_from, keep_to))
-            dst.commit()
-            dst.execute("VACUUM")
-        finally:
-            src.close()
-            dst.close()
-        store = slim.read_bytes()
-    files = {str(p.relative_to(models)): p.read_bytes()
-             for p in sorted(models.rglob("*")) if p.is_file()}
-    extra = {p.name: p.read_bytes() for p in state.glob("instruments.toml")}
-    return {"store": store, "models": files, "models_dir": str(models), "state_files": extra}
 
 
 # ------------------------------------------------------------------------------- results

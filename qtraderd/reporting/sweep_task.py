@@ -52,6 +52,30 @@ def rebuild(fold: dict[str, Any], root: Path) -> tuple[Path, Path]:
     return state, models
 
 
+def pack(state: Path, models: Path, keep_from: int, keep_to: int) -> dict[str, Any]:
+    """A store and its models as bytes (what `rebuild` takes): a copy of the store holding
+    only the bars in [keep_from, keep_to] (a fold: its window and the history warm-up
+    before it) and the registry, and every model artifact."""
+    with tempfile.TemporaryDirectory() as tmp:
+        slim = Path(tmp) / "slim.db"
+        src = sqlite3.connect(state / DB_NAME)
+        dst = sqlite3.connect(slim)
+        try:
+            src.backup(dst)
+            dst.execute("DELETE FROM bars WHERE open_time < ? OR open_time > ?",
+                        (keep_from, keep_to))
+            dst.commit()
+            dst.execute("VACUUM")
+        finally:
+            src.close()
+            dst.close()
+        store = slim.read_bytes()
+    files = {str(p.relative_to(models)): p.read_bytes()
+             for p in sorted(models.rglob("*")) if p.is_file()}
+    extra = {p.name: p.read_bytes() for p in state.glob("instruments.toml")}
+    return {"store": store, "models": files, "models_dir": str(models), "state_files": extra}
+
+
 def figures(db: Path, window_bars: int) -> dict[str, Any]:
     """The cell's figures from the daemon's store: the same numbers `qtraderd report` gives
     (trades, net PnL after costs, win rate, Sharpe, max drawdown) plus exposure, the share
@@ -77,6 +101,27 @@ def figures(db: Path, window_bars: int) -> dict[str, Any]:
             "exposure_pct": 100.0 * held / window_bars if window_bars else 0.0}
 
 
+def replay(root: Path, state: Path, models: Path, toml_text: str, label: str,
+           timeout_s: float | None) -> None:
+    """Run the real daemon over `state` in a subprocess (`qtraderd run`, its config the
+    given TOML) until its replay ends; raises naming `label` and the daemon's last lines."""
+    toml = root / "qtraderd.toml"
+    toml.write_text(toml_text)
+    pkg_root = str(Path(qtraderd.__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QT_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "qtraderd", "run", "--config", str(toml), "--state-dir",
+           str(state), "--models-dir", str(models), "--no-train", "--fresh"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env,
+                              timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{label}: the replay ran past {timeout_s:g} s") from None
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"{label}: daemon exit {done.returncode}: " + " | ".join(tail))
+
+
 def run_cell(item: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
     """Replay one cell in a daemon subprocess and return its figures (raises on failure,
     naming the cell and the daemon's last output)."""
@@ -85,23 +130,7 @@ def run_cell(item: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="qtsweep"))  # short: the control socket lives here
     try:
         state, models = rebuild(fold, root)
-        toml = root / "qtraderd.toml"
-        toml.write_text(item["toml"])
-        pkg_root = str(Path(qtraderd.__file__).resolve().parent.parent)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QT_")}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-        cmd = [sys.executable, "-m", "qtraderd", "run", "--config", str(toml), "--state-dir",
-               str(state), "--models-dir", str(models), "--no-train", "--fresh"]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env,
-                                  timeout=item["timeout_s"], check=False)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"cell {item['label']}: the replay ran past "
-                               f"{item['timeout_s']:g} s") from None
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            raise RuntimeError(f"cell {item['label']}: daemon exit {done.returncode}: "
-                               + " | ".join(tail))
+        replay(root, state, models, item["toml"], f"cell {item['label']}", item["timeout_s"])
         out = figures(state / DB_NAME, item["window_bars"])
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -239,8 +239,12 @@ def main(args: argparse.Namespace) -> int:
         total = base.execute("SELECT count(*) FROM bars").fetchone()[0]
         base.close()
         runs, walls = {}, {}
-        for arm in ("continuous", "frozen"):
-            runs[arm], walls[arm] = run_arm(plan, arm, tomls[arm], total)
+        if getattr(args, "executor", "local") == "ray":  # the arms in parallel, as tasks
+            from qtraderd.reporting.walkforward_remote import run_arms
+            runs, walls = run_arms(plan, tomls, "ray", args.ray_address)
+        else:
+            for arm in ("continuous", "frozen"):
+                runs[arm], walls[arm] = run_arm(plan, arm, tomls[arm], total)
         walls["total"] = time.monotonic() - t0
         md, head = write_report(plan, runs, walls, initial, tomls)
     except WalkforwardError as exc:
