@@ -44,6 +44,7 @@ GROUPED = frozenset({
     "tests/reporting/test_report_vetoes.py",
     "tests/reporting/test_sweep.py",
     "tests/reporting/test_walkforward.py",
+    "tests/reporting/test_walkforward_ray.py",
     "tests/store/test_importer.py",
     "tests/store/test_schema.py",
     "tests/test_learning_e2e.py",
