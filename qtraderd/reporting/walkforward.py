@@ -22,6 +22,9 @@ the ML libraries). Bars are copied into a fresh store under `<out>/work`; each d
 gets its own copy of that store and of the initial models, so registries never mix, and
 its own generated TOML, which records exactly what ran. Both daemon arms replay the same
 bars from the first one (the feature warm-up); models abstain on bars they trained on.
+With `--executor ray` the two daemon arms run as Ray tasks in parallel instead
+(walkforward_remote: the base store and initial models shipped as bytes, each arm's store
+landed back in its arm dir), and the same report is built from the same files.
 """
 
 from __future__ import annotations
