@@ -1,4 +1,4 @@
-"""The `qtraderd` command line: run, import, train, ctl, report, walkforward,
+"""The `qtraderd` command line: run, import, train, ctl, report, walkforward, sweep,
 verify, exchange-sim.
 
 Exit codes: 0 ok; 1 a command failed at run time; 2 bad input (config, files, state dir);
@@ -150,6 +150,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain interval, also the report's window length (24)")
     p.add_argument("--symbols", default=None, help="comma-separated (default: all stored)")
     p.add_argument("--seed", type=_seed, default=None, help="seed (default: config seed)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where the two daemon arms run: local, one after the other in "
+                        "this process (default), or ray, as two tasks in parallel")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster (e.g. ray://head:10001; default $RAY_ADDRESS or auto)")
+
+    p = sub.add_parser(
+        "sweep", help="sizing/threshold settings out of sample: folds x symbols x settings",
+        description="A grid of sizing and threshold settings (--set, their product) over "
+        "--folds consecutive test windows after --train-days of history, times --symbols. "
+        "Each fold's models are trained once on the bars before it (cached in OUT/work); "
+        "each cell replays the fold's window for one symbol with one setting in a real "
+        "daemon (learning off), here (--executor local) or as Ray tasks (--executor ray). "
+        "Cells are written to OUT/sweep.db as they finish: run the same command again to "
+        "resume. Prints a table per setting over folds and symbols, best mean return "
+        "first (--json: also every cell); writes OUT/sweep.json.")
+    p.add_argument("--config", type=Path, default=None, help="TOML config file")
+    _add_dirs(p, models=False)
+    p.add_argument("--out", type=Path, default=Path("sweep"),
+                   help="results directory (default: ./sweep)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=V1,V2",
+                   help="a setting and its values, repeatable; sections sizing, monitor, "
+                        "risk, portfolio (e.g. sizing.take_profit_pct=1.2,1.6)")
+    p.add_argument("--folds", type=_count, default=3, help="test windows (3)")
+    p.add_argument("--fold-days", type=_positive, default=None,
+                   help="length of each test window (default: the data after "
+                        "--train-days, split evenly)")
+    p.add_argument("--train-days", type=_positive, default=10.0,
+                   help="history before the first fold (10)")
+    p.add_argument("--symbols", default=None, help="comma-separated (default: all stored)")
+    p.add_argument("--seed", type=_seed, default=None, help="seed (default: config seed)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where the cells run (default: local, one after another)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster (e.g. ray://head:10001; default $RAY_ADDRESS or auto)")
+    p.add_argument("--cell-timeout", type=_positive, default=1800.0,
+                   help="seconds one cell's replay may take (1800)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     from qtraderd.venues.sim import main as sim_main  # argparse only at import
 
@@ -169,6 +207,12 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"expected an integer 1 .. 1000, got {text!r}")
+    return int(text)
+
+
 def _seed(text: str) -> int:
     if not text.isdigit() or int(text) > 2**32 - 1:
         raise argparse.ArgumentTypeError(f"expected an integer 0 .. 2**32-1, got {text!r}")
@@ -183,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             return ctl.main(argv[1:], prog="qtraderd ctl")
         args = build_parser().parse_args(argv)
         handler = {"run": cmd_run, "import": cmd_import, "train": cmd_train,
-                   "report": cmd_report, "walkforward": cmd_walkforward,
+                   "report": cmd_report, "walkforward": cmd_walkforward, "sweep": cmd_sweep,
                    "verify": cmd_verify, "exchange-sim": cmd_exchange_sim}[args.command]
         code = handler(args)
         sys.stdout.flush()  # here, where a closed pipe can still be caught
@@ -499,6 +543,12 @@ def cmd_walkforward(args: argparse.Namespace) -> int:
     from qtraderd.reporting.walkforward import main as walkforward_main
 
     return walkforward_main(args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from qtraderd.reporting.sweep import main as sweep_main
+
+    return sweep_main(args)
 
 
 if __name__ == "__main__":

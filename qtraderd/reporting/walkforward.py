@@ -22,6 +22,9 @@ the ML libraries). Bars are copied into a fresh store under `<out>/work`; each d
 gets its own copy of that store and of the initial models, so registries never mix, and
 its own generated TOML, which records exactly what ran. Both daemon arms replay the same
 bars from the first one (the feature warm-up); models abstain on bars they trained on.
+With `--executor ray` the two daemon arms run as Ray tasks in parallel instead
+(walkforward_remote: the base store and initial models shipped as bytes, each arm's store
+landed back in its arm dir), and the same report is built from the same files.
 """
 
 from __future__ import annotations
@@ -239,8 +242,12 @@ def main(args: argparse.Namespace) -> int:
         total = base.execute("SELECT count(*) FROM bars").fetchone()[0]
         base.close()
         runs, walls = {}, {}
-        for arm in ("continuous", "frozen"):
-            runs[arm], walls[arm] = run_arm(plan, arm, tomls[arm], total)
+        if getattr(args, "executor", "local") == "ray":  # the arms in parallel, as tasks
+            from qtraderd.reporting.walkforward_remote import run_arms
+            runs, walls = run_arms(plan, tomls, "ray", args.ray_address)
+        else:
+            for arm in ("continuous", "frozen"):
+                runs[arm], walls[arm] = run_arm(plan, arm, tomls[arm], total)
         walls["total"] = time.monotonic() - t0
         md, head = write_report(plan, runs, walls, initial, tomls)
     except WalkforwardError as exc:
