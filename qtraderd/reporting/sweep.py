@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import shutil
 import sqlite3
 import subprocess
@@ -218,7 +219,9 @@ def run(plan: Plan, executor: str, address: str | None) -> dict[str, Any]:
             except ClusterUnavailable as exc:
                 raise SweepError(str(exc)) from exc
             with ex:
-                log.info("sweep: %d cells to run on %s", len(items), ex.where)
+                size = len(pickle.dumps({"folds": folds}, protocol=5))
+                log.info("sweep: %d cells to run on %s; the folds' stores and models "
+                         "shipped once: %.2f MB", len(items), ex.where, size / 1e6)
                 shared = ex.share({"folds": folds})
                 t0 = time.monotonic()
                 for n, (i, fig) in enumerate(ex.map(run_cell, items, shared=shared, cpus=1),

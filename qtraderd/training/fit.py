@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pickle
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -161,9 +162,10 @@ def run_families(ex: RayExecutor, families: list[str], ds: Dataset, cfg: Config,
     `map` (its own resources); a timeout cancels every unfinished task on the cluster."""
     fn = train_task  # looked up per call: a test driver may wrap it (fault injection)
     t0 = time.monotonic()
+    size = len(pickle.dumps((ds, cfg), protocol=5))  # what the object store holds once
     ref = ex.share((ds, cfg))
-    log.info("ray: dataset shipped to %s in %.1f s; %d task(s): %s", ex.address,
-             time.monotonic() - t0, len(families), ", ".join(families))
+    log.info("ray: dataset shipped to %s in %.1f s (%.1f MB); %d task(s): %s", ex.address,
+             time.monotonic() - t0, size / 1e6, len(families), ", ".join(families))
     where = f"ray:{ex.address}"
 
     def one(family: str) -> Trained:
