@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+_dirs: dict[int, Path] = {}  # port -> the head's Ray directory
 
 
 def _free_port() -> int:
@@ -40,6 +44,10 @@ def start_head(tmp: Path, num_cpus: int = 2, timeout_s: float = 60.0
                ) -> tuple[subprocess.Popen[bytes], str]:
     """A running head and its address ("127.0.0.1:PORT"); polls its port until it answers."""
     port = _free_port()
+    # Ray's own directory holds AF_UNIX sockets (at most 107 bytes of path): a pytest
+    # temp dir under xdist is too deep for them, so a short one, removed by stop_head
+    short = Path(tempfile.mkdtemp(prefix="qtray", dir="/tmp"))
+    _dirs[port] = short
     ray_bin = Path(sys.executable).with_name("ray")
     log = (tmp / "ray-head.log").open("wb")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONDONTWRITEBYTECODE": "",
@@ -48,7 +56,7 @@ def start_head(tmp: Path, num_cpus: int = 2, timeout_s: float = 60.0
         [str(ray_bin), "start", "--head", "--block", f"--port={port}",
          f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=false",
          "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-         f"--temp-dir={tmp / 'ray'}"],
+         f"--temp-dir={short}"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while not _answers(port):
@@ -65,6 +73,9 @@ def stop_head(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    for arg in proc.args:  # type: ignore[union-attr]
+        if str(arg).startswith("--port="):
+            shutil.rmtree(_dirs.pop(int(str(arg)[7:]), ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
