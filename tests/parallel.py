@@ -68,6 +68,12 @@ LONG: dict[str, float] = {
     "as_the_replay": 6.5,
     "tests/venues/sim/test_try_live.py::test_the_readme_two_commands_dry_run_on_the_"
     "simulator": 11,
+    # the Ray modules (one head each, GROUPED) and the three-instance proof
+    "tests/reporting/test_walkforward_ray.py::test_ray_arms_give_the_local_report": 18,
+    "tests/reporting/test_sweep.py::test_local_sweep_reports_every_cell_with_progress": 10,
+    "tests/training/test_ray_training.py::test_ray_trains_the_same_models_as_local": 9,
+    "tests/runtime/test_instances.py::test_three_instances_side_by_side_trade_as_each_does_"
+    "alone": 10,
     "tests/test_learning_e2e.py::test_replays_with_the_learner_are_identical": 15,
     "tests/runtime/test_crash.py::test_kill_9_with_the_learner_on_resumes_and_keeps_the_"
     "registry_honest": 17,
