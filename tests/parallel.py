@@ -1,13 +1,14 @@
-"""How `make test` spreads the suite over two processes (pytest-xdist, `-n 2 --dist loadgroup`).
+"""How `make test` spreads the suite over worker processes (pytest-xdist, `-n 3 --dist
+loadgroup` on two cores: much of the suite waits on paced simulators and subprocesses).
 
-Two cores, one suite of ~1,000 tests of which a dozen take most of the time (real daemons,
-training subprocesses, walk-forwards). Three rules make the parallel run short and keep it
-as correct as the serial one:
+Two cores, one suite of ~1,400 tests of which a few dozen take most of the time (real
+daemons, training subprocesses, walk-forwards, Ray heads). Three rules make the parallel
+run short and keep it as correct as the serial one:
 
 * **Expensive work is done once.** `build_once` builds a directory (the trained store and
   models) in the session's shared temp root under a file lock — whichever worker gets
-  there first builds, the other waits — and hands each worker its own copy, so a test
-  that writes into it never races the other worker.
+  there first builds, the others wait — and hands each worker its own copy, so a test
+  that writes into it never races another worker.
 * **A module whose tests share a module-scoped fixture runs on one worker** (`GROUPED`):
   the fixture (a walk-forward, trained networks, a 2.4M-row store) is built once, not once
   per worker. Every other test is a unit of its own.

@@ -215,6 +215,9 @@ class ExecutionActor(Actor):
         seal = Step(seq=step.seq, ts=step.ts, close_ts=step.close_ts, bars=(),
                     checkpoint=True, seal=True)
         if final:  # a live venue's events since the last step: orders, fills, trades
+            settle = getattr(self.broker, "settle", None)
+            if settle is not None:  # and the exchange reconciled before stopping
+                await settle()
             got = await self._phase_a(seal)
             seal = replace(seal, orders=got.orders, fills=got.fills, closed=got.closed)
         self._awaiting_b = True

@@ -12,6 +12,7 @@ import trio
 from qtraderd.actors.execution import ExecutionActor
 from qtraderd.actors.recorder import RecorderActor
 from qtraderd.core.costs import CostModel
+from qtraderd.core.messages import Fill
 from qtraderd.venues.base import Order
 from qtraderd.venues.paper import PaperBroker
 from tests.actors.test_execution import entry, step
@@ -79,3 +80,43 @@ async def test_a_paper_order_is_not_journaled(tmp_path) -> None:
     ex = await _run(tmp_path, broker)
     assert broker.seen == [(f"q{ex.run_id}-1-ETHBTC-E", None)]
     assert ex.journaled == 0
+
+
+class SettlingBroker(JournalFirstBroker):
+    """A live-like broker whose final reconcile finds a fill the stream had not delivered."""
+
+    def __init__(self, db: Any) -> None:
+        super().__init__(db)
+        self.settled = 0
+
+    async def settle(self) -> None:
+        self.settled += 1
+        self._events.append(Fill("q-late", "ETHBTC", 0, -1, 2.0, 0.05, 0.0, "taker",
+                                 "stop_loss"))
+
+
+async def test_the_final_state_comes_after_a_last_reconcile(tmp_path) -> None:
+    """Stopping, a live venue settles with the exchange first (a position left without
+    its stop between an entry's fill and its protection gets one), and what that finds is
+    recorded with the final state."""
+    broker = SettlingBroker(tmp_path / "qtraderd.db")
+    run_id = new_run(tmp_path)
+    _bars_tx, bars_rx = trio.open_memory_channel(1)
+    mon_tx, mon_rx = trio.open_memory_channel(10)
+    back_tx, back_rx = trio.open_memory_channel(10)
+    rec_tx, _rec_rx = trio.open_memory_channel(10)
+    ex = ExecutionActor(broker, bars_rx, mon_tx, back_rx, rec_tx, run_id=run_id)
+    await ex.reconcile()
+    last = step(1, 0.05)
+    await ex._phase_a(last)
+    await back_tx.send(last)
+    await ex._phase_b()
+    assert broker.settled == 0  # not on a step: only when stopping
+    await back_tx.send(last)  # the seal comes back from risk like a step
+    with trio.fail_after(10):
+        await ex._collect_state(last, final=True)
+    seal = mon_rx.receive_nowait()
+    while not seal.seal:
+        seal = mon_rx.receive_nowait()
+    assert broker.settled == 1
+    assert [f.order_id for f in seal.fills] == ["q-late"]

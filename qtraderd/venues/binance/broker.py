@@ -320,6 +320,20 @@ class BinanceBroker(ProtectiveOrders):
                 self.restore(saved)
             await reconcile_live(self, saved, journal)
 
+    async def settle(self) -> None:
+        """Before the daemon stops (its final state): the exchange reconciled once more,
+        above all every open position's stop and take-profit. A stop that came between
+        an entry's fill and its protection, or between a trailing stop's cancel and its
+        replacement, would otherwise leave the position naked on the exchange for as long
+        as the daemon is down; what reconcile finds is recorded with the final state."""
+        async with self._lock:
+            try:
+                found = await reconcile_live(self, None, ())
+            except RestError as exc:
+                log.error("final reconcile failed (%s): the next start reconciles", exc)
+                return
+        log.info("final reconcile: %s", "; ".join(found) if found else "nothing to do")
+
     async def reconcile_now(self) -> list[str]:
         """`ctl reconcile`: the differences found (each also logged), and repaired."""
         async with self._lock:
