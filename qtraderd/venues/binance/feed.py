@@ -125,6 +125,7 @@ class BinanceSource:
             tuple[int, tuple[Bar, ...]] | None](math.inf)
         self.steps = self.stream_bars = self.backfilled = self.history_bars = 0
         self.late_bars = self.late_fetched = self.late_arrivals = self.skipped_steps = 0
+        self.holes = 0  # late bars the exchange turned out not to have
         self.warmup_bars = 0
         self.ended = False
         self.state_dir = state_dir
@@ -231,7 +232,8 @@ class BinanceSource:
                 "max_outage_s": st["max_outage_s"],
                 "last_frame_age_s": st["last_frame_age_s"], "warmup_bars": self.warmup_bars,
                 "backfilled_bars": self.backfilled, "history_bars": self.history_bars,
-                "late_bars": self.late_bars, "stream_bars": self.stream_bars,
+                "late_bars": self.late_bars, "holes": self.holes,
+                "stream_bars": self.stream_bars,
                 "skipped_steps": self.skipped_steps,
                 "malformed_frames": st["malformed_frames"] + st["unexpected_frames"],
                 "rest_weight_used": rs["weight_used"], "rest_weight_limit": rs["weight_limit"],
@@ -382,18 +384,24 @@ class BinanceSource:
             for _attempt in range(LATE_ATTEMPTS):
                 if (s, t) in self._seen:
                     break  # the stream or a backfill brought it meanwhile
-                try:
-                    bars = await self._fetch(s, t, t + self.iv)
+                try:  # with the next candle: closed and there, it tells a hole from a
+                    bars = await self._fetch(s, t, t + 2 * self.iv)  # bar not closed yet
                 except RestError as exc:
                     bars, problem = [], str(exc)
-                got = [b for b in bars if self._seen.add(b.symbol, b.open_time)]
+                mine = [b for b in bars if b.open_time == t]
+                got = [b for b in mine if self._seen.add(b.symbol, b.open_time)]
                 if got:
                     self.late_fetched += len(got)
                     await self._store(got)
                     log.warning("bar late: %s %s fetched over REST, not traded", s, iso(t))
                     break
-                if bars:
+                if mine:
                     break  # already seen: stored once
+                if bars:  # a later candle closed and none at t: the exchange has none
+                    self.holes += 1
+                    log.warning("bar late: %s %s: the exchange has no such candle (a hole "
+                                "in its data); nothing to store", s, iso(t))
+                    break
                 await trio.sleep(delay)
                 delay = min(30.0, delay * 2)
             else:

@@ -59,6 +59,7 @@ class Market:
         self.first = T0 - history * self.step
         self.end = T0 + live * self.step  # open times < end exist
         self.hold: set[tuple[str, int]] = set()
+        self.gone: set[tuple[str, int]] = set()  # holes: on neither the stream nor REST
         self.delay: dict[tuple[str, int], int] = {}
         self._later: dict[int, list[tuple[str, int]]] = defaultdict(list)
         self.blackouts: list[tuple[int, int]] = []
@@ -138,7 +139,8 @@ class Market:
         end = min(int(q.get("endTime", 2**62)), now, self.end - 1)
         limit = int(q.get("limit", 500))
         first = start + (-(start - self.first)) % self.step
-        rows = [self.row(sym, t) for t in range(first, end + 1, self.step)][:limit]
+        rows = [self.row(sym, t) for t in range(first, end + 1, self.step)
+                if (sym, t) not in self.gone][:limit]
         return Reply(body=rows)
 
     def _dark(self, k: int) -> bool:
@@ -156,7 +158,7 @@ class Market:
                 self.ws.refuse = 0
                 for s in self.symbols:
                     key = (s, t)
-                    if key in self.hold:
+                    if key in self.hold or key in self.gone:
                         continue
                     if key in self.delay:
                         self._later[k + self.delay[key]].append(key)

@@ -132,6 +132,25 @@ async def test_late_symbol_left_out_fetched_over_rest_stored_once_never_emitted(
     check_exactly_once(c, m, 9)
 
 
+async def test_a_hole_in_the_exchange_data_is_given_up_at_once_not_retried(
+        caplog, autojump_clock):
+    """A candle the exchange never has (its data has holes) is not "not closed yet": once
+    the next candle is closed the late fetch stops, instead of ten tries with backoff that
+    held the end of a dry run for minutes per hole."""
+    caplog.set_level(logging.INFO)
+    m = Market(("AAAUSDT", "BBBUSDT"), history=5, live=10)
+    t2 = m.open_time(2)
+    m.gone.add(("BBBUSDT", t2))
+    c = await run_market(m, end_bar=9)
+    asked = [r for r in m.http.requests if r.path == "/fapi/v1/klines"
+             and r.query.get("symbol") == "BBBUSDT" and r.query["startTime"] == str(t2)]
+    assert 1 <= len(asked) <= 2, len(asked)  # the first try, maybe one before the next closed
+    assert f"bar late: BBBUSDT {_iso(t2)}: the exchange has no such candle" in caplog.text
+    assert "not fetched over REST" not in caplog.text
+    assert c.source.holes == 1 and ("BBBUSDT", t2) not in c.every_bar()
+    assert [b.symbol for t, bars, _ in c.steps if t == t2 for b in bars] == ["AAAUSDT"]
+
+
 async def test_reconnect_backfills_before_stream_bars_no_gap_no_duplicate(
         caplog, autojump_clock):
     caplog.set_level(logging.INFO)
