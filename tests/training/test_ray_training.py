@@ -150,7 +150,10 @@ def test_a_task_past_the_timeout_is_cancelled_on_the_cluster(
     marker = tmp_path / "hung"
     code, out, err, seconds = _train(state, tmp_path / "m", _config(
         tmp_path, "hang", f'executor = "ray"\nray_address = "{ray_head}"',
-        train="timeout_s = 3"), families="xgboost", driver=("hang", marker))
+        # a budget that leaves the task ~6 s after the job's own start-up (the task's
+        # timeout is 90 % of what is left, less 5 s): time for a worker to start and the
+        # task to begin on a loaded machine, so the cancellation meets a running task
+        train="timeout_s = 15"), families="xgboost", driver=("hang", marker))
     assert code == 1 and "cancelled on the cluster" in out["error"], err[-3000:]
     assert seconds < 60
     pid = int(marker.read_text())
